@@ -1,0 +1,427 @@
+"""The provider contract: the :class:`SandboxBackend` primitives and the :class:`BaseBackend` that
+derives everything else from them.
+
+A provider implements seven primitives (create, connect, list, destroy, exec_stream, read_file,
+write_file); ``exec``, directory listing, stat, remove, mkdir, tree upload and download, and
+``sweep`` come from :class:`BaseBackend`. Every method takes the sandbox id, so a backend holds no
+per-sandbox state that cannot be rebuilt from the id. Paths given to a backend are absolute: the
+:class:`~agent_sandbox.Sandbox` handle resolves relative ones against the sandbox's workdir.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import posixpath
+import shlex
+import tarfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import anyio.to_thread
+from pydantic import BaseModel, ConfigDict
+
+from . import labels as _labels
+from .errors import (
+    CommandTimeout,
+    FileNotFound,
+    InvalidPath,
+    PermissionDenied,
+    ProviderError,
+    SandboxError,
+    Unsupported,
+)
+from .models import (
+    Capabilities,
+    Command,
+    ExecEvent,
+    ExecOptions,
+    ExecResult,
+    FileInfo,
+    FileType,
+    SandboxInfo,
+    SandboxSpec,
+)
+from .output import CappedBuffer
+
+UNLIMITED_OUTPUT = 1 << 62
+
+
+class ProviderOptions(BaseModel):
+    """Base of each provider's options model. Unknown keys are rejected by name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@runtime_checkable
+class SandboxBackend(Protocol):
+    """The primitives every provider implements (see :class:`BaseBackend` for the derived rest)."""
+
+    name: ClassVar[str]
+    capabilities: Capabilities
+
+    async def create(self, spec: SandboxSpec) -> SandboxInfo:
+        """Create and start a sandbox; it must end by itself after ``spec.ttl_seconds``."""
+        ...
+
+    async def connect(self, sandbox_id: str) -> SandboxInfo:
+        """Describe an existing sandbox. Raises ``SandboxNotFound``."""
+        ...
+
+    async def list(self, labels: Mapping[str, str] | None = None) -> builtins.list[SandboxInfo]:
+        """Sandboxes of this provider carrying all of ``labels``."""
+        ...
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Remove a sandbox promptly; a sandbox already gone is not an error."""
+        ...
+
+    def exec_stream(
+        self, sandbox_id: str, command: Command, options: ExecOptions
+    ) -> AsyncIterator[ExecEvent]:
+        """Run a command, yielding output chunks as they come and then one ``exit`` event.
+
+        Raises ``CommandTimeout`` (after killing the whole process tree) when
+        ``options.timeout`` expires, ``SandboxNotFound`` for a gone sandbox.
+        """
+        ...
+
+    async def read_file(self, sandbox_id: str, path: str) -> bytes:
+        """Whole content of a file. Raises ``FileNotFound``, ``IsADirectory``, ``PermissionDenied``."""
+        ...
+
+    async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
+        """Create or replace a file, creating missing parent directories."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release client resources (connections, threads). Sandboxes are left as they are."""
+        ...
+
+
+def argv_of(command: Command) -> list[str]:
+    """The argv that runs ``command``: a string runs under ``sh -c``, a sequence as it is.
+
+    Raises ``ValueError`` for an empty command or non-string arguments.
+    """
+    if isinstance(command, str):
+        if not command.strip():
+            raise ValueError("empty command")
+        return ["sh", "-c", command]
+    if isinstance(command, (bytes, bytearray)):
+        raise TypeError("command must be str (shell) or a sequence of str (argv), not bytes")
+    argv = list(command)
+    if not argv:
+        raise ValueError("empty argv")
+    for arg in argv:
+        if not isinstance(arg, str):
+            raise TypeError(f"argv items must be str, got {type(arg).__name__}: {arg!r}")
+        if "\x00" in arg:
+            raise ValueError("argv items cannot contain NUL bytes")
+    return argv
+
+
+def exit_status(returncode: int) -> tuple[int, int | None]:
+    """Map a POSIX wait status as Python reports it (negative = signal) to (exit_code, signal)."""
+    if returncode < 0:
+        return 128 - returncode, -returncode
+    return returncode, None
+
+
+_STAT_FORMAT = "%F\t%s\t%a\t%Y\t%n"
+_MISSING = 44
+_NOT_DIR = 45
+_STAT_SCRIPT = f"""
+for p do
+  if [ ! -e "$p" ] && [ ! -L "$p" ]; then echo "$p" >&2; exit {_MISSING}; fi
+done
+exec stat -c '{_STAT_FORMAT}' -- "$@"
+"""
+_LIST_SCRIPT = f"""
+if [ ! -e "$1" ]; then exit {_MISSING}; fi
+if [ ! -d "$1" ]; then exit {_NOT_DIR}; fi
+find "$1" -mindepth 1 -maxdepth 1 -exec stat -c '{_STAT_FORMAT}' -- {{}} +
+"""
+_TYPES: dict[str, FileType] = {
+    "regular file": "file",
+    "regular empty file": "file",
+    "directory": "dir",
+    "symbolic link": "symlink",
+}
+
+
+def _parse_stat_line(line: str) -> FileInfo:
+    kind, size, mode, mtime, path = line.split("\t", 4)
+    return FileInfo(
+        path=path,
+        name=posixpath.basename(path.rstrip("/")) or "/",
+        type=_TYPES.get(kind, "other"),
+        size=int(size),
+        mode=int(mode, 8),
+        mtime=float(mtime),
+    )
+
+
+class BaseBackend(ABC):
+    """Base class of providers: implement the primitives, inherit the derived operations.
+
+    Subclasses set ``name``, ``Options`` and ``capabilities``, and are constructed with an
+    instance of their ``Options`` (defaults when omitted). Override a derived operation only when
+    the provider has a faster native one.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type[ProviderOptions]] = ProviderOptions
+    capabilities: Capabilities = Capabilities()
+
+    def __init__(self, options: ProviderOptions | None = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    # -- primitives -------------------------------------------------------------------------
+
+    @abstractmethod
+    async def create(self, spec: SandboxSpec) -> SandboxInfo:
+        """See :class:`SandboxBackend`."""
+
+    @abstractmethod
+    async def connect(self, sandbox_id: str) -> SandboxInfo:
+        """See :class:`SandboxBackend`."""
+
+    @abstractmethod
+    async def list(self, labels: Mapping[str, str] | None = None) -> builtins.list[SandboxInfo]:
+        """See :class:`SandboxBackend`."""
+
+    @abstractmethod
+    async def destroy(self, sandbox_id: str) -> None:
+        """See :class:`SandboxBackend`."""
+
+    @abstractmethod
+    def exec_stream(
+        self, sandbox_id: str, command: Command, options: ExecOptions
+    ) -> AsyncIterator[ExecEvent]:
+        """See :class:`SandboxBackend`."""
+
+    @abstractmethod
+    async def read_file(self, sandbox_id: str, path: str) -> bytes:
+        """See :class:`SandboxBackend`."""
+
+    @abstractmethod
+    async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
+        """See :class:`SandboxBackend`."""
+
+    async def aclose(self) -> None:
+        """Release client resources. The default holds none."""
+
+    # -- derived ----------------------------------------------------------------------------
+
+    async def exec(self, sandbox_id: str, command: Command, options: ExecOptions) -> ExecResult:
+        """Run a command to completion, keeping at most ``options.output_limit`` bytes per stream.
+
+        Raises ``CommandTimeout`` carrying the partial output.
+        """
+        out = CappedBuffer(options.output_limit)
+        err = CappedBuffer(options.output_limit)
+        exit_code: int | None = None
+        signal: int | None = None
+        start = time.monotonic()
+        events = self.exec_stream(sandbox_id, command, options)
+        try:
+            async for event in events:
+                if event.kind == "stdout":
+                    out.write(event.data)
+                elif event.kind == "stderr":
+                    err.write(event.data)
+                else:
+                    exit_code, signal = event.exit_code, event.signal
+        except CommandTimeout as exc:
+            exc.stdout, exc.stderr = out.getvalue(), err.getvalue()
+            raise
+        finally:
+            await close_stream(events)
+        if exit_code is None:
+            raise ProviderError(
+                "command stream ended without an exit status",
+                provider=self.name,
+                op="exec",
+                sandbox_id=sandbox_id,
+            )
+        return ExecResult(
+            exit_code=exit_code,
+            signal=signal,
+            stdout_bytes=out.getvalue(),
+            stderr_bytes=err.getvalue(),
+            stdout_truncated=out.truncated,
+            stderr_truncated=err.truncated,
+            duration_s=time.monotonic() - start,
+        )
+
+    async def _helper(
+        self, sandbox_id: str, op: str, script: str, *args: str, stdin: bytes | None = None
+    ) -> ExecResult:
+        """Run a derived operation's shell script with positional ``args`` (never spliced)."""
+        options = ExecOptions(stdin=stdin, output_limit=UNLIMITED_OUTPUT)
+        return await self.exec(sandbox_id, ["sh", "-c", script, "sh", *args], options)
+
+    def _fail(self, result: ExecResult, op: str, sandbox_id: str, path: str) -> SandboxError:
+        message = result.stderr.strip() or f"exit status {result.exit_code}"
+        where: dict[str, Any] = {"provider": self.name, "op": op, "sandbox_id": sandbox_id}
+        if result.exit_code == _MISSING or "No such file" in message:
+            return FileNotFound(f"no such file or directory: {path}", **where)
+        if result.exit_code == _NOT_DIR:
+            return InvalidPath(f"not a directory: {path}", **where)
+        if "ermission denied" in message or "Read-only file system" in message:
+            return PermissionDenied(f"{op} {path}: {message}", **where)
+        return ProviderError(f"{op} {path} failed: {message}", **where)
+
+    async def stat(self, sandbox_id: str, path: str) -> FileInfo:
+        """Describe one path (not following a final symlink). Raises ``FileNotFound``."""
+        result = await self._helper(sandbox_id, "stat", _STAT_SCRIPT, path)
+        if not result.ok:
+            raise self._fail(result, "stat", sandbox_id, path)
+        return _parse_stat_line(result.stdout.rstrip("\n"))
+
+    async def exists(self, sandbox_id: str, path: str) -> bool:
+        """True when ``path`` exists (a dangling symlink counts)."""
+        try:
+            await self.stat(sandbox_id, path)
+        except FileNotFound:
+            return False
+        return True
+
+    async def list_dir(self, sandbox_id: str, path: str) -> builtins.list[FileInfo]:
+        """Entries of a directory, sorted by name. Raises ``FileNotFound``, ``InvalidPath``."""
+        result = await self._helper(sandbox_id, "list_dir", _LIST_SCRIPT, path)
+        if not result.ok:
+            raise self._fail(result, "list_dir", sandbox_id, path)
+        entries = [_parse_stat_line(line) for line in result.stdout.splitlines() if line]
+        return sorted(entries, key=lambda e: e.name)
+
+    async def remove(self, sandbox_id: str, path: str, *, recursive: bool = False) -> None:
+        """Delete a file, or a directory tree with ``recursive``. Raises ``FileNotFound``."""
+        script = f'[ -e "$1" ] || [ -L "$1" ] || exit {_MISSING}; rm {"-rf" if recursive else "-f"} -- "$1"'
+        result = await self._helper(sandbox_id, "remove", script, path)
+        if not result.ok:
+            raise self._fail(result, "remove", sandbox_id, path)
+
+    async def mkdir(self, sandbox_id: str, path: str) -> None:
+        """Create a directory and its missing parents; an existing directory is fine."""
+        result = await self._helper(sandbox_id, "mkdir", 'mkdir -p -- "$1"', path)
+        if not result.ok:
+            raise self._fail(result, "mkdir", sandbox_id, path)
+
+    async def upload(self, sandbox_id: str, local_dir: str | Path, remote_dir: str) -> None:
+        """Copy a local directory tree into ``remote_dir`` (created if missing), as a tar on stdin."""
+        archive = await anyio.to_thread.run_sync(_tar_directory, Path(local_dir))
+        script = 'mkdir -p -- "$1" && tar -x -f - -C "$1"'
+        result = await self._helper(sandbox_id, "upload", script, remote_dir, stdin=archive)
+        if not result.ok:
+            raise self._fail(result, "upload", sandbox_id, remote_dir)
+
+    async def download(self, sandbox_id: str, remote_dir: str, local_dir: str | Path) -> None:
+        """Copy the tree at ``remote_dir`` into ``local_dir`` (created if missing)."""
+        script = f'[ -d "$1" ] || exit {_MISSING}; tar -c -f - -C "$1" .'
+        result = await self._helper(sandbox_id, "download", script, remote_dir)
+        if not result.ok:
+            raise self._fail(result, "download", sandbox_id, remote_dir)
+        await anyio.to_thread.run_sync(_untar_into, result.stdout_bytes, Path(local_dir))
+
+    async def sweep(self, *, now: datetime | None = None) -> builtins.list[str]:
+        """Destroy every managed sandbox of this provider whose TTL has passed; return their ids."""
+        now = now or datetime.now(timezone.utc)
+        removed = []
+        for info in await self.list({_labels.MANAGED: "true"}):
+            if _labels.is_expired(info, now):
+                await self.destroy(info.id)
+                removed.append(info.id)
+        return removed
+
+    # -- optional capabilities --------------------------------------------------------------
+
+    def _unsupported(self, what: str) -> Unsupported:
+        return Unsupported(
+            f"the {self.name} provider does not support {what}", provider=self.name, op=what
+        )
+
+    async def expose_port(self, sandbox_id: str, port: int) -> str:
+        """A URL reaching ``port`` inside the sandbox. Raises ``Unsupported`` by default."""
+        raise self._unsupported("expose_port")
+
+    async def snapshot(self, sandbox_id: str) -> str:
+        """Save the sandbox's filesystem; returns an id usable as ``SandboxSpec.snapshot``."""
+        raise self._unsupported("snapshot")
+
+    async def pause(self, sandbox_id: str) -> None:
+        """Suspend a sandbox, keeping its state. Raises ``Unsupported`` by default."""
+        raise self._unsupported("pause")
+
+    async def resume(self, sandbox_id: str) -> None:
+        """Resume a paused sandbox. Raises ``Unsupported`` by default."""
+        raise self._unsupported("resume")
+
+    def check_spec(self, spec: SandboxSpec) -> None:
+        """Raise ``Unsupported`` for parts of ``spec`` this provider's capabilities exclude."""
+        caps = self.capabilities
+        if spec.network.mode == "none" and not caps.network_none:
+            raise self._unsupported("network policy 'none'")
+        if spec.network.mode == "allowlist" and not caps.network_allowlist:
+            raise self._unsupported("network policy 'allowlist'")
+        if (spec.cpus is not None or spec.memory_mib is not None) and not caps.resources:
+            raise self._unsupported("cpus / memory_mib limits")
+        if spec.ports and not caps.expose_port:
+            raise self._unsupported("ports")
+        if spec.snapshot is not None and not caps.snapshot:
+            raise self._unsupported("snapshots")
+        if spec.user is not None and not caps.exec_user:
+            raise self._unsupported("running as another user")
+
+
+async def close_stream(stream: AsyncIterator[Any]) -> None:
+    """Close an async generator (kills its command if still running); plain iterators need nothing."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def _tar_directory(source: Path) -> bytes:
+    if not source.is_dir():
+        raise FileNotFound(f"local directory not found: {source}", op="upload")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(str(source), arcname=".")
+    return buffer.getvalue()
+
+
+def _untar_into(archive: bytes, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r") as tar:
+        _safe_extract(tar, target)
+
+
+def _safe_extract(tar: tarfile.TarFile, target: Path) -> None:
+    """Extract refusing absolute paths, ``..`` and links pointing outside ``target``."""
+    root = target.resolve()
+    for member in tar.getmembers():
+        dest = (root / member.name).resolve()
+        if dest != root and root not in dest.parents:
+            raise InvalidPath(f"archive member escapes the target: {member.name}", op="download")
+        if member.islnk() or member.issym():
+            link = (dest.parent / member.linkname).resolve()
+            if link != root and root not in link.parents:
+                raise InvalidPath(f"archive link escapes the target: {member.name}", op="download")
+        if member.isdev():
+            continue
+        tar.extract(member, str(root), set_attrs=True, **_no_filter())
+
+
+def _no_filter() -> dict[str, Any]:
+    # Members are checked above; Python >= 3.12 warns unless a filter is named.
+    return {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+
+
+def quote(argv: list[str]) -> str:
+    """``argv`` as one shell-quoted string (for providers whose API takes a command line)."""
+    return shlex.join(argv)

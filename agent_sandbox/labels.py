@@ -1,0 +1,67 @@
+"""Ownership labels: every sandbox says who made it and when it expires, so sweeps can find it."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+from datetime import datetime, timedelta, timezone
+
+from .models import SandboxInfo, SandboxSpec
+
+MANAGED = "agent-sandbox.managed"
+OWNER = "agent-sandbox.owner"
+CREATED_AT = "agent-sandbox.created-at"
+EXPIRES_AT = "agent-sandbox.expires-at"
+
+
+def default_owner() -> str:
+    """``user@host`` of this process."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def stamp(spec: SandboxSpec, owner: str, now: datetime | None = None) -> SandboxSpec:
+    """Return ``spec`` with the managed, owner, created-at and expires-at labels added.
+
+    Labels the caller set under the same keys are overwritten: these four are ours.
+    """
+    now = now or datetime.now(timezone.utc)
+    expires = now + timedelta(seconds=spec.ttl_seconds)
+    labels = {
+        **spec.labels,
+        MANAGED: "true",
+        OWNER: owner,
+        CREATED_AT: now.isoformat(timespec="seconds"),
+        EXPIRES_AT: expires.isoformat(timespec="seconds"),
+    }
+    return spec.model_copy(update={"labels": labels})
+
+
+def expires_at(labels: dict[str, str]) -> datetime | None:
+    """The expiry written by :func:`stamp`, or ``None`` when absent or unreadable."""
+    raw = labels.get(EXPIRES_AT)
+    if not raw:
+        return None
+    try:
+        return datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+
+
+def created_at(labels: dict[str, str]) -> datetime | None:
+    """The creation time written by :func:`stamp`, or ``None``."""
+    raw = labels.get(CREATED_AT)
+    try:
+        return datetime.fromisoformat(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def is_expired(info: SandboxInfo, now: datetime | None = None) -> bool:
+    """True when the sandbox's expiry (info or label) has passed."""
+    now = now or datetime.now(timezone.utc)
+    when = info.expires_at or expires_at(info.labels)
+    return when is not None and when <= now

@@ -1,0 +1,177 @@
+"""The data that crosses the contract: specs, results, events, infos, capabilities."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MiB = 1024 * 1024
+DEFAULT_OUTPUT_LIMIT = 10 * MiB
+DEFAULT_TTL_SECONDS = 3600.0
+
+Command = str | Sequence[str]
+"""A shell string (run by ``sh -c``) or an argv list (run as is). Never converted one into the other."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NetworkPolicy(_Model):
+    """What a sandbox may reach.
+
+    ``none``: loopback only. ``allowlist``: only the hosts or CIDRs in ``allow``.
+    ``open``: anything the host can reach.
+    """
+
+    mode: Literal["none", "allowlist", "open"] = "open"
+    allow: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _allow_only_with_allowlist(self) -> NetworkPolicy:
+        if self.allow and self.mode != "allowlist":
+            raise ValueError(
+                f"network allow list given with mode {self.mode!r}; use mode 'allowlist'"
+            )
+        if self.mode == "allowlist" and not self.allow:
+            raise ValueError("network mode 'allowlist' needs at least one host or CIDR in 'allow'")
+        return self
+
+
+class SandboxSpec(_Model):
+    """What to create. Fields a provider cannot honour raise ``Unsupported``; none is ignored."""
+
+    image: str | None = None
+    """Image or template; ``None`` is the provider's default."""
+    cpus: float | None = Field(default=None, gt=0)
+    memory_mib: int | None = Field(default=None, gt=0)
+    disk_mib: int | None = Field(default=None, gt=0)
+    env: dict[str, str] = Field(default_factory=dict)
+    workdir: str | None = None
+    """Default working directory of commands and base of relative paths; provider default if unset."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    ttl_seconds: float = Field(default=DEFAULT_TTL_SECONDS, gt=0)
+    """After this many seconds the sandbox ends itself, whether or not anyone destroys it."""
+    idle_timeout_seconds: float | None = Field(default=None, gt=0)
+    network: NetworkPolicy = Field(default_factory=NetworkPolicy)
+    ports: tuple[int, ...] = ()
+    """Ports to make reachable from outside with ``expose_port``."""
+    user: str | None = None
+    """Default user of commands; provider default if unset."""
+    snapshot: str | None = None
+    """Create from this snapshot id (see ``Sandbox.snapshot``) instead of ``image``."""
+
+
+class ExecOptions(_Model):
+    """How one command runs."""
+
+    cwd: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    stdin: bytes | None = None
+    timeout: float | None = Field(default=None, gt=0)
+    """Seconds; on expiry the whole process tree is killed and ``CommandTimeout`` raised."""
+    user: str | None = None
+    output_limit: int = Field(default=DEFAULT_OUTPUT_LIMIT, ge=0)
+    """Bytes kept per stream; the rest is discarded and the result flagged as truncated."""
+
+
+class ExecResult(_Model):
+    """The outcome of a finished command."""
+
+    exit_code: int
+    """Process exit status; ``128 + N`` when killed by signal ``N``."""
+    stdout_bytes: bytes = b""
+    stderr_bytes: bytes = b""
+    duration_s: float = 0.0
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    signal: int | None = None
+    """The signal that killed the process, when one did."""
+
+    @property
+    def stdout(self) -> str:
+        """stdout decoded as UTF-8 (invalid bytes replaced)."""
+        return self.stdout_bytes.decode("utf-8", errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        """stderr decoded as UTF-8 (invalid bytes replaced)."""
+        return self.stderr_bytes.decode("utf-8", errors="replace")
+
+    @property
+    def ok(self) -> bool:
+        """True when the exit code is 0."""
+        return self.exit_code == 0
+
+
+class ExecEvent(_Model):
+    """One step of a streamed command: a chunk of ``stdout``/``stderr``, then one ``exit``."""
+
+    kind: Literal["stdout", "stderr", "exit"]
+    data: bytes = b""
+    exit_code: int | None = None
+    signal: int | None = None
+
+    @property
+    def text(self) -> str:
+        """The chunk decoded as UTF-8 (invalid bytes replaced; a split character may show twice)."""
+        return self.data.decode("utf-8", errors="replace")
+
+
+FileType = Literal["file", "dir", "symlink", "other"]
+
+
+class FileInfo(_Model):
+    """One entry of a sandbox's filesystem."""
+
+    path: str
+    name: str
+    type: FileType
+    size: int
+    mode: int
+    """Permission bits, e.g. ``0o644``."""
+    mtime: float
+    """Seconds since the epoch."""
+
+
+SandboxState = Literal["running", "paused", "stopped", "unknown"]
+
+
+class SandboxInfo(_Model):
+    """What is known of a sandbox; enough to reconnect to it."""
+
+    id: str
+    provider: str
+    state: SandboxState = "running"
+    labels: dict[str, str] = Field(default_factory=dict)
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    image: str | None = None
+    workdir: str = "/"
+    metadata: dict[str, str] = Field(default_factory=dict)
+    """Provider-specific facts (host, template, runtime) for people, not for code."""
+
+
+class Capabilities(_Model):
+    """What a provider can do beyond the required primitives. A ``False`` here is a skip marker
+    in the conformance suite and an ``Unsupported`` error at run time."""
+
+    network_none: bool = False
+    network_allowlist: bool = False
+    expose_port: bool = False
+    snapshot: bool = False
+    pause: bool = False
+    exec_user: bool = False
+    stdin: bool = True
+    resources: bool = False
+    """cpus / memory_mib are honoured."""
+    gpu: bool = False
+    persistent: bool = True
+    """A sandbox survives the client: ``connect`` works from another process."""
+    isolated: bool = True
+    """Sandboxes cannot see the host's or each other's files."""
+    signals: bool = True
+    """A command killed by a signal reports it (``exit_code`` 128+N, ``signal`` N)."""

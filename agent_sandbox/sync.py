@@ -1,0 +1,216 @@
+"""The blocking twin of :class:`agent_sandbox.Sandbox`, for code without an event loop.
+
+Every method has the async one's arguments, return value and errors::
+
+    from agent_sandbox.sync import Sandbox
+
+    with Sandbox.create() as sb:
+        print(sb.exec("echo hi").stdout)
+
+Calls run on one background event-loop thread shared by the process. Do not call these from
+inside a running event loop: use the async API there.
+"""
+
+from __future__ import annotations
+
+import builtins
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from .backend import close_stream
+from .models import DEFAULT_OUTPUT_LIMIT, Command, ExecEvent, ExecResult, FileInfo, SandboxInfo
+from .sandbox import Sandbox as AsyncSandbox
+
+T = TypeVar("T")
+
+_portal: BlockingPortal | None = None
+_portal_lock = threading.Lock()
+
+
+def _get_portal() -> BlockingPortal:
+    global _portal
+    with _portal_lock:
+        if _portal is None:
+            manager = start_blocking_portal()
+            _portal = manager.__enter__()  # lives as long as the process; its thread is a daemon
+        return _portal
+
+
+def _run(func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    async def call() -> T:
+        return await func(*args, **kwargs)
+
+    return _get_portal().call(call)
+
+
+class Sandbox:
+    """A sandbox handle whose methods block. Mirrors :class:`agent_sandbox.Sandbox`."""
+
+    def __init__(self, inner: AsyncSandbox) -> None:
+        self.aio = inner
+        """The underlying async handle."""
+
+    @classmethod
+    def create(cls, spec: Any = None, **kwargs: Any) -> Sandbox:
+        """Create a sandbox; same arguments as :meth:`agent_sandbox.Sandbox.create`."""
+        return cls(_run(AsyncSandbox.create, spec, **kwargs))
+
+    @classmethod
+    def connect(cls, sandbox_id: str, **kwargs: Any) -> Sandbox:
+        """Attach to an existing sandbox by id. Raises ``SandboxNotFound``."""
+        return cls(_run(AsyncSandbox.connect, sandbox_id, **kwargs))
+
+    @staticmethod
+    def list(labels: Mapping[str, str] | None = None, **kwargs: Any) -> builtins.list[SandboxInfo]:
+        """Sandboxes of a provider that carry all of ``labels``."""
+        return _run(AsyncSandbox.list, labels, **kwargs)
+
+    @staticmethod
+    def sweep(**kwargs: Any) -> builtins.list[str]:
+        """Destroy expired managed sandboxes; return their ids."""
+        return _run(AsyncSandbox.sweep, **kwargs)
+
+    @property
+    def id(self) -> str:
+        """The provider's id of this sandbox."""
+        return self.aio.id
+
+    @property
+    def provider(self) -> str:
+        """The provider's name."""
+        return self.aio.provider
+
+    @property
+    def info(self) -> SandboxInfo:
+        """The sandbox's description as last fetched."""
+        return self.aio.info
+
+    def destroy(self) -> None:
+        """Destroy the sandbox (idempotent)."""
+        _run(self.aio.destroy)
+
+    def close(self) -> None:
+        """Release the client, leaving the sandbox to its TTL."""
+        _run(self.aio.close)
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _run(self.aio.__aexit__, exc_type, exc, tb)
+
+    def __repr__(self) -> str:
+        return f"<sync.Sandbox {self.provider}:{self.id}>"
+
+    def exec(
+        self,
+        command: Command,
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | str | None = None,
+        timeout: float | None = None,
+        user: str | None = None,
+        output_limit: int = DEFAULT_OUTPUT_LIMIT,
+    ) -> ExecResult:
+        """Run a command to completion; see :meth:`agent_sandbox.Sandbox.exec`."""
+        return _run(
+            self.aio.exec,
+            command,
+            cwd=cwd,
+            env=env,
+            stdin=stdin,
+            timeout=timeout,
+            user=user,
+            output_limit=output_limit,
+        )
+
+    def exec_stream(
+        self,
+        command: Command,
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | str | None = None,
+        timeout: float | None = None,
+        user: str | None = None,
+    ) -> Iterator[ExecEvent]:
+        """Run a command, yielding output chunks then the exit; leaving early kills it."""
+        stream = self.aio.exec_stream(
+            command, cwd=cwd, env=env, stdin=stdin, timeout=timeout, user=user
+        )
+        portal = _get_portal()
+        try:
+            while True:
+                try:
+                    yield portal.call(stream.__anext__)
+                except StopAsyncIteration:
+                    return
+        finally:
+            portal.call(close_stream, stream)
+
+    def read_file(self, path: str) -> bytes:
+        """The bytes of a file."""
+        return _run(self.aio.read_file, path)
+
+    def read_text(self, path: str, encoding: str = "utf-8") -> str:
+        """A file decoded as text."""
+        return _run(self.aio.read_text, path, encoding)
+
+    def write_file(self, path: str, data: bytes | str) -> None:
+        """Create or replace a file."""
+        _run(self.aio.write_file, path, data)
+
+    def list_dir(self, path: str = ".") -> builtins.list[FileInfo]:
+        """Entries of a directory."""
+        return _run(self.aio.list_dir, path)
+
+    def stat(self, path: str) -> FileInfo:
+        """Describe a path."""
+        return _run(self.aio.stat, path)
+
+    def exists(self, path: str) -> bool:
+        """True when ``path`` exists."""
+        return _run(self.aio.exists, path)
+
+    def remove(self, path: str, *, recursive: bool = False) -> None:
+        """Delete a file or (recursive) a tree."""
+        _run(self.aio.remove, path, recursive=recursive)
+
+    def mkdir(self, path: str) -> None:
+        """Create a directory with its parents."""
+        _run(self.aio.mkdir, path)
+
+    def upload(self, local_dir: str | Path, remote_dir: str = ".") -> None:
+        """Copy a local directory tree into the sandbox."""
+        _run(self.aio.upload, local_dir, remote_dir)
+
+    def download(self, remote_dir: str, local_dir: str | Path) -> None:
+        """Copy a directory tree out of the sandbox."""
+        _run(self.aio.download, remote_dir, local_dir)
+
+    def expose_port(self, port: int) -> str:
+        """A URL reaching ``port`` inside the sandbox."""
+        return _run(self.aio.expose_port, port)
+
+    def snapshot(self) -> str:
+        """Save the filesystem; returns a snapshot id."""
+        return _run(self.aio.snapshot)
+
+    def pause(self) -> None:
+        """Suspend the sandbox."""
+        _run(self.aio.pause)
+
+    def resume(self) -> None:
+        """Resume a paused sandbox."""
+        _run(self.aio.resume)
