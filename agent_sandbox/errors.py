@@ -90,6 +90,12 @@ class PermissionDenied(SandboxError, PermissionError):
     code = "permission_denied"
 
 
+class PolicyDenied(SandboxError, PermissionError):
+    """The configured :class:`~agent_sandbox.policy.Policy` refused the operation before it ran."""
+
+    code = "policy_denied"
+
+
 class InvalidPath(SandboxError, ValueError):
     """A path is malformed (empty, NUL byte) or escapes where it must stay."""
 
