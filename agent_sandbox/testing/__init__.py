@@ -1,1 +1,11 @@
-"""Testing support: the conformance suite every provider runs, and :class:`FakeBackend`."""
+"""Testing support shipped with agent-sandbox.
+
+- :class:`FakeBackend`: a real, in-memory provider to test agent code against (no processes,
+  no network); script extra commands with :meth:`FakeBackend.register_command`.
+- :class:`ConformanceSuite`: the pytest tests every provider passes. Subclass it in a test
+  module and provide a ``sandbox_backend`` fixture (see ``docs/conformance.md``).
+"""
+
+from .fake import CommandContext, FakeBackend, FakeOptions
+
+__all__ = ["CommandContext", "FakeBackend", "FakeOptions"]
