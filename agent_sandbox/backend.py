@@ -17,6 +17,7 @@ import shlex
 import tarfile
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +50,15 @@ from .models import (
 from .output import CappedBuffer
 
 UNLIMITED_OUTPUT = 1 << 62
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One prerequisite check reported by :meth:`BaseBackend.doctor`."""
+
+    name: str
+    ok: bool
+    detail: str = ""
 
 
 class ProviderOptions(BaseModel):
@@ -338,6 +348,15 @@ class BaseBackend(ABC):
                 await self.destroy(info.id)
                 removed.append(info.id)
         return removed
+
+    async def doctor(self) -> builtins.list[Diagnostic]:
+        """Check this provider's prerequisites. The default lists sandboxes, which proves the
+        provider is installed, configured, reachable and accepts our credentials."""
+        try:
+            found = await self.list({_labels.MANAGED: "true"})
+        except SandboxError as exc:
+            return [Diagnostic("api", False, f"{exc.code}: {exc}")]
+        return [Diagnostic("api", True, f"reachable; {len(found)} managed sandbox(es)")]
 
     # -- optional capabilities --------------------------------------------------------------
 
