@@ -1,0 +1,900 @@
+"""The Docker provider: one container per sandbox, driven through the Engine API (docker-py).
+
+docker-py is blocking, so every call to it runs in a worker thread; the exec attach stream is read
+straight off its socket with non-blocking reads on the event loop, so a long-running command holds
+no thread. One :class:`docker.APIClient` (one connection pool) serves the whole backend.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import math
+import posixpath
+import select
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import anyio
+import anyio.to_thread
+from agent_sandbox import labels as _labels
+from agent_sandbox.backend import BaseBackend, ProviderOptions, argv_of
+from agent_sandbox.errors import (
+    CommandTimeout,
+    ConfigError,
+    FileNotFound,
+    InvalidPath,
+    IsADirectory,
+    ProviderError,
+    ProviderUnavailable,
+    SandboxError,
+    SandboxNotFound,
+    Unsupported,
+)
+from agent_sandbox.models import (
+    Capabilities,
+    Command,
+    ExecEvent,
+    ExecOptions,
+    FileInfo,
+    SandboxInfo,
+    SandboxSpec,
+    SandboxState,
+)
+
+from . import _wire
+from ._errors import PROVIDER, translate, unreachable
+
+if TYPE_CHECKING:
+    import docker
+
+log = logging.getLogger("agent_sandbox.docker")
+T = TypeVar("T")
+
+LABEL_PROVIDER = "agent-sandbox.provider"
+LABEL_WORKDIR = "agent-sandbox.workdir"
+LABEL_SNAPSHOT_OF = "agent-sandbox.snapshot-of"
+DEFAULT_SOCKET = "unix:///var/run/docker.sock"
+
+# The exec wrapper: report our process id (= process group and session id: the engine starts each
+# exec as a session leader) on stderr, then become the command. On timeout we kill that group
+# from inside the container.
+_WRAPPER = 'echo "$$" >&2; exec "$@"'
+_KILL_GROUP = 'kill -KILL "-$1" 2>/dev/null || kill -KILL "$1" 2>/dev/null; exit 0'
+_OOM_PROBE = (
+    "cat /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events 2>/dev/null"
+    " | awk '$1==\"oom_kill\"{print $2}'"
+)
+_STATES: dict[str, SandboxState] = {
+    "running": "running",
+    "created": "running",
+    "restarting": "running",
+    "paused": "paused",
+}
+
+
+class DockerOptions(ProviderOptions):
+    """Options of the ``docker`` provider.
+
+    Attributes:
+        base_url: Engine address (``unix:///var/run/docker.sock``, ``tcp://host:2375``,
+            ``ssh://...``); default from ``DOCKER_HOST`` (and ``DOCKER_TLS_VERIFY``/
+            ``DOCKER_CERT_PATH``), else the local socket.
+        runtime: OCI runtime for the containers, e.g. ``"runsc"`` (gVisor); default the engine's.
+        default_image: image used when the spec names none (pulled on first use).
+        pull: ``"missing"`` pulls an image the engine lacks, ``"always"`` pulls before every
+            create, ``"never"`` fails when it is missing.
+        pids_limit: most processes a sandbox may run (fork-bomb guard); ``None`` for no limit.
+        disk_quota: pass ``disk_mib`` as ``--storage-opt size=`` (needs overlay2 on xfs with
+            pquota); without it a ``disk_mib`` in the spec raises ``Unsupported``.
+        init: run the engine's tiny init (tini) as PID 1, reaping orphaned processes.
+        api_timeout: seconds to wait for an ordinary API answer.
+    """
+
+    provider: Literal["docker"] = "docker"
+    base_url: str | None = None
+    runtime: str | None = None
+    default_image: str = "python:3.12-slim"
+    pull: Literal["missing", "always", "never"] = "missing"
+    pids_limit: int | None = 4096
+    disk_quota: bool = False
+    init: bool = True
+    api_timeout: float = 120.0
+
+
+class DockerBackend(BaseBackend):
+    """Sandboxes as Docker containers whose main process is their TTL dead-man switch.
+
+    Each container runs ``sleep <ttl>`` as its main process with ``auto_remove``: when the TTL runs
+    out the container ends and the engine deletes it, whether or not any client is still alive.
+    """
+
+    name = PROVIDER
+    Options = DockerOptions
+    capabilities = Capabilities(
+        network_none=True,
+        network_allowlist=False,
+        expose_port=True,
+        snapshot=True,
+        pause=True,
+        exec_user=True,
+        stdin=True,
+        resources=True,
+        gpu=False,
+        persistent=True,
+        isolated=True,
+        signals=True,
+    )
+
+    def __init__(self, options: DockerOptions | None = None) -> None:
+        super().__init__(options)
+        assert isinstance(self.options, DockerOptions)
+        self.opts: DockerOptions = self.options
+        self._api: docker.APIClient | None = None
+        self._lock = threading.Lock()
+        self._workdirs: dict[str, str] = {}
+        self._closed = False
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """The engine address in use (for messages)."""
+        if self.opts.base_url:
+            return self.opts.base_url
+        import os
+
+        return os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
+
+    def _connect_blocking(self) -> docker.APIClient:
+        with self._lock:
+            if self._api is not None:
+                return self._api
+            if self._closed:
+                raise ProviderError("the docker backend is closed", provider=PROVIDER)
+            try:
+                import docker
+                from docker.utils import kwargs_from_env
+            except ImportError as exc:  # pragma: no cover - the dependency is declared
+                from agent_sandbox.errors import ProviderNotInstalled
+
+                raise ProviderNotInstalled(
+                    'the docker package is missing; run: pip install "agent-sandbox[docker]"',
+                    provider=PROVIDER,
+                ) from exc
+            kwargs: dict[str, Any] = kwargs_from_env()
+            if self.opts.base_url:
+                kwargs["base_url"] = self.opts.base_url
+                kwargs.pop("tls", None) if self.opts.base_url.startswith("unix:") else None
+            try:
+                api = docker.APIClient(
+                    version="auto",
+                    timeout=int(self.opts.api_timeout),
+                    max_pool_size=64,
+                    **kwargs,
+                )
+            except Exception as exc:
+                raise unreachable(self.base_url, exc, op="connect_engine") from exc
+            self._api = api
+            return api
+
+    async def _call(
+        self,
+        op: str,
+        fn: Callable[..., T],
+        *args: Any,
+        sandbox_id: str | None = None,
+        path: str | None = None,
+    ) -> T:
+        """Run a blocking docker-py call in a worker thread, translating its errors."""
+
+        def run() -> T:
+            api = self._connect_blocking()
+            try:
+                return fn(api, *args)
+            except SandboxError:
+                raise
+            except Exception as exc:
+                raise translate(
+                    exc, base_url=self.base_url, op=op, sandbox_id=sandbox_id, path=path
+                ) from exc
+
+        return await anyio.to_thread.run_sync(run)
+
+    async def aclose(self) -> None:
+        """Close the engine connection pool. Containers keep running until their TTL."""
+        with self._lock:
+            api, self._api = self._api, None
+            self._closed = True
+        if api is not None:
+            await anyio.to_thread.run_sync(api.close)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def check_spec(self, spec: SandboxSpec) -> None:
+        """Refuse what this provider cannot honour (on top of the capability checks)."""
+        super().check_spec(spec)
+        if spec.disk_mib is not None and not self.opts.disk_quota:
+            raise Unsupported(
+                "disk_mib needs a storage driver with quotas (overlay2 on xfs with pquota); "
+                "set the docker option disk_quota=true on such hosts",
+                provider=PROVIDER,
+                op="create",
+            )
+        if spec.idle_timeout_seconds is not None:
+            raise Unsupported(
+                "the docker provider has no idle timeout; use ttl_seconds",
+                provider=PROVIDER,
+                op="create",
+            )
+        if spec.ports and spec.network.mode == "none":
+            raise ConfigError(
+                "ports cannot be published with network policy 'none'",
+                provider=PROVIDER,
+                op="create",
+            )
+
+    async def create(self, spec: SandboxSpec) -> SandboxInfo:
+        """Create and start a container; its main process ends it after ``spec.ttl_seconds``.
+
+        Raises ``Unsupported`` (see :meth:`check_spec`), ``ConfigError`` for an unknown image,
+        ``ProviderUnavailable`` when the engine or the registry cannot be reached.
+        """
+        self.check_spec(spec)
+        image = spec.snapshot or spec.image or self.opts.default_image
+        ttl = max(1, math.ceil(spec.ttl_seconds))
+        labels = {**spec.labels, LABEL_PROVIDER: PROVIDER}
+        workdir = spec.workdir
+        if workdir is None:
+            workdir = await self._image_workdir(image, pull=spec.snapshot is None)
+        labels[LABEL_WORKDIR] = workdir
+
+        def run(api: docker.APIClient) -> str:
+            import docker.errors
+
+            host_config = api.create_host_config(
+                auto_remove=True,
+                init=self.opts.init or None,
+                network_mode="none" if spec.network.mode == "none" else None,
+                nano_cpus=int(spec.cpus * 1e9) if spec.cpus is not None else None,
+                mem_limit=f"{spec.memory_mib}m" if spec.memory_mib is not None else None,
+                memswap_limit=f"{spec.memory_mib}m" if spec.memory_mib is not None else None,
+                pids_limit=self.opts.pids_limit,
+                port_bindings={p: ("127.0.0.1", None) for p in spec.ports} or None,
+                runtime=self.opts.runtime,
+                storage_opt={"size": f"{spec.disk_mib}M"} if spec.disk_mib else None,
+            )
+            kwargs: dict[str, Any] = {
+                "image": image,
+                "entrypoint": ["sleep"],
+                "command": [str(ttl)],
+                "labels": labels,
+                "environment": dict(spec.env) or None,
+                "working_dir": workdir,
+                "user": spec.user,
+                "ports": list(spec.ports) or None,
+                "host_config": host_config,
+                "detach": True,
+                "stdin_open": False,
+            }
+            try:
+                created = api.create_container(**kwargs)
+            except docker.errors.ImageNotFound:
+                if spec.snapshot is not None:
+                    raise ConfigError(
+                        f"snapshot {spec.snapshot} not found", provider=PROVIDER, op="create"
+                    ) from None
+                self._pull_blocking(api, image)
+                created = api.create_container(**kwargs)
+            cid: str = created["Id"]
+            try:
+                api.start(cid)
+            except BaseException:
+                try:
+                    api.remove_container(cid, force=True)
+                except Exception:
+                    log.debug("cleanup of container %s failed", cid, exc_info=True)
+                raise
+            return cid
+
+        cid = await self._call("create", run)
+        return SandboxInfo(
+            id=cid,
+            provider=PROVIDER,
+            state="running",
+            labels=spec.labels,
+            created_at=_labels.created_at(spec.labels),
+            expires_at=_labels.expires_at(spec.labels),
+            image=image,
+            workdir=workdir,
+            metadata={"runtime": self.opts.runtime or "default", "engine": self.base_url},
+        )
+
+    async def _image_workdir(self, image: str, *, pull: bool) -> str:
+        """The image's WORKDIR (``/`` when unset), pulling the image first if policy says so."""
+        cached = self._workdirs.get(image)
+        if cached is not None and self.opts.pull != "always":
+            return cached
+
+        def run(api: docker.APIClient) -> str:
+            import docker.errors
+
+            if pull and self.opts.pull == "always":
+                self._pull_blocking(api, image)
+            try:
+                attrs = api.inspect_image(image)
+            except docker.errors.ImageNotFound:
+                if not pull:
+                    raise ConfigError(
+                        f"snapshot image {image} not found", provider=PROVIDER, op="create"
+                    ) from None
+                self._pull_blocking(api, image)
+                attrs = api.inspect_image(image)
+            return str((attrs.get("Config") or {}).get("WorkingDir") or "/")
+
+        workdir = await self._call("create", run)
+        self._workdirs[image] = workdir
+        return workdir
+
+    def _pull_blocking(self, api: docker.APIClient, image: str) -> None:
+        import docker.errors
+
+        if self.opts.pull == "never":
+            raise ConfigError(
+                f"image {image!r} is not present on the Docker engine and pull='never'",
+                provider=PROVIDER,
+                op="pull",
+            )
+        repo, tag = _split_image(image)
+        log.info("pulling image %s (not present on the engine)", image)
+        last = 0.0
+        try:
+            for event in api.pull(repo, tag=tag, stream=True, decode=True):
+                if "error" in event:
+                    raise docker.errors.APIError(str(event["error"]))
+                now = time.monotonic()
+                if now - last > 1.0 or "Digest" in str(event.get("status", "")):
+                    last = now
+                    log.info(
+                        "pull %s: %s %s %s",
+                        image,
+                        event.get("id", ""),
+                        event.get("status", ""),
+                        event.get("progress", ""),
+                    )
+        except docker.errors.APIError as exc:
+            text = str(exc.explanation or exc)
+            lower = text.lower()
+            if any(
+                s in lower for s in ("dial tcp", "no such host", "timeout", "connection refused")
+            ):
+                raise ProviderUnavailable(
+                    f"cannot pull image {image!r}: no container registry is reachable ({text}). "
+                    "Load or build the image locally (docker load / docker build) or point the "
+                    "engine at a reachable registry mirror.",
+                    provider=PROVIDER,
+                    op="pull",
+                ) from exc
+            raise ConfigError(
+                f"cannot pull image {image!r}: {text}", provider=PROVIDER, op="pull"
+            ) from exc
+        log.info("pulled image %s", image)
+
+    async def connect(self, sandbox_id: str) -> SandboxInfo:
+        """Describe a running sandbox. Raises ``SandboxNotFound`` when gone or ended."""
+        attrs = await self._inspect(sandbox_id, "connect")
+        return self._info(attrs)
+
+    async def _inspect(self, sandbox_id: str, op: str) -> dict[str, Any]:
+        attrs: dict[str, Any] = await self._call(
+            op, lambda api: api.inspect_container(sandbox_id), sandbox_id=sandbox_id
+        )
+        labels = (attrs.get("Config") or {}).get("Labels") or {}
+        if labels.get(LABEL_PROVIDER) != PROVIDER:
+            raise SandboxNotFound(
+                f"container {sandbox_id} is not an agent-sandbox sandbox",
+                provider=PROVIDER,
+                op=op,
+                sandbox_id=sandbox_id,
+            )
+        status = (attrs.get("State") or {}).get("Status", "")
+        if status not in _STATES:
+            raise SandboxNotFound(
+                f"sandbox {sandbox_id} has ended ({status}: TTL ran out or it was stopped)",
+                provider=PROVIDER,
+                op=op,
+                sandbox_id=sandbox_id,
+            )
+        return attrs
+
+    def _info(self, attrs: dict[str, Any]) -> SandboxInfo:
+        config = attrs.get("Config") or {}
+        labels = dict(config.get("Labels") or {})
+        host = attrs.get("HostConfig") or {}
+        state = (attrs.get("State") or {}).get("Status", "")
+        return SandboxInfo(
+            id=attrs["Id"],
+            provider=PROVIDER,
+            state=_STATES.get(state, "unknown"),
+            labels=_user_labels(labels),
+            created_at=_labels.created_at(labels) or _wire.parse_created(attrs.get("Created")),
+            expires_at=_labels.expires_at(labels),
+            image=config.get("Image"),
+            workdir=config.get("WorkingDir") or labels.get(LABEL_WORKDIR) or "/",
+            metadata={
+                "runtime": str(host.get("Runtime") or "default"),
+                "engine": self.base_url,
+                "name": str(attrs.get("Name", "")).lstrip("/"),
+            },
+        )
+
+    async def list(self, labels: Mapping[str, str] | None = None) -> builtins.list[SandboxInfo]:
+        """Running sandboxes of this provider carrying all of ``labels``."""
+        wanted = [f"{LABEL_PROVIDER}={PROVIDER}"]
+        wanted += [f"{k}={v}" for k, v in (labels or {}).items()]
+        rows: builtins.list[dict[str, Any]] = await self._call(
+            "list", lambda api: api.containers(all=True, filters={"label": wanted})
+        )
+        infos = []
+        for row in rows:
+            state = row.get("State", "")
+            if state not in _STATES:
+                continue  # ended: the engine is removing it
+            row_labels = dict(row.get("Labels") or {})
+            infos.append(
+                SandboxInfo(
+                    id=row["Id"],
+                    provider=PROVIDER,
+                    state=_STATES[state],
+                    labels=_user_labels(row_labels),
+                    created_at=_labels.created_at(row_labels)
+                    or _wire.parse_created(row.get("Created")),
+                    expires_at=_labels.expires_at(row_labels),
+                    image=row.get("Image"),
+                    workdir=row_labels.get(LABEL_WORKDIR, "/"),
+                )
+            )
+        return infos
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Kill and remove the container at once (no graceful stop); gone already is fine."""
+
+        def run(api: docker.APIClient) -> None:
+            import docker.errors
+
+            try:
+                api.remove_container(sandbox_id, force=True)
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409 and "already in progress" in str(exc.explanation):
+                    return  # auto-remove got there first
+                raise
+
+        await self._call("destroy", run, sandbox_id=sandbox_id)
+
+    # -- exec -------------------------------------------------------------------------------
+
+    async def exec_stream(
+        self, sandbox_id: str, command: Command, options: ExecOptions
+    ) -> AsyncIterator[ExecEvent]:
+        """Run a command through the engine's exec API, streaming stdout and stderr separately.
+
+        The command runs under a one-line ``sh`` wrapper that reports its process group, so a
+        timeout (or leaving the stream early) kills the whole tree inside the container.
+        Raises ``CommandTimeout``, ``SandboxNotFound``.
+        """
+        argv = argv_of(command)
+        deadline = None if options.timeout is None else time.monotonic() + options.timeout
+        conn = await self._call(
+            "exec",
+            lambda api: _ExecConnection.start(api, sandbox_id, argv, options),
+            sandbox_id=sandbox_id,
+        )
+        marker = _wire.MarkerSplitter()
+        finished = False
+        try:
+            async for kind, data in conn.frames(deadline):
+                if kind == _wire.STDERR:
+                    data = marker.feed(data)
+                    if not data:
+                        continue
+                yield ExecEvent(kind="stdout" if kind == _wire.STDOUT else "stderr", data=data)
+            if conn.timed_out:
+                await self._kill_group(sandbox_id, marker.pgid)
+                tail = await conn.drain(2.0)
+                for kind, data in tail:
+                    if kind == _wire.STDERR:
+                        data = marker.feed(data)
+                    if data:
+                        yield ExecEvent(
+                            kind="stdout" if kind == _wire.STDOUT else "stderr", data=data
+                        )
+                finished = True
+                raise CommandTimeout(
+                    f"command timed out after {options.timeout} s; its process group was killed",
+                    timeout=options.timeout,
+                    provider=PROVIDER,
+                    op="exec",
+                    sandbox_id=sandbox_id,
+                )
+            leftover = marker.flush()
+            if leftover:
+                yield ExecEvent(kind="stderr", data=leftover)
+            code = await self._call(
+                "exec", lambda api: _exit_code(api, conn.exec_id), sandbox_id=sandbox_id
+            )
+            finished = True
+            if code is None:
+                raise SandboxNotFound(
+                    f"sandbox {sandbox_id} ended while the command ran",
+                    provider=PROVIDER,
+                    op="exec",
+                    sandbox_id=sandbox_id,
+                )
+            signal = code - 128 if 128 < code < 128 + 65 else None
+            if code == 137:
+                note = await self._oom_note(sandbox_id)
+                if note:
+                    yield ExecEvent(kind="stderr", data=note)
+            yield ExecEvent(kind="exit", exit_code=code, signal=signal)
+        finally:
+            conn.close()
+            if not finished:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                    await self._kill_group(sandbox_id, marker.pgid)
+
+    async def _kill_group(self, sandbox_id: str, pgid: int | None) -> None:
+        """Kill a command's process group from inside the container (best effort)."""
+        if pgid is None:
+            return
+        argv = ["/bin/sh", "-c", _KILL_GROUP, "sh", str(pgid)]
+        try:
+            await self._call(
+                "exec",
+                lambda api: _run_quick(api, sandbox_id, argv),
+                sandbox_id=sandbox_id,
+            )
+        except SandboxError:
+            log.debug("killing process group %s in %s failed", pgid, sandbox_id, exc_info=True)
+
+    async def _oom_note(self, sandbox_id: str) -> bytes:
+        """A stderr note when the container's memory cgroup has OOM-killed something."""
+        argv = ["/bin/sh", "-c", _OOM_PROBE]
+        try:
+            out = await self._call(
+                "exec", lambda api: _run_quick(api, sandbox_id, argv), sandbox_id=sandbox_id
+            )
+        except SandboxError:
+            return b""
+        count = out.strip()
+        if count.isdigit() and int(count) > 0:
+            return (
+                b"agent-sandbox: exit 137 with the sandbox's memory limit reached "
+                b"(OOMKilled: the kernel's out-of-memory killer ended a process)\n"
+            )
+        return b""
+
+    # -- files ------------------------------------------------------------------------------
+
+    async def read_file(self, sandbox_id: str, path: str) -> bytes:
+        """The bytes of a file, streamed out of the container through the archive API.
+
+        Symlinks are followed. Raises ``FileNotFound``, ``IsADirectory``.
+        """
+        for _ in range(16):
+            kind, payload = await self._call(
+                "read_file",
+                lambda api, p=path: _read_archive(api, sandbox_id, p),
+                sandbox_id=sandbox_id,
+                path=path,
+            )
+            if kind == "file":
+                return payload
+            if kind == "dir":
+                raise IsADirectory(
+                    f"is a directory: {path}", provider=PROVIDER, op="read_file", sandbox_id=sandbox_id
+                )
+            target = payload.decode("utf-8", "surrogateescape")
+            path = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+        raise InvalidPath(
+            f"too many levels of symbolic links: {path}",
+            provider=PROVIDER,
+            op="read_file",
+            sandbox_id=sandbox_id,
+        )
+
+    async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
+        """Create or replace a file through the archive API (a streamed tar), creating parents."""
+        parent, name = posixpath.split(path)
+        if not name:
+            raise InvalidPath(f"not a file path: {path}", provider=PROVIDER, op="write_file")
+        parent = parent or "/"
+
+        def put(api: docker.APIClient) -> bool:
+            import docker.errors
+
+            try:
+                _put_archive(api, sandbox_id, parent, _wire.tar_single_file(name, data))
+            except docker.errors.NotFound as exc:
+                if "no such container" in str(exc.explanation).lower():
+                    raise
+                return False
+            return True
+
+        done = await self._call("write_file", put, sandbox_id=sandbox_id)
+        if done:
+            return
+        await self.mkdir(sandbox_id, parent)
+        await self._call(
+            "write_file",
+            lambda api: _put_archive(api, sandbox_id, parent, _wire.tar_single_file(name, data)),
+            sandbox_id=sandbox_id,
+            path=path,
+        )
+
+    async def stat(self, sandbox_id: str, path: str) -> FileInfo:
+        """Describe a path with one ``HEAD`` of the archive API (no exec). Raises ``FileNotFound``."""
+        header = await self._call(
+            "stat", lambda api: _stat_archive(api, sandbox_id, path), sandbox_id=sandbox_id, path=path
+        )
+        if header is None:
+            raise FileNotFound(
+                f"no such file or directory: {path}", provider=PROVIDER, op="stat", sandbox_id=sandbox_id
+            )
+        return _wire.file_info(path, header)
+
+    # -- optional capabilities --------------------------------------------------------------
+
+    async def expose_port(self, sandbox_id: str, port: int) -> str:
+        """``http://127.0.0.1:<host port>`` for a port published at create (``spec.ports``)."""
+        attrs = await self._inspect(sandbox_id, "expose_port")
+        ports = ((attrs.get("NetworkSettings") or {}).get("Ports")) or {}
+        for binding in ports.get(f"{port}/tcp") or []:
+            if binding.get("HostPort"):
+                return f"http://127.0.0.1:{binding['HostPort']}"
+        raise ConfigError(
+            f"port {port} was not published; create the sandbox with ports=({port},)",
+            provider=PROVIDER,
+            op="expose_port",
+            sandbox_id=sandbox_id,
+        )
+
+    async def snapshot(self, sandbox_id: str) -> str:
+        """Commit the container's filesystem to an image; returns its id for ``spec.snapshot``."""
+        await self._inspect(sandbox_id, "snapshot")
+        result: dict[str, Any] = await self._call(
+            "snapshot",
+            lambda api: api.commit(
+                sandbox_id,
+                conf={"Labels": {LABEL_SNAPSHOT_OF: sandbox_id}},
+                pause=True,
+            ),
+            sandbox_id=sandbox_id,
+        )
+        return str(result["Id"])
+
+    async def pause(self, sandbox_id: str) -> None:
+        """Freeze every process of the sandbox (cgroup freezer)."""
+        await self._call("pause", lambda api: api.pause(sandbox_id), sandbox_id=sandbox_id)
+
+    async def resume(self, sandbox_id: str) -> None:
+        """Thaw a paused sandbox."""
+        await self._call("resume", lambda api: api.unpause(sandbox_id), sandbox_id=sandbox_id)
+
+
+# -- blocking helpers (run in worker threads) ------------------------------------------------
+
+
+def _split_image(image: str) -> tuple[str, str | None]:
+    if "@" in image:
+        return image, None
+    last = image.rsplit("/", 1)[-1]
+    if ":" in last:
+        repo, tag = image.rsplit(":", 1)
+        return repo, tag
+    return image, "latest"
+
+
+def _user_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in labels.items() if k not in (LABEL_PROVIDER, LABEL_WORKDIR)}
+
+
+def _exit_code(api: docker.APIClient, exec_id: str) -> int | None:
+    """The exit code of a finished exec (the engine may lag the stream's end by a moment)."""
+    for attempt in range(200):
+        info = api.exec_inspect(exec_id)
+        if not info.get("Running") and info.get("ExitCode") is not None:
+            return int(info["ExitCode"])
+        time.sleep(0.002 if attempt < 50 else 0.02)
+    return None
+
+
+def _run_quick(api: docker.APIClient, container: str, argv: list[str]) -> str:
+    ex = api.exec_create(container, argv, user="0")
+    out = api.exec_start(ex["Id"])
+    return out.decode("utf-8", "replace") if isinstance(out, bytes) else str(out)
+
+
+def _put_archive(api: docker.APIClient, container: str, path: str, data: Iterator[bytes]) -> None:
+    url = api._url("/containers/{0}/archive", container)
+    res = api._put(url, params={"path": path}, data=data)
+    api._raise_for_status(res)
+
+
+def _stat_archive(api: docker.APIClient, container: str, path: str) -> dict[str, Any] | None:
+    url = api._url("/containers/{0}/archive", container)
+    res = api.head(url, params={"path": path})
+    if res.status_code == 404:
+        # a HEAD has no body: tell a missing path from a missing container by asking again
+        api.inspect_container(container)
+        return None
+    api._raise_for_status(res)
+    return _wire.decode_stat_header(res.headers.get("X-Docker-Container-Path-Stat"))
+
+
+def _read_archive(api: docker.APIClient, container: str, path: str) -> tuple[str, bytes]:
+    """``("file", bytes)``, ``("dir", b"")`` or ``("link", target)`` for ``path``."""
+    url = api._url("/containers/{0}/archive", container)
+    res = api._get(url, params={"path": path}, stream=True, headers={"Accept-Encoding": "identity"})
+    try:
+        api._raise_for_status(res)
+        stat = _wire.decode_stat_header(res.headers.get("X-Docker-Container-Path-Stat")) or {}
+        if _wire.is_dir(stat):
+            return "dir", b""
+        if stat.get("linkTarget"):
+            return "link", str(stat["linkTarget"]).encode("utf-8", "surrogateescape")
+        member = _wire.TarReader(res.iter_content(_wire.CHUNK)).first_file()
+        if member is None:
+            return "file", b""
+        info, content = member
+        if info.issym() or info.islnk():
+            return "link", info.linkname.encode("utf-8", "surrogateescape")
+        return "file", content
+    finally:
+        res.close()
+
+
+class _ExecConnection:
+    """One exec's hijacked attach connection, read without blocking the event loop."""
+
+    def __init__(self, exec_id: str, response: Any, sock: Any, head: bytes) -> None:
+        self.exec_id = exec_id
+        self._response = response
+        self._sock = sock
+        self._head = head
+        self._parser = _wire.FrameParser()
+        self._plain = type(sock) is socket.socket
+        self._writer: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.timed_out = False
+        self.eof = False
+
+    @classmethod
+    def start(
+        cls, api: docker.APIClient, container: str, argv: list[str], options: ExecOptions
+    ) -> _ExecConnection:
+        env = [f"{k}={v}" for k, v in options.env.items()] or None
+        ex = api.exec_create(
+            container,
+            ["/bin/sh", "-c", _WRAPPER, "sh", *argv],
+            stdout=True,
+            stderr=True,
+            stdin=options.stdin is not None,
+            environment=env,
+            workdir=options.cwd,
+            user=options.user or "",
+        )
+        exec_id = ex["Id"]
+        res = api._post_json(
+            api._url("/exec/{0}/start", exec_id),
+            headers={"Connection": "Upgrade", "Upgrade": "tcp"},
+            data={"Tty": False, "Detach": False},
+            stream=True,
+        )
+        raw = api._get_raw_response_socket(res)
+        sock = getattr(raw, "_sock", raw)
+        head = b""
+        if type(sock) is socket.socket:
+            sock.setblocking(False)
+            # bytes the HTTP layer read past the response headers belong to the stream
+            fp = getattr(getattr(res.raw, "_fp", None), "fp", None)
+            peek = getattr(fp, "peek", None)
+            if peek is not None:
+                try:
+                    head = bytes(peek())
+                except (BlockingIOError, OSError, ValueError):
+                    head = b""
+        conn = cls(exec_id, res, sock, head)
+        if options.stdin is not None:
+            conn._start_writer(options.stdin)
+        return conn
+
+    def _start_writer(self, data: bytes) -> None:
+        def pump() -> None:
+            view = memoryview(data)
+            sock = self._sock
+            try:
+                while view and not self._stop.is_set():
+                    if self._plain:
+                        _, ready, _ = select.select([], [sock], [], 0.2)
+                        if not ready:
+                            continue
+                        try:
+                            sent = sock.send(view[: 1 << 16])
+                        except BlockingIOError:
+                            continue
+                    else:
+                        sock.sendall(view[: 1 << 16])
+                        sent = min(len(view), 1 << 16)
+                    view = view[sent:]
+                if not self._stop.is_set():
+                    sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # the command stopped reading or ended; its exit status tells the rest
+
+        self._writer = threading.Thread(target=pump, name="agent-sandbox-stdin", daemon=True)
+        self._writer.start()
+
+    async def _recv(self) -> bytes:
+        if self._head:
+            data, self._head = self._head, b""
+            return data
+        if self._plain:
+            while True:
+                try:
+                    return bytes(self._sock.recv(1 << 16))
+                except BlockingIOError:
+                    await anyio.wait_readable(self._sock)
+        recv = self._sock.recv
+        data = await anyio.to_thread.run_sync(recv, 1 << 16, abandon_on_cancel=True)
+        return bytes(data)
+
+    async def frames(self, deadline: float | None) -> AsyncIterator[tuple[str, bytes]]:
+        """Frames as they arrive until the stream ends or ``deadline`` passes (then ``timed_out``)."""
+        while True:
+            if deadline is None:
+                data = await self._recv()
+            else:
+                remaining = deadline - time.monotonic()
+                data = b""
+                with anyio.move_on_after(max(remaining, 0)) as scope:
+                    data = await self._recv()
+                if scope.cancelled_caught:
+                    self.timed_out = True
+                    return
+            if not data:
+                self.eof = True
+                return
+            for frame in self._parser.feed(data):
+                yield frame
+
+    async def drain(self, seconds: float) -> builtins.list[tuple[str, bytes]]:
+        """What is left on the stream after a kill, waiting at most ``seconds``."""
+        out: builtins.list[tuple[str, bytes]] = []
+        with anyio.move_on_after(seconds):
+            while True:
+                data = await self._recv()
+                if not data:
+                    break
+                out.extend(self._parser.feed(data))
+        return out
+
+    def close(self) -> None:
+        """Stop the stdin pump and drop the connection."""
+        self._stop.set()
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):
+            pass
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        try:
+            self._response.close()
+        except Exception:
+            pass
