@@ -1,0 +1,215 @@
+"""The bubblewrap jail: its argv, and how its paths map onto host paths for file operations.
+
+The jail's filesystem is a read-only tmpfs root holding read-only binds of ``/usr`` and ``/etc``
+(plus the ``/bin``, ``/lib``... entries, as symlinks when the host has them as symlinks), the
+sandbox's workspace bound read-write at ``/workspace`` and its private tmp at ``/tmp``. File
+operations resolve a jail path component by component, following symlinks with the jail's idea
+of ``/``, so a symlink planted inside the workspace cannot lead a host-side read or write out of
+it; the opened file is checked once more through ``/proc/self/fd``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import posixpath
+import shutil
+import stat
+import subprocess
+from dataclasses import dataclass
+
+WORKSPACE = "/workspace"
+TMP = "/tmp"
+JAIL_UID = 1000
+JAIL_GID = 1000
+JAIL_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+_TOP_ENTRIES = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+_READONLY_DIRS = ("/usr", "/etc")
+_MAX_SYMLINKS = 40
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One place of the jail backed by a host directory."""
+
+    jail: str
+    host: str
+    writable: bool
+
+
+class JailPathError(Exception):
+    """A jail path cannot be used: ``kind`` is ``missing``, ``denied`` or ``loop``."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@functools.lru_cache(maxsize=1)
+def top_level_links() -> tuple[tuple[str, str | None], ...]:
+    """``(name, symlink target or None for a real directory)`` of the host's /bin, /lib, ..."""
+    found: list[tuple[str, str | None]] = []
+    for name in _TOP_ENTRIES:
+        path = "/" + name
+        if os.path.islink(path):
+            found.append((name, os.readlink(path)))
+        elif os.path.isdir(path):
+            found.append((name, None))
+    return tuple(found)
+
+
+def bwrap_prefix(bwrap: str, workspace: str, tmp: str, *, share_net: bool) -> list[str]:
+    """The bwrap argv up to (not including) ``--chdir``/env/command, for one sandbox."""
+    argv = [bwrap, "--tmpfs", "/"]
+    for directory in _READONLY_DIRS:
+        argv += ["--ro-bind", directory, directory]
+    for name, target in top_level_links():
+        if target is None:
+            argv += ["--ro-bind", "/" + name, "/" + name]
+        else:
+            argv += ["--symlink", target, "/" + name]
+    argv += [
+        "--bind", workspace, WORKSPACE,
+        "--bind", tmp, TMP,
+        "--proc", "/proc",
+        "--dev", "/dev",
+        "--unshare-all",
+    ]  # fmt: skip
+    if share_net:
+        argv.append("--share-net")
+    argv += [
+        # Never without --unshare-user: root would keep every capability inside.
+        "--unshare-user", "--uid", str(JAIL_UID), "--gid", str(JAIL_GID),
+        "--die-with-parent",
+        "--new-session",
+        "--remount-ro", "/",
+        "--clearenv",
+    ]  # fmt: skip
+    return argv
+
+
+@functools.lru_cache(maxsize=4)
+def probe(bwrap: str) -> str | None:
+    """``None`` when bwrap can build a jail here, else why not (e.g. user namespaces disabled)."""
+    scratch = "/"
+    argv = [bwrap, "--tmpfs", "/"]
+    for directory in _READONLY_DIRS:
+        argv += ["--ro-bind", directory, directory]
+    for name, target in top_level_links():
+        argv += (
+            ["--ro-bind", "/" + name, "/" + name]
+            if target is None
+            else ["--symlink", target, "/" + name]
+        )
+    argv += ["--unshare-all", "--unshare-user", "--uid", str(JAIL_UID), "--gid", str(JAIL_GID)]
+    argv += ["--die-with-parent", "--new-session", "--clearenv", "true"]
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=30, cwd=scratch, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return str(exc)
+    if done.returncode != 0:
+        return done.stderr.decode(errors="replace").strip() or f"exit status {done.returncode}"
+    return None
+
+
+def find_bwrap() -> str | None:
+    """The bwrap executable on PATH, if any."""
+    return shutil.which("bwrap")
+
+
+class JailFS:
+    """Maps jail paths of one sandbox to host paths, as the jail would resolve them."""
+
+    def __init__(self, workspace: str, tmp: str) -> None:
+        self.mounts = [
+            Mount(WORKSPACE, workspace, True),
+            Mount(TMP, tmp, True),
+            *(Mount(d, d, False) for d in _READONLY_DIRS),
+        ]
+        for name, target in top_level_links():
+            if target is None:
+                self.mounts.append(Mount("/" + name, "/" + name, False))
+        self.links = {"/" + name: target for name, target in top_level_links() if target}
+
+    def mount_of(self, jail_path: str) -> Mount | None:
+        """The mount holding ``jail_path`` (normalised, no symlinks), if any."""
+        for mount in self.mounts:
+            if jail_path == mount.jail or jail_path.startswith(mount.jail + "/"):
+                return mount
+        return None
+
+    def host_of(self, jail_path: str) -> tuple[Mount, str] | None:
+        """Host path of a resolved jail path, with its mount; ``None`` for the bare root tmpfs."""
+        mount = self.mount_of(jail_path)
+        if mount is None:
+            return None
+        return mount, mount.host + jail_path[len(mount.jail) :]
+
+    def resolve(self, path: str, *, follow_final: bool = True) -> str:
+        """The jail path ``path`` designates once every symlink is followed (jail semantics).
+
+        Missing trailing components are kept as they are (a write may create them).
+        Raises :class:`JailPathError` (``loop``) after too many symlinks.
+        """
+        todo = [c for c in path.split("/") if c and c != "."]
+        todo.reverse()
+        done: list[str] = []
+        hops = 0
+        while todo:
+            name = todo.pop()
+            if name == "..":
+                if done:
+                    done.pop()
+                continue
+            candidate = "/" + "/".join([*done, name])
+            if not todo and not follow_final:
+                done.append(name)
+                break
+            target = self._readlink(candidate)
+            if target is None:
+                done.append(name)
+                continue
+            hops += 1
+            if hops > _MAX_SYMLINKS:
+                raise JailPathError("loop", f"too many levels of symbolic links: {path}")
+            if target.startswith("/"):
+                done = []
+            todo.extend(reversed([c for c in target.split("/") if c and c != "."]))
+        return "/" + "/".join(done)
+
+    def _readlink(self, jail_path: str) -> str | None:
+        if jail_path in self.links:
+            return self.links[jail_path]
+        located = self.host_of(jail_path)
+        if located is None:
+            return None
+        mount, host = located
+        if host == mount.host:
+            return None
+        try:
+            return os.readlink(host)
+        except OSError:  # not a link, or missing
+            return None
+
+
+def check_inside(fd: int, mount: Mount) -> None:
+    """Raise ``JailPathError`` unless the opened ``fd`` really lives under ``mount.host``."""
+    real = os.readlink(f"/proc/self/fd/{fd}")
+    if real != mount.host and not real.startswith(mount.host.rstrip("/") + "/"):
+        raise JailPathError("denied", f"path escapes {mount.jail}")
+
+
+def jail_may_read(st: os.stat_result) -> bool:
+    """Whether the jail's user (our uid seen as 1000, no capabilities) may read a file."""
+    mode = st.st_mode
+    if st.st_uid == os.geteuid():
+        return bool(mode & stat.S_IRUSR)
+    if st.st_gid == os.getegid():
+        return bool(mode & stat.S_IRGRP)
+    return bool(mode & stat.S_IROTH)
+
+
+def normalise(path: str) -> str:
+    """``path`` made absolute and normal (``..`` cannot climb above ``/``)."""
+    normal = posixpath.normpath("/" + path.lstrip("/"))
+    return "/" + normal.lstrip("/")

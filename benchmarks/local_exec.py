@@ -1,0 +1,103 @@
+"""What the local provider adds to running a command: ``Sandbox.exec(["true"])`` against a bare
+``subprocess.run(["true"])``, and (with bubblewrap) against a bare ``bwrap ... true`` built from
+the same jail recipe. Median of N runs each, interleaved so machine noise hits all alike.
+
+Run: ``uv run python benchmarks/local_exec.py [--runs N]``. Target: both ratios <= 1.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+
+import agent_sandbox as asb
+from agent_sandbox.local import LocalBackend, LocalOptions
+from agent_sandbox.local._jail import bwrap_prefix
+
+
+def _time_sync(func: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    func()
+    return time.perf_counter() - start
+
+
+async def _time_async(func: Callable[[], Awaitable[object]]) -> float:
+    start = time.perf_counter()
+    await func()
+    return time.perf_counter() - start
+
+
+def _run(argv: list[str] | None) -> None:
+    assert argv is not None
+    subprocess.run(argv, check=True)
+
+
+async def _measure(isolation: str, runs: int, root: str) -> dict[str, float]:
+    backend = LocalBackend(LocalOptions(root=root, isolation=isolation))  # type: ignore[arg-type]
+    samples: dict[str, list[float]] = {"sandbox": [], "subprocess": []}
+    bare_bwrap: list[str] | None = None
+    async with await asb.Sandbox.create(backend=backend) as sb:
+        if isolation == "bwrap":
+            bwrap = shutil.which("bwrap")
+            assert bwrap is not None
+            directory = sb.info.metadata["path"]
+            bare_bwrap = [
+                *bwrap_prefix(
+                    bwrap,
+                    os.path.join(directory, "workspace"),
+                    os.path.join(directory, "tmp"),
+                    share_net=True,
+                ),
+                "--setenv", "PATH", "/usr/bin:/bin",
+                "--chdir", "/workspace",
+                "true",
+            ]  # fmt: skip
+            samples["bwrap"] = []
+        for _ in range(10):  # warm up caches and the page cache
+            await sb.exec(["true"])
+            subprocess.run(["true"], check=True)  # noqa: ASYNC221 - the baseline is blocking
+        for _ in range(runs):
+            samples["sandbox"].append(await _time_async(lambda: sb.exec(["true"])))
+            samples["subprocess"].append(_time_sync(lambda: subprocess.run(["true"], check=True)))
+            if bare_bwrap is not None:
+                samples["bwrap"].append(_time_sync(lambda: _run(bare_bwrap)))
+    await backend.aclose()
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=300, help="runs per measurement (>= 200)")
+    args = parser.parse_args()
+    modes = ["none"]
+    if shutil.which("bwrap"):
+        modes.insert(0, "bwrap")
+    else:
+        print("bwrap not on PATH: measuring isolation='none' only")
+    with tempfile.TemporaryDirectory(prefix="asb-bench-") as root:
+        for mode in modes:
+            medians = asyncio.run(_measure(mode, args.runs, root))
+            ms = {name: value * 1000 for name, value in medians.items()}
+            line = (
+                f"isolation={mode:<5}  Sandbox.exec(['true']) {ms['sandbox']:.3f} ms  "
+                f"subprocess.run(['true']) {ms['subprocess']:.3f} ms  "
+                f"ratio {medians['sandbox'] / medians['subprocess']:.2f}x"
+            )
+            if "bwrap" in medians:
+                line += (
+                    f"  bare bwrap {ms['bwrap']:.3f} ms  "
+                    f"ratio to bare bwrap {medians['sandbox'] / medians['bwrap']:.2f}x"
+                )
+            print(line)
+    print(f"(median of {args.runs} runs each; target: ratios <= 1.5)")
+
+
+if __name__ == "__main__":
+    main()
