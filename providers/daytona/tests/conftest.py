@@ -93,3 +93,8 @@ def sandbox_backend(daytona_options: DaytonaOptions) -> DaytonaBackend:
 def sandbox_spec() -> SandboxSpec:
     """The spec the conformance suite creates sandboxes from: Daytona's default snapshot."""
     return SandboxSpec(ttl_seconds=900)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register ``live``: the tests ``nox -s live -- daytona`` runs against the real Daytona."""
+    config.addinivalue_line("markers", "live: runs against the real vendor when selected")
