@@ -1184,7 +1184,7 @@ def _spawn(func: Callable[[], Awaitable[None]]) -> None:
 
         trio.lowlevel.spawn_system_task(func)
         return
-    task = loop.create_task(func())  # type: ignore[arg-type]
+    task: asyncio.Task[None] = loop.create_task(func())  # type: ignore[arg-type]
     _TASKS.add(task)
     task.add_done_callback(_TASKS.discard)
 
@@ -1335,6 +1335,14 @@ async def _b_kill(
             proc.scope.cancel()
     await anyio.lowlevel.checkpoint()
     return status
+
+
+async def _b_exec(
+    b: FakeBackend, s: _Shell, argv: builtins.list[str], env: dict[str, str], io_: _IO
+) -> int:
+    if len(argv) < 2:
+        return 0
+    raise _ExitShell(await b._run_utility(s, argv[1:], env, io_))
 
 
 async def _b_wait(
@@ -1745,6 +1753,7 @@ _SHELL_BUILTINS: dict[str, Utility] = {
     "command": _b_command,
     "kill": _b_kill,
     "wait": _b_wait,
+    "exec": _b_exec,
     "read": _b_read,
     ":": _b_true,
     "true": _b_true,

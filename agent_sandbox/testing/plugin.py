@@ -1,13 +1,19 @@
 """The pytest plugin of agent-sandbox (entry point ``pytest11: agent_sandbox``).
 
-Loaded by pytest in every project where agent-sandbox is installed, so it stays light: it only
-registers the conformance suite's marker. The suite itself is
-:class:`agent_sandbox.testing.ConformanceSuite`, which a provider's test module subclasses.
+Loaded by pytest in every project where agent-sandbox is installed, so it stays light: it
+registers the conformance suite's capability marker and the suite's overridable fixtures with
+their defaults. Being plugin fixtures they have the lowest precedence: a provider overrides them
+in its ``conftest.py`` or on its :class:`~agent_sandbox.testing.ConformanceSuite` subclass.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
+
+if TYPE_CHECKING:
+    from agent_sandbox.models import SandboxSpec
 
 MARKER = "requires_capability"
 
@@ -19,3 +25,23 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{MARKER}(*names): the test needs these agent_sandbox Capabilities; a backend lacking "
         "one skips the test with the reason",
     )
+
+
+@pytest.fixture
+def sandbox_spec() -> SandboxSpec:
+    """The spec the conformance suite creates sandboxes from: override to pick an image."""
+    from agent_sandbox.models import SandboxSpec
+
+    return SandboxSpec()
+
+
+@pytest.fixture
+def egress_target(egress_server: object) -> tuple[str, int] | None:
+    """Where an open-network sandbox reaches the suite's test server on this machine.
+
+    The default, ``127.0.0.1``, suits backends sharing the host's network; a container
+    provider returns its bridge address (e.g. ``("172.17.0.1", egress_server.port)``), and a
+    provider whose sandboxes cannot reach this machine at all returns ``None``.
+    """
+    port = getattr(egress_server, "port")  # noqa: B009 - the server type lives in the suite
+    return ("127.0.0.1", int(port))
