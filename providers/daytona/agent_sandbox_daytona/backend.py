@@ -459,6 +459,8 @@ class DaytonaBackend(BaseBackend):
     def _command_line(
         self, argv: builtins.list[str], options: ExecOptions, stdin_path: str | None
     ) -> str:
+        # A brace group, not a subshell and no ``exec``: no extra fork, and the session's own
+        # shell (which records the exit status) is never replaced. The session is used once.
         parts = []
         if stdin_path is not None:
             parts.append(f"rm -f -- {shlex.quote(stdin_path)}")  # already open as stdin
@@ -468,9 +470,9 @@ class DaytonaBackend(BaseBackend):
             if not _ENV_KEY.fullmatch(key):
                 raise ConfigError(f"invalid environment variable name: {key!r}", provider=NAME)
             parts.append(f"export {key}={shlex.quote(value)}")
-        parts.append("exec " + shlex.join(argv))
+        parts.append(shlex.join(argv))
         source = shlex.quote(stdin_path) if stdin_path is not None else "/dev/null"
-        return "(" + " && ".join(parts) + f") < {source}"
+        return "{ " + " && ".join(parts) + f"; }} < {source}"
 
     async def exec_stream(
         self, sandbox_id: str, command: Command, options: ExecOptions
