@@ -8,6 +8,7 @@ no thread. One :class:`docker.APIClient` (one connection pool) serves the whole 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import logging
 import math
 import posixpath
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 import anyio.to_thread
+
 from agent_sandbox import labels as _labels
 from agent_sandbox.backend import BaseBackend, ProviderOptions, argv_of
 from agent_sandbox.errors import (
@@ -596,7 +598,10 @@ class DockerBackend(BaseBackend):
                 return payload
             if kind == "dir":
                 raise IsADirectory(
-                    f"is a directory: {path}", provider=PROVIDER, op="read_file", sandbox_id=sandbox_id
+                    f"is a directory: {path}",
+                    provider=PROVIDER,
+                    op="read_file",
+                    sandbox_id=sandbox_id,
                 )
             target = payload.decode("utf-8", "surrogateescape")
             path = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
@@ -639,11 +644,17 @@ class DockerBackend(BaseBackend):
     async def stat(self, sandbox_id: str, path: str) -> FileInfo:
         """Describe a path with one ``HEAD`` of the archive API (no exec). Raises ``FileNotFound``."""
         header = await self._call(
-            "stat", lambda api: _stat_archive(api, sandbox_id, path), sandbox_id=sandbox_id, path=path
+            "stat",
+            lambda api: _stat_archive(api, sandbox_id, path),
+            sandbox_id=sandbox_id,
+            path=path,
         )
         if header is None:
             raise FileNotFound(
-                f"no such file or directory: {path}", provider=PROVIDER, op="stat", sandbox_id=sandbox_id
+                f"no such file or directory: {path}",
+                provider=PROVIDER,
+                op="stat",
+                sandbox_id=sandbox_id,
             )
         return _wire.file_info(path, header)
 
@@ -721,7 +732,8 @@ def _run_quick(api: docker.APIClient, container: str, argv: list[str]) -> str:
 
 def _put_archive(api: docker.APIClient, container: str, path: str, data: Iterator[bytes]) -> None:
     url = api._url("/containers/{0}/archive", container)
-    res = api._put(url, params={"path": path}, data=data)
+    # copyUIDGID: files belong to the container's user, as if it had written them itself
+    res = api._put(url, params={"path": path, "copyUIDGID": "1"}, data=data)
     api._raise_for_status(res)
 
 
@@ -886,15 +898,9 @@ class _ExecConnection:
     def close(self) -> None:
         """Stop the stdin pump and drop the connection."""
         self._stop.set()
-        try:
+        with contextlib.suppress(OSError, AttributeError):
             self._sock.shutdown(socket.SHUT_RDWR)
-        except (OSError, AttributeError):
-            pass
-        try:
+        with contextlib.suppress(OSError):
             self._sock.close()
-        except OSError:
-            pass
-        try:
+        with contextlib.suppress(Exception):
             self._response.close()
-        except Exception:
-            pass

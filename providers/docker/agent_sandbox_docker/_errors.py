@@ -55,6 +55,10 @@ def translate(
         text = str(exc.explanation or exc)
         lower = text.lower()
         if status == 404:
+            if "no such container" in lower:
+                return SandboxNotFound(
+                    f"sandbox {sandbox_id} not found (no such container)", **where
+                )
             if path is not None:
                 return FileNotFound(f"no such file or directory: {path}", **where)
             if "no such image" in lower or isinstance(exc, docker.errors.ImageNotFound):

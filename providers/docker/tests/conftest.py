@@ -1,0 +1,11 @@
+"""pytest fixtures of the Docker provider's tests (defined in docker_testkit)."""
+
+from docker_testkit import (  # noqa: F401 - fixtures are found by name
+    _session_cleanup,
+    anyio_backend,
+    backend,
+    docker_api,
+    sandbox_backend,
+    sandbox_spec,
+    test_label,
+)

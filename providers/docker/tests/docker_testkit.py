@@ -1,0 +1,124 @@
+"""Shared fixtures and helpers of the Docker tests: a real engine, a local image, leak-proof cleanup.
+
+Every container these tests create carries the label ``agent-sandbox.test-run=<uuid>``; a
+session finalizer (and a per-test one) force-removes whatever still carries it, pass or fail.
+The tests skip, saying why, only when no Docker engine answers.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from agent_sandbox_docker import DockerBackend, DockerOptions
+
+from agent_sandbox.models import SandboxInfo, SandboxSpec
+
+IMAGE = os.environ.get("AGENT_SANDBOX_TEST_DOCKER_IMAGE", "agent-sandbox/debian-python:bookworm")
+BUSYBOX = os.environ.get("AGENT_SANDBOX_TEST_DOCKER_BUSYBOX", "agent-sandbox/busybox:latest")
+RUN_LABEL = "agent-sandbox.test-run"
+RUN_ID = uuid.uuid4().hex[:12]
+
+
+def _engine() -> Any:
+    try:
+        import docker
+
+        client = docker.APIClient(version="auto", timeout=10)
+        client.ping()
+        return client
+    except Exception as exc:
+        return exc
+
+
+_ENGINE = _engine()
+ENGINE_REASON = f"no Docker engine answers ({_ENGINE}); run the project's docker setup script"
+
+
+def engine() -> Any:
+    """The raw docker-py client of the test engine (skips the test when there is none)."""
+    if isinstance(_ENGINE, Exception):
+        pytest.skip(ENGINE_REASON)
+    for image in (IMAGE, BUSYBOX):
+        try:
+            _ENGINE.inspect_image(image)
+        except Exception:
+            pytest.skip(f"test image {image} is not on the engine; run the docker setup script")
+    return _ENGINE
+
+
+def remove_labelled(label: str) -> int:
+    """Force-remove every container carrying ``label`` (key=value); returns how many."""
+    if isinstance(_ENGINE, Exception):
+        return 0
+    rows = _ENGINE.containers(all=True, filters={"label": label})
+    for row in rows:
+        try:
+            _ENGINE.remove_container(row["Id"], force=True)
+        except Exception:
+            pass
+    return len(rows)
+
+
+class LabelledDockerBackend(DockerBackend):
+    """The real DockerBackend, adding the test run's label to every sandbox it creates."""
+
+    run_label = f"{RUN_ID}"
+
+    async def create(self, spec: SandboxSpec) -> SandboxInfo:
+        labels = {**spec.labels, RUN_LABEL: self.run_label}
+        return await super().create(spec.model_copy(update={"labels": labels}))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cleanup() -> Iterator[None]:
+    yield
+    remove_labelled(f"{RUN_LABEL}={RUN_ID}")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def docker_api() -> Any:
+    """Raw docker-py client (the engine the tests use)."""
+    return engine()
+
+
+@pytest.fixture
+def test_label(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A label value unique to one test; its containers are removed when the test ends."""
+    engine()
+    value = f"{RUN_ID}-{uuid.uuid4().hex[:8]}"
+    yield value
+    remove_labelled(f"{RUN_LABEL}={value}")
+
+
+@pytest.fixture
+async def backend(test_label: str) -> AsyncIterator[DockerBackend]:
+    """A fresh backend whose sandboxes carry this test's cleanup label."""
+    b = LabelledDockerBackend(DockerOptions())
+    b.run_label = test_label
+    try:
+        yield b
+    finally:
+        await b.aclose()
+
+
+@pytest.fixture
+def sandbox_backend(test_label: str) -> DockerBackend:
+    """The conformance suite's fixture: a fresh backend per test (the suite closes it)."""
+    b = LabelledDockerBackend(DockerOptions())
+    b.run_label = test_label
+    return b
+
+
+@pytest.fixture
+def sandbox_spec() -> SandboxSpec:
+    """The spec the conformance suite creates sandboxes from: the local debian-python image."""
+    return SandboxSpec(image=IMAGE, ttl_seconds=600)

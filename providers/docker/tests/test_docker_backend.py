@@ -1,0 +1,561 @@
+"""DockerBackend against a real Docker engine (skipped, with the reason, when none answers)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import anyio
+import pytest
+from agent_sandbox_docker import DockerBackend, DockerOptions
+from agent_sandbox_docker._errors import translate
+from docker_testkit import BUSYBOX, IMAGE, RUN_LABEL, remove_labelled
+
+from agent_sandbox import Sandbox
+from agent_sandbox.backend import close_stream
+from agent_sandbox.errors import (
+    CommandTimeout,
+    ConfigError,
+    FileNotFound,
+    IsADirectory,
+    ProviderUnavailable,
+    SandboxConflict,
+    SandboxNotFound,
+    Unsupported,
+)
+from agent_sandbox.labels import stamp
+from agent_sandbox.models import ExecOptions, NetworkPolicy, SandboxSpec
+
+pytestmark = pytest.mark.anyio
+
+PROCS = "for p in /proc/[0-9]*; do tr '\\000' ' ' < $p/cmdline 2>/dev/null; echo; done"
+
+
+async def make(backend: DockerBackend, **fields: Any) -> Sandbox:
+    fields.setdefault("image", IMAGE)
+    fields.setdefault("ttl_seconds", 900)
+    return await Sandbox.create(backend=backend, **fields)
+
+
+@pytest.fixture
+async def sb(backend: DockerBackend) -> AsyncIterator[Sandbox]:
+    sandbox = await make(backend)
+    try:
+        yield sandbox
+    finally:
+        await sandbox.destroy()
+
+
+async def wait_until(predicate: Any, seconds: float, step: float = 0.25) -> bool:
+    """Poll an async predicate until true or ``seconds`` pass (bounded wait, not a timing test)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if await predicate():
+            return True
+        await anyio.sleep(step)
+    return bool(await predicate())
+
+
+# -- lifecycle ------------------------------------------------------------------------------
+
+
+async def test_create_sets_labels_limits_and_main_process(
+    backend: DockerBackend, docker_api: Any
+) -> None:
+    sandbox = await make(backend, cpus=0.5, memory_mib=128, labels={"team": "a"})
+    try:
+        attrs = docker_api.inspect_container(sandbox.id)
+        labels = attrs["Config"]["Labels"]
+        assert labels["team"] == "a"
+        for key in ("owner", "created-at", "expires-at", "managed"):
+            assert f"agent-sandbox.{key}" in labels
+        host = attrs["HostConfig"]
+        assert host["NanoCpus"] == 500_000_000
+        assert host["Memory"] == 128 * 1024 * 1024
+        assert host["MemorySwap"] == 128 * 1024 * 1024
+        assert host["PidsLimit"] == 4096
+        assert host["AutoRemove"] is True
+        assert attrs["Config"]["Entrypoint"] == ["sleep"]
+        assert attrs["Config"]["Cmd"] == ["900"]
+        assert sandbox.info.workdir == "/workspace"
+        assert sandbox.info.expires_at is not None
+    finally:
+        await sandbox.destroy()
+
+
+async def test_connect_list_destroy_idempotent(backend: DockerBackend, test_label: str) -> None:
+    one = await make(backend, labels={"which": "one"})
+    two = await make(backend, labels={"which": "two"})
+    try:
+        info = await backend.connect(one.id)
+        assert info.id == one.id and info.state == "running"
+        assert info.labels["which"] == "one"
+        mine = await backend.list({RUN_LABEL: test_label})
+        assert {i.id for i in mine} == {one.id, two.id}
+        only = await backend.list({RUN_LABEL: test_label, "which": "two"})
+        assert [i.id for i in only] == [two.id]
+        assert only[0].workdir == "/workspace"
+    finally:
+        await one.destroy()
+        await two.destroy()
+    await backend.destroy(one.id)  # already gone: not an error
+    await backend.destroy("0" * 64)
+    with pytest.raises(SandboxNotFound):
+        await backend.connect(one.id)
+    assert await backend.list({RUN_LABEL: test_label}) == []
+
+
+async def test_destroy_is_prompt_kill_not_graceful_stop(
+    backend: DockerBackend, docker_api: Any
+) -> None:
+    sandbox = await make(backend)
+    await sandbox.destroy()
+    # force-remove kills at once: the container is gone when destroy returns
+    with pytest.raises(Exception, match="No such container"):
+        docker_api.inspect_container(sandbox.id)
+
+
+async def test_gone_sandbox_errors_are_typed(backend: DockerBackend) -> None:
+    sandbox = await make(backend)
+    sid = sandbox.id
+    await sandbox.destroy()
+    with pytest.raises(SandboxNotFound):
+        await backend.exec(sid, ["true"], ExecOptions())
+    with pytest.raises(SandboxNotFound):
+        await backend.read_file(sid, "/etc/hostname")
+    with pytest.raises(SandboxNotFound):
+        await backend.write_file(sid, "/tmp/x", b"x")
+    with pytest.raises(SandboxNotFound):
+        await backend.stat(sid, "/etc")
+
+
+async def test_dead_man_switch_survives_sigkilled_client(docker_api: Any, test_label: str) -> None:
+    """A client killed with SIGKILL leaks nothing past the TTL: the container ends itself."""
+    child = textwrap.dedent(
+        f"""
+        import anyio, sys, time
+        from agent_sandbox import Sandbox
+        from agent_sandbox_docker import DockerBackend
+
+        async def main():
+            sb = await Sandbox.create(backend=DockerBackend(), image={IMAGE!r}, ttl_seconds=5,
+                                      labels={{{RUN_LABEL!r}: {test_label!r}}})
+            print(sb.id, flush=True)
+            time.sleep(600)
+
+        anyio.run(main)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", child], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        sid = proc.stdout.readline().strip()
+        assert sid, proc.stderr.read() if proc.stderr else ""
+        assert docker_api.inspect_container(sid)["State"]["Running"]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    async def gone() -> bool:
+        return not docker_api.containers(all=True, filters={"id": sid})
+
+    assert await wait_until(gone, 40), "container still present long after its 5 s TTL"
+
+
+async def test_sweep_removes_expired_by_label(backend: DockerBackend, test_label: str) -> None:
+    past = datetime.now(timezone.utc) - timedelta(hours=2)
+    spec = stamp(SandboxSpec(image=IMAGE, ttl_seconds=60), "tester", now=past)
+    expired = await backend.create(spec)
+    fresh = await make(backend)
+    try:
+        removed = await backend.sweep()
+        assert expired.id in removed
+        assert fresh.id not in removed
+        ids = {i.id for i in await backend.list({RUN_LABEL: test_label})}
+        assert ids == {fresh.id}
+    finally:
+        await backend.destroy(expired.id)
+        await fresh.destroy()
+
+
+async def test_busybox_image_without_python(backend: DockerBackend) -> None:
+    sandbox = await make(backend, image=BUSYBOX)
+    try:
+        result = await sandbox.exec("echo hi; echo err >&2")
+        assert (result.stdout, result.stderr, result.exit_code) == ("hi\n", "err\n", 0)
+        await sandbox.write_file("/tmp/deep/f.txt", b"data")
+        assert await sandbox.read_file("/tmp/deep/f.txt") == b"data"
+        with pytest.raises(CommandTimeout):
+            await sandbox.exec("sleep 100 & sleep 100", timeout=0.5)
+        assert "sleep 100" not in (await sandbox.exec(PROCS)).stdout
+    finally:
+        await sandbox.destroy()
+
+
+# -- exec -----------------------------------------------------------------------------------
+
+
+async def test_exec_streams_exit_codes_and_signals(sb: Sandbox) -> None:
+    result = await sb.exec(["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert (result.exit_code, result.stdout, result.stderr) == (3, "out\n", "err\n")
+    assert result.signal is None
+    killed = await sb.exec("kill -TERM $$")
+    assert (killed.exit_code, killed.signal) == (143, 15)
+    missing = await sb.exec(["no-such-binary-here"])
+    assert missing.exit_code == 127
+    argv = await sb.exec(["printf", "%s|", "a b", "$HOME", "'q'"])
+    assert argv.stdout == "a b|$HOME|'q'|"
+
+
+async def test_exec_output_is_streamed_before_exit(sb: Sandbox) -> None:
+    script = "echo ready; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo done"
+    stream = sb.exec_stream(script, timeout=60)
+    try:
+        first = await stream.__anext__()
+        assert (first.kind, first.data) == ("stdout", b"ready\n")
+        await sb.write_file("/tmp/go", b"")  # the command is still running, waiting for this
+        rest = [event async for event in stream]
+    finally:
+        await close_stream(stream)
+    assert rest[0].data == b"done\n"
+    assert rest[-1].kind == "exit" and rest[-1].exit_code == 0
+
+
+async def test_exec_binary_and_large_output(sb: Sandbox) -> None:
+    result = await sb.exec("head -c 5000000 /dev/zero | tr '\\0' 'x'; printf '\\377\\000' >&2")
+    assert result.stdout_bytes == b"x" * 5_000_000
+    assert result.stderr_bytes == b"\xff\x00"
+    capped = await sb.exec("head -c 100000 /dev/zero", output_limit=1000)
+    assert len(capped.stdout_bytes) == 1000 and capped.stdout_truncated
+
+
+async def test_exec_stdin_env_cwd_user(sb: Sandbox) -> None:
+    assert (await sb.exec("cat", stdin=b"hello")).stdout == "hello"
+    assert (await sb.exec("wc -c", stdin=b"")).stdout.strip() == "0"
+    big = os.urandom(3 * 1024 * 1024)
+    # cat echoes while we still write: both directions must flow at once (no deadlock)
+    echoed = await sb.exec(["cat"], stdin=big, timeout=60)
+    assert echoed.stdout_bytes == big
+    result = await sb.exec('echo "$FOO|$PWD"', env={"FOO": "bar baz"}, cwd="/tmp")
+    assert result.stdout == "bar baz|/tmp\n"
+    assert (await sb.exec("id -u", user="nobody")).stdout.strip() == "65534"
+    assert (await sb.exec("pwd")).stdout.strip() == "/workspace"
+
+
+async def test_timeout_kills_process_tree_inside_container(sb: Sandbox) -> None:
+    with pytest.raises(CommandTimeout) as caught:
+        await sb.exec("echo started; sleep 300 & sleep 301; echo never", timeout=1)
+    assert caught.value.stdout == b"started\n"
+
+    async def tree_gone() -> bool:
+        procs = (await sb.exec(PROCS)).stdout
+        return "sleep 300" not in procs and "sleep 301" not in procs
+
+    assert await wait_until(tree_gone, 10), (await sb.exec(PROCS)).stdout
+    # the sandbox itself (its TTL process) is still alive
+    assert (await sb.exec(["true"])).exit_code == 0
+
+
+async def test_leaving_the_stream_early_kills_the_command(sb: Sandbox) -> None:
+    stream = sb.exec_stream("echo go; sleep 302")
+    first = await stream.__anext__()
+    assert first.data == b"go\n"
+    await close_stream(stream)
+
+    async def gone() -> bool:
+        return "sleep 302" not in (await sb.exec(PROCS)).stdout
+
+    assert await wait_until(gone, 10)
+
+
+async def test_many_concurrent_execs(sb: Sandbox) -> None:
+    async def one(i: int, out: dict[int, str]) -> None:
+        out[i] = (await sb.exec(["sh", "-c", f"echo {i}"])).stdout
+
+    results: dict[int, str] = {}
+    async with anyio.create_task_group() as tg:
+        for i in range(20):
+            tg.start_soon(one, i, results)
+    assert results == {i: f"{i}\n" for i in range(20)}
+
+
+# -- files ----------------------------------------------------------------------------------
+
+
+async def test_files_round_trip_50_mib(sb: Sandbox) -> None:
+    data = os.urandom(50 * 1024 * 1024)
+    await sb.write_file("/tmp/big.bin", data)
+    digest = (await sb.exec("sha256sum /tmp/big.bin")).stdout.split()[0]
+    assert digest == hashlib.sha256(data).hexdigest()
+    assert await sb.read_file("/tmp/big.bin") == data
+
+
+async def test_files_parents_errors_stat_symlinks(sb: Sandbox) -> None:
+    await sb.write_file("/tmp/a/b/c/file.txt", "nested")
+    assert await sb.read_text("/tmp/a/b/c/file.txt") == "nested"
+    await sb.write_file("rel.txt", b"\x00\xff")
+    assert await sb.read_file("/workspace/rel.txt") == b"\x00\xff"
+    await sb.write_file("rel.txt", b"replaced")
+    assert await sb.read_file("rel.txt") == b"replaced"
+    await sb.write_file("/tmp/empty", b"")
+    assert await sb.read_file("/tmp/empty") == b""
+    with pytest.raises(FileNotFound):
+        await sb.read_file("/tmp/missing")
+    with pytest.raises(IsADirectory):
+        await sb.read_file("/tmp/a")
+    info = await sb.stat("/tmp/a/b/c/file.txt")
+    assert (info.type, info.size, info.name) == ("file", 6, "file.txt")
+    assert info.mtime > time.time() - 3600
+    assert (await sb.stat("/tmp")).mode == 0o1777
+    assert (await sb.stat("/tmp/a")).type == "dir"
+    with pytest.raises(FileNotFound):
+        await sb.stat("/nope")
+    assert await sb.exists("/tmp/a") and not await sb.exists("/nope")
+    await sb.exec("ln -s /tmp/a/b/c/file.txt /tmp/abs; ln -s c/file.txt /tmp/a/b/rel")
+    assert (await sb.stat("/tmp/abs")).type == "symlink"
+    assert await sb.read_file("/tmp/abs") == b"nested"
+    assert await sb.read_file("/tmp/a/b/rel") == b"nested"
+    names = [e.name for e in await sb.list_dir("/tmp/a/b")]
+    assert names == ["c", "rel"]
+
+
+async def test_written_files_belong_to_the_sandbox_user(backend: DockerBackend) -> None:
+    sandbox = await make(backend, user="nobody", workdir="/tmp")
+    try:
+        await sandbox.write_file("/tmp/mine.txt", b"x")
+        result = await sandbox.exec("echo more >> /tmp/mine.txt && cat /tmp/mine.txt")
+        assert result.stdout == "xmore\n", result.stderr
+    finally:
+        await sandbox.destroy()
+
+
+# -- network, ports, resources ----------------------------------------------------------------
+
+
+@pytest.fixture
+def test_server(docker_api: Any, test_label: str) -> Any:
+    """An HTTP server in a container of our own on the default bridge: the only egress target."""
+    container = docker_api.create_container(
+        BUSYBOX,
+        entrypoint=["sh", "-c", "echo egress-ok > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"],
+        labels={RUN_LABEL: test_label},
+        host_config=docker_api.create_host_config(auto_remove=True),
+    )
+    docker_api.start(container["Id"])
+    ip = docker_api.inspect_container(container["Id"])["NetworkSettings"]["IPAddress"]
+    return f"http://{ip}:8080/index.html"
+
+
+FETCH = (
+    "import sys, urllib.request\n"
+    "try:\n"
+    "    print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode().strip())\n"
+    "except Exception as exc:\n"
+    "    print('blocked', type(exc).__name__)\n"
+)
+
+
+async def test_network_open_and_none(backend: DockerBackend, test_server: str) -> None:
+    open_sb = await make(backend, network="open")
+    closed = await make(backend, network="none")
+    try:
+        reached = await open_sb.exec(["python3", "-c", FETCH, test_server])
+        assert reached.stdout.strip() == "egress-ok"
+        blocked = await closed.exec(["python3", "-c", FETCH, test_server])
+        assert blocked.stdout.startswith("blocked")
+        interfaces = (await closed.exec("ls /sys/class/net")).stdout.split()
+        assert interfaces == ["lo"]
+    finally:
+        await open_sb.destroy()
+        await closed.destroy()
+
+
+async def test_allowlist_is_declared_unsupported(backend: DockerBackend) -> None:
+    assert backend.capabilities.network_allowlist is False
+    policy = NetworkPolicy(mode="allowlist", allow=("10.0.0.1",))
+    with pytest.raises(Unsupported):
+        await make(backend, network=policy)
+    with pytest.raises(Unsupported):  # the backend refuses even when called directly
+        await backend.create(SandboxSpec(image=IMAGE, network=policy))
+
+
+async def test_expose_port(backend: DockerBackend) -> None:
+    sandbox = await make(backend, ports=(8000,))
+    try:
+        await sandbox.write_file("index.html", "hello from the sandbox")
+        started = await sandbox.exec(
+            "nohup python3 -m http.server 8000 --bind 0.0.0.0 >/dev/null 2>&1 & echo $!"
+        )
+        assert started.ok
+        url = await sandbox.expose_port(8000)
+        assert url.startswith("http://127.0.0.1:")
+
+        async def answers() -> bool:
+            try:
+                body = await anyio.to_thread.run_sync(
+                    lambda: urllib.request.urlopen(url + "/index.html", timeout=2).read()
+                )
+            except OSError:
+                return False
+            return bool(body == b"hello from the sandbox")
+
+        assert await wait_until(answers, 20)
+        with pytest.raises(ConfigError):
+            await sandbox.expose_port(9999)
+    finally:
+        await sandbox.destroy()
+
+
+async def test_out_of_memory_is_surfaced(backend: DockerBackend) -> None:
+    sandbox = await make(backend, memory_mib=64)
+    try:
+        result = await sandbox.exec(["python3", "-c", "x = bytearray(512 * 1024 * 1024)"])
+        assert result.exit_code == 137
+        assert "OOMKilled" in result.stderr
+    finally:
+        await sandbox.destroy()
+
+
+async def test_pids_limit(test_label: str) -> None:
+    from docker_testkit import LabelledDockerBackend
+
+    backend = LabelledDockerBackend(DockerOptions(pids_limit=20))
+    backend.run_label = test_label
+    try:
+        sandbox = await make(backend)
+        result = await sandbox.exec("for i in $(seq 40); do sleep 1000 & done; echo done")
+        assert "fork" in result.stderr.lower(), result
+        assert "done" not in result.stdout
+        await sandbox.destroy()
+    finally:
+        await backend.aclose()
+
+
+async def test_disk_and_idle_timeout_are_refused(backend: DockerBackend) -> None:
+    with pytest.raises(Unsupported, match="disk_mib"):
+        await make(backend, disk_mib=100)
+    with pytest.raises(Unsupported, match="idle timeout"):
+        await make(backend, idle_timeout_seconds=30)
+
+
+# -- snapshot, pause ---------------------------------------------------------------------------
+
+
+async def test_snapshot_and_create_from_it(backend: DockerBackend, docker_api: Any) -> None:
+    sandbox = await make(backend)
+    image_id = None
+    try:
+        await sandbox.write_file("/workspace/state.txt", "kept")
+        image_id = await sandbox.snapshot()
+        restored = await make(backend, image=None, snapshot=image_id)
+        try:
+            assert await restored.read_text("/workspace/state.txt") == "kept"
+            assert restored.info.workdir == "/workspace"
+        finally:
+            await restored.destroy()
+    finally:
+        await sandbox.destroy()
+        if image_id:
+            docker_api.remove_image(image_id, force=True)
+    with pytest.raises(ConfigError):
+        await make(backend, image=None, snapshot="sha256:" + "0" * 64)
+
+
+async def test_pause_and_resume(sb: Sandbox) -> None:
+    await sb.pause()
+    assert (await sb.refresh()).state == "paused"
+    with pytest.raises(SandboxConflict):
+        await sb.exec(["true"])
+    await sb.resume()
+    assert (await sb.exec(["true"])).ok
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+async def test_engine_down_is_provider_unavailable() -> None:
+    backend = DockerBackend(DockerOptions(base_url="unix:///nonexistent/docker.sock"))
+    try:
+        with pytest.raises(ProviderUnavailable, match="is dockerd running"):
+            await backend.create(SandboxSpec(image=IMAGE))
+        with pytest.raises(ProviderUnavailable, match="nonexistent/docker.sock"):
+            await backend.list()
+    finally:
+        await backend.aclose()
+
+
+async def test_missing_image_errors(test_label: str) -> None:
+    from docker_testkit import LabelledDockerBackend
+
+    never = LabelledDockerBackend(DockerOptions(pull="never"))
+    never.run_label = test_label
+    pulling = LabelledDockerBackend(DockerOptions())
+    pulling.run_label = test_label
+    try:
+        with pytest.raises(ConfigError, match="pull='never'"):
+            await never.create(SandboxSpec(image="agent-sandbox/absent:nope"))
+        # no registry is reachable from the test machines: the error must say so plainly
+        with pytest.raises((ProviderUnavailable, ConfigError), match="cannot pull image"):
+            await pulling.create(SandboxSpec(image="agent-sandbox-test/absent:nope"))
+    finally:
+        await never.aclose()
+        await pulling.aclose()
+
+
+async def test_engine_name_conflict_maps_to_conflict(docker_api: Any, test_label: str) -> None:
+    import docker.errors
+
+    name = f"agent-sandbox-conflict-{test_label}"
+    docker_api.create_container(
+        BUSYBOX, command=["true"], name=name, labels={RUN_LABEL: test_label}
+    )
+    with pytest.raises(docker.errors.APIError) as raw:
+        docker_api.create_container(BUSYBOX, command=["true"], name=name)
+    error = translate(raw.value, base_url="unix://test", op="create")
+    assert isinstance(error, SandboxConflict)
+    assert error.provider == "docker"
+    remove_labelled(f"{RUN_LABEL}={test_label}")
+
+
+async def test_provider_found_through_config(test_label: str) -> None:
+    from agent_sandbox.config import resolve
+
+    resolved = resolve("docker", {"runtime": None, "default_image": BUSYBOX})
+    assert resolved.backend_class is DockerBackend
+    with pytest.raises(ConfigError, match="unknown option 'bogus'"):
+        resolve("docker", {"bogus": 1})
+
+
+async def test_runsc_runtime(test_label: str, docker_api: Any) -> None:
+    runtimes = docker_api.info().get("Runtimes") or {}
+    if "runsc" not in runtimes:
+        pytest.skip("gVisor runtime 'runsc' is not registered (setup with AGENT_SANDBOX_RUNSC=1)")
+    from docker_testkit import LabelledDockerBackend
+
+    backend = LabelledDockerBackend(DockerOptions(runtime="runsc"))
+    backend.run_label = test_label
+    try:
+        sandbox = await make(backend, network="none")
+        try:
+            assert docker_api.inspect_container(sandbox.id)["HostConfig"]["Runtime"] == "runsc"
+            kernel = await sandbox.exec("dmesg 2>/dev/null | head -1; uname -r")
+            assert kernel.ok
+            await sandbox.write_file("/tmp/g", b"gvisor")
+            assert await sandbox.read_file("/tmp/g") == b"gvisor"
+            with pytest.raises(CommandTimeout):
+                await sandbox.exec("sleep 100 & sleep 100", timeout=1)
+        finally:
+            await sandbox.destroy()
+    finally:
+        await backend.aclose()

@@ -1,0 +1,21 @@
+"""The shared conformance suite, run against DockerBackend on a real engine.
+
+The fixtures ``sandbox_backend`` (a fresh backend per test, whose sandboxes carry this run's
+cleanup label) and ``sandbox_spec`` (the local debian-python image) come from conftest.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+try:
+    from agent_sandbox.testing import ConformanceSuite  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - until the suite lands in agent_sandbox.testing
+    pytest.skip(
+        "agent_sandbox.testing.ConformanceSuite is not available in this checkout yet",
+        allow_module_level=True,
+    )
+
+
+class TestDockerConformance(ConformanceSuite):  # type: ignore[misc,valid-type]
+    """Every behaviour the contract promises, on the Docker provider."""
