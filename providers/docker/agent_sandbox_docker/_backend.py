@@ -51,7 +51,7 @@ from . import _wire
 from ._errors import PROVIDER, translate, unreachable
 
 if TYPE_CHECKING:
-    import docker
+    import docker  # type: ignore[import-untyped,unused-ignore]
 
 log = logging.getLogger("agent_sandbox.docker")
 T = TypeVar("T")
@@ -158,8 +158,8 @@ class DockerBackend(BaseBackend):
             if self._closed:
                 raise ProviderError("the docker backend is closed", provider=PROVIDER)
             try:
-                import docker
-                from docker.utils import kwargs_from_env
+                import docker  # type: ignore[import-untyped,unused-ignore]
+                from docker.utils import kwargs_from_env  # type: ignore[import-untyped,unused-ignore]
             except ImportError as exc:  # pragma: no cover - the dependency is declared
                 from agent_sandbox.errors import ProviderNotInstalled
 
@@ -255,7 +255,7 @@ class DockerBackend(BaseBackend):
         labels[LABEL_WORKDIR] = workdir
 
         def run(api: docker.APIClient) -> str:
-            import docker.errors
+            import docker.errors  # type: ignore[import-untyped,unused-ignore]
 
             host_config = api.create_host_config(
                 auto_remove=True,
@@ -322,7 +322,7 @@ class DockerBackend(BaseBackend):
             return cached
 
         def run(api: docker.APIClient) -> str:
-            import docker.errors
+            import docker.errors  # type: ignore[import-untyped,unused-ignore]
 
             if pull and self.opts.pull == "always":
                 self._pull_blocking(api, image)
@@ -342,7 +342,7 @@ class DockerBackend(BaseBackend):
         return workdir
 
     def _pull_blocking(self, api: docker.APIClient, image: str) -> None:
-        import docker.errors
+        import docker.errors  # type: ignore[import-untyped,unused-ignore]
 
         if self.opts.pull == "never":
             raise ConfigError(
@@ -465,7 +465,7 @@ class DockerBackend(BaseBackend):
         """Kill and remove the container at once (no graceful stop); gone already is fine."""
 
         def run(api: docker.APIClient) -> None:
-            import docker.errors
+            import docker.errors  # type: ignore[import-untyped,unused-ignore]
 
             try:
                 api.remove_container(sandbox_id, force=True)
@@ -620,7 +620,7 @@ class DockerBackend(BaseBackend):
         parent = parent or "/"
 
         def put(api: docker.APIClient) -> bool:
-            import docker.errors
+            import docker.errors  # type: ignore[import-untyped,unused-ignore]
 
             try:
                 _put_archive(api, sandbox_id, parent, _wire.tar_single_file(name, data))

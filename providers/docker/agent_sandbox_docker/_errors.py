@@ -38,7 +38,7 @@ def translate(
     path: str | None = None,
 ) -> SandboxError:
     """Map any exception raised by docker-py (or requests/urllib3 under it) to a SandboxError."""
-    import docker.errors
+    import docker.errors  # type: ignore[import-untyped,unused-ignore]
     import requests.exceptions
 
     where: dict[str, Any] = {"provider": PROVIDER, "op": op, "sandbox_id": sandbox_id}

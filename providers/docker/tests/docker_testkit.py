@@ -7,6 +7,7 @@ The tests skip, saying why, only when no Docker engine answers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -56,10 +57,8 @@ def remove_labelled(label: str) -> int:
         return 0
     rows = _ENGINE.containers(all=True, filters={"label": label})
     for row in rows:
-        try:
+        with contextlib.suppress(Exception):
             _ENGINE.remove_container(row["Id"], force=True)
-        except Exception:
-            pass
     return len(rows)
 
 

@@ -97,7 +97,8 @@ async def test_connect_list_destroy_idempotent(backend: DockerBackend, test_labe
     two = await make(backend, labels={"which": "two"})
     try:
         info = await backend.connect(one.id)
-        assert info.id == one.id and info.state == "running"
+        assert info.id == one.id
+        assert info.state == "running"
         assert info.labels["which"] == "one"
         mine = await backend.list({RUN_LABEL: test_label})
         assert {i.id for i in mine} == {one.id, two.id}
@@ -155,7 +156,7 @@ async def test_dead_man_switch_survives_sigkilled_client(docker_api: Any, test_l
         anyio.run(main)
         """
     )
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # noqa: ASYNC220 - a plain child process to SIGKILL
         [sys.executable, "-c", child], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
@@ -229,7 +230,8 @@ async def test_exec_output_is_streamed_before_exit(sb: Sandbox) -> None:
     finally:
         await close_stream(stream)
     assert rest[0].data == b"done\n"
-    assert rest[-1].kind == "exit" and rest[-1].exit_code == 0
+    assert rest[-1].kind == "exit"
+    assert rest[-1].exit_code == 0
 
 
 async def test_exec_binary_and_large_output(sb: Sandbox) -> None:
@@ -237,7 +239,8 @@ async def test_exec_binary_and_large_output(sb: Sandbox) -> None:
     assert result.stdout_bytes == b"x" * 5_000_000
     assert result.stderr_bytes == b"\xff\x00"
     capped = await sb.exec("head -c 100000 /dev/zero", output_limit=1000)
-    assert len(capped.stdout_bytes) == 1000 and capped.stdout_truncated
+    assert len(capped.stdout_bytes) == 1000
+    assert capped.stdout_truncated
 
 
 async def test_exec_stdin_env_cwd_user(sb: Sandbox) -> None:
@@ -321,7 +324,8 @@ async def test_files_parents_errors_stat_symlinks(sb: Sandbox) -> None:
     assert (await sb.stat("/tmp/a")).type == "dir"
     with pytest.raises(FileNotFound):
         await sb.stat("/nope")
-    assert await sb.exists("/tmp/a") and not await sb.exists("/nope")
+    assert await sb.exists("/tmp/a")
+    assert not await sb.exists("/nope")
     await sb.exec("ln -s /tmp/a/b/c/file.txt /tmp/abs; ln -s c/file.txt /tmp/a/b/rel")
     assert (await sb.stat("/tmp/abs")).type == "symlink"
     assert await sb.read_file("/tmp/abs") == b"nested"
@@ -489,7 +493,7 @@ async def test_engine_down_is_provider_unavailable() -> None:
     try:
         with pytest.raises(ProviderUnavailable, match="is dockerd running"):
             await backend.create(SandboxSpec(image=IMAGE))
-        with pytest.raises(ProviderUnavailable, match="nonexistent/docker.sock"):
+        with pytest.raises(ProviderUnavailable, match=r"nonexistent/docker\.sock"):
             await backend.list()
     finally:
         await backend.aclose()
