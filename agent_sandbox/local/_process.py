@@ -22,6 +22,7 @@ _WAIT_FLAGS = os.WEXITED | os.WNOHANG | os.WNOWAIT
 # Without a pidfd (Linux < 5.3) the exit is noticed by polling at this interval.
 _POLL_INTERVAL = 0.02
 _DRAIN_LIMIT = 4 * 1024 * 1024
+_SPIN = 20
 
 Kind = Literal["stdout", "stderr"]
 
@@ -259,6 +260,14 @@ async def pump(
                 waiter = None
         # The leader has exited (or closed both pipes): wait for it, then kill the rest of its
         # group so nothing outlives the command, then drain what is already in the pipes.
+        if not open_fds:
+            # Both pipes reached EOF: the leader is almost always in the last microseconds of
+            # its exit (the kernel closes files before it signals the exit). Yielding the CPU a
+            # few times is far cheaper than another trip through the event loop.
+            for _ in range(_SPIN):
+                if child.exited():
+                    break
+                os.sched_yield()
         while not child.exited():
             if expired:
                 child.kill()

@@ -1,0 +1,42 @@
+"""The whole conformance suite against LocalBackend, jailed with bubblewrap and without it."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent_sandbox.local import LocalBackend, LocalOptions
+from agent_sandbox.testing import ConformanceSuite
+
+needs_bwrap = pytest.mark.skipif(
+    shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed on this machine"
+)
+
+
+@pytest.fixture
+def local_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("local-root")
+    try:
+        yield root
+    finally:
+        # Every test destroys what it made; sweep whatever an aborted test left behind.
+        leftover = LocalBackend(LocalOptions(root=root, isolation="none"))
+        for name in leftover.root.iterdir() if leftover.root.exists() else ():
+            leftover._retire(name.name)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@needs_bwrap
+class TestLocalBwrapConformance(ConformanceSuite):
+    @pytest.fixture
+    def sandbox_backend(self, local_root: Path) -> LocalBackend:
+        return LocalBackend(LocalOptions(root=local_root, isolation="bwrap"))
+
+
+class TestLocalNoIsolationConformance(ConformanceSuite):
+    @pytest.fixture
+    def sandbox_backend(self, local_root: Path) -> LocalBackend:
+        return LocalBackend(LocalOptions(root=local_root, isolation="none"))
