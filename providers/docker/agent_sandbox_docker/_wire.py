@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import posixpath
 import re
@@ -157,28 +158,22 @@ class TarReader:
         raise ValueError("truncated tar stream")
 
     def _read_exact(self, size: int) -> bytes:
-        out = bytearray(size)
-        view = memoryview(out)
+        # BytesIO hands its buffer over without a copy in getvalue(): one copy of the file in
+        # memory (plus one chunk), where bytes(bytearray) or b"".join(chunks) would need two.
+        out = io.BytesIO()
         have = min(size, len(self._buf))
-        view[:have] = self._buf[:have]
+        out.write(self._buf[:have])
         del self._buf[:have]
         while have < size:
             chunk = next(self._it, None)
             if chunk is None:
                 raise ValueError("truncated tar stream")
             take = min(size - have, len(chunk))
-            view[have : have + take] = chunk[:take]
+            out.write(chunk[:take] if take < len(chunk) else chunk)
             have += take
             if take < len(chunk):
                 self._buf += chunk[take:]
-        view.release()
-        return bytes(out) if size < CHUNK else _bytes_of(out)
-
-
-def _bytes_of(buf: bytearray) -> bytes:
-    # bytes(bytearray) copies; for big files that doubles the peak briefly, which is the price of
-    # returning immutable bytes. Kept in one place so a zero-copy path can replace it.
-    return bytes(buf)
+        return out.getvalue()
 
 
 def _parse_pax(body: bytes) -> dict[str, str]:

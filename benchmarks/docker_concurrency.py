@@ -1,0 +1,67 @@
+"""50 sandboxes at once: each is created, runs one command and is destroyed, all concurrently on
+one backend (one connection pool). Prints the wall time, per-sandbox latency, errors and the
+containers left behind.
+
+Run: ``uv run --all-extras python benchmarks/docker_concurrency.py [--count N] [--rounds R]``.
+Targets: errors 0, leaks 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import anyio
+from agent_sandbox_docker import DockerBackend
+from docker_common import BENCH_LABEL, IMAGE, RUN_ID, cleanup, raw_client
+
+from agent_sandbox import Sandbox
+
+
+async def one(backend: DockerBackend, i: int, latencies: list[float], errors: list[str]) -> None:
+    start = time.perf_counter()
+    try:
+        async with await Sandbox.create(
+            backend=backend, image=IMAGE, labels={BENCH_LABEL: RUN_ID}, ttl_seconds=600
+        ) as sb:
+            result = await sb.exec(["sh", "-c", f"echo {i}"])
+            if result.stdout != f"{i}\n":
+                errors.append(f"sandbox {i}: wrong output {result.stdout!r}")
+    except Exception as exc:
+        errors.append(f"sandbox {i}: {type(exc).__name__}: {exc}")
+    latencies.append(time.perf_counter() - start)
+
+
+async def main(count: int, rounds: int) -> None:
+    api = raw_client()
+    backend = DockerBackend()
+    try:
+        for r in range(rounds):
+            latencies: list[float] = []
+            errors: list[str] = []
+            start = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for i in range(count):
+                    tg.start_soon(one, backend, i, latencies, errors)
+            wall = time.perf_counter() - start
+            left = len(api.containers(all=True, filters={"label": f"{BENCH_LABEL}={RUN_ID}"}))
+            print(
+                f"round {r + 1}: {count} sandboxes create+exec+destroy concurrently: "
+                f"wall {wall:.2f} s, per sandbox median {statistics.median(latencies):.2f} s "
+                f"max {max(latencies):.2f} s, errors {len(errors)}, leaked containers {left}"
+            )
+            for line in errors[:5]:
+                print("   ", line)
+    finally:
+        await backend.aclose()
+        cleanup(api)
+        api.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--count", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=1)
+    args = parser.parse_args()
+    anyio.run(main, args.count, args.rounds)

@@ -1,0 +1,76 @@
+"""Create-to-first-command: ``Sandbox.create`` + ``exec(["true"])`` against docker-py's own
+``create_container`` + ``start`` + ``exec_run(["true"])`` with the same image, interleaved, median
+of N runs. Removal is not timed (both remove with one force-remove).
+
+Run: ``uv run --all-extras python benchmarks/docker_create.py [--runs N]``.
+Target: ours / docker-py <= 1.15.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import anyio
+from agent_sandbox_docker import DockerBackend
+from docker_common import BENCH_LABEL, IMAGE, RUN_ID, cleanup, raw_client, report, timed, timed_sync
+
+from agent_sandbox import Sandbox
+
+
+async def main(runs: int) -> None:
+    import docker
+
+    api = raw_client()
+    client = docker.DockerClient(version="auto")
+    backend = DockerBackend()
+    ids: list[str] = []
+    try:
+
+        async def ours() -> None:
+            sb = await Sandbox.create(
+                backend=backend, image=IMAGE, labels={BENCH_LABEL: RUN_ID}, ttl_seconds=600
+            )
+            ids.append(sb.id)
+            assert (await sb.exec(["true"])).exit_code == 0
+
+        def raw() -> None:
+            container = client.containers.create(
+                IMAGE, command=["sleep", "600"], labels={BENCH_LABEL: RUN_ID}
+            )
+            ids.append(container.id)
+            container.start()
+            assert container.exec_run(["true"]).exit_code == 0
+
+        def remove_all() -> None:
+            while ids:
+                api.remove_container(ids.pop(), force=True)
+
+        for _ in range(3):
+            await ours()
+            raw()
+            remove_all()
+        samples: dict[str, list[float]] = {
+            "docker-py create+start+exec_run": [],
+            "Sandbox.create+exec": [],
+        }
+        for i in range(runs):
+            if i % 2 == 0:
+                samples["docker-py create+start+exec_run"].append(timed_sync(raw))
+                samples["Sandbox.create+exec"].append(await timed(ours))
+            else:
+                samples["Sandbox.create+exec"].append(await timed(ours))
+                samples["docker-py create+start+exec_run"].append(timed_sync(raw))
+            remove_all()
+        report("create + first exec", samples, "docker-py create+start+exec_run")
+    finally:
+        await backend.aclose()
+        client.close()
+        left = cleanup(api)
+        print(f"  containers left after cleanup: {left}")
+        api.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=50)
+    anyio.run(main, parser.parse_args().runs)
