@@ -17,6 +17,7 @@ from agent_sandbox.local.backend import LocalOptions
 from agent_sandbox.tools import ToolKit, ToolResult
 
 DOCKER_IMAGE = "agent-sandbox/debian-python:bookworm"
+BUSYBOX_IMAGE = "agent-sandbox/busybox:latest"
 DOCKER_LABEL = "agent-sandbox.test-run"
 DOCKER_RUN = uuid.uuid4().hex[:12]
 
@@ -63,16 +64,15 @@ def _local_backend(root: Path, isolation: str) -> LocalBackend:
 
 
 async def _open(kind: str, tmp_path: Path) -> Sandbox:
-    if kind == "docker":
+    if kind in ("docker", "busybox"):
         problem = _docker_problem()
         if problem is not None:
             pytest.skip(problem)
         from agent_sandbox_docker import DockerBackend
 
         return await Sandbox.create(
-            provider=None,
             backend=DockerBackend(),
-            image=DOCKER_IMAGE,
+            image=DOCKER_IMAGE if kind == "docker" else BUSYBOX_IMAGE,
             labels={DOCKER_LABEL: DOCKER_RUN},
         )
     return await Sandbox.create(backend=_local_backend(tmp_path / "root", kind))
@@ -356,8 +356,20 @@ async def test_confinement_covers_every_file_tool(confined: ToolKit) -> None:
 # -- glob / grep --------------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["bwrap", "none", "docker", "busybox"])
+async def search_sb(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Sandbox]:
+    """Every backend, plus a busybox image (no bash, no GNU grep, no python) for the fallbacks."""
+    sandbox = await _open(request.param, tmp_path)
+    try:
+        yield sandbox
+    finally:
+        await sandbox.destroy()
+        await sandbox.backend.aclose()
+
+
 @pytest.fixture
-async def tree(any_sb: Sandbox) -> Sandbox:
+async def tree(search_sb: Sandbox) -> Sandbox:
+    any_sb = search_sb
     files = {
         "src/app.py": "import os\nprint('hello')\n",
         "src/util/helpers.py": "def helper():\n    return 'hello'\n",

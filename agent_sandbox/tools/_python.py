@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic.fields import FieldInfo
 
 RESULT_MARKER = "\n<<agent-sandbox-python-result>>"
 
@@ -130,12 +131,19 @@ def input_model_of(func: Callable[..., Any], name: str) -> tuple[type[BaseModel]
             raise TypeError(f"custom tool {name!r}: *args and **kwargs are not supported")
         annotation = hints.get(param.name, Any)
         default = ... if param.default is inspect.Parameter.empty else param.default
-        doc = param_docs.get(param.name)
+        doc = None if _described(annotation) else param_docs.get(param.name)
         fields[param.name] = (annotation, Field(default, description=doc) if doc else default)
     model = create_model(f"{name}_input", __config__=ConfigDict(extra="forbid"), **fields)
     return typing.cast(
         type[BaseModel], model
     ), description or f"Run the Python function {func.__name__}."
+
+
+def _described(annotation: Any) -> bool:
+    """True when an ``Annotated[..., Field(description=...)]`` already describes the parameter."""
+    if typing.get_origin(annotation) is not typing.Annotated:
+        return False
+    return any(isinstance(m, FieldInfo) and m.description for m in typing.get_args(annotation)[1:])
 
 
 def request_payload(source: str, function: str, arguments: dict[str, Any]) -> bytes:

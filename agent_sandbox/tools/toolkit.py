@@ -69,7 +69,23 @@ if command -v rg >/dev/null 2>&1; then
   exec rg --line-number --no-heading --with-filename --null --color never --hidden \\
     --no-ignore --glob '!.git' --no-messages -e "$1" -- "$2"
 fi
-exec grep -rnHIEZ --exclude-dir=.git -s -e "$1" -- "$2"
+grep -rnHIZ --exclude-dir=.git -s -e x -- /dev/null >/dev/null 2>&1
+if [ $? -le 1 ]; then
+  exec grep -rnHIEZ --exclude-dir=.git -s -e "$1" -- "$2"
+fi
+# a minimal grep (busybox): one file at a time, the NUL after the name added here
+find "$2" -name .git -prune -o -type f -exec sh -c '
+  pattern=$1; shift; rc=1
+  for f do
+    out=$(grep -nE -e "$pattern" -- "$f"); r=$?
+    if [ $r -ge 2 ]; then rc=2; elif [ $r -eq 0 ]; then
+      n=$(head -c 8192 "$f" | wc -c); t=$(head -c 8192 "$f" | tr -d "\\000" | wc -c)
+      [ "$n" -eq "$t" ] || continue
+      [ $rc -eq 1 ] && rc=0
+      printf "%s\\n" "$out" | while IFS= read -r l; do printf "%s\\0%s\\n" "$f" "$l"; done
+    fi
+  done
+  exit $rc' sh "$1" {} +
 """
 
 BASH_DESCRIPTION = """Run a shell command in the sandbox and return its combined stdout and stderr.
@@ -701,9 +717,10 @@ class ToolKit:
         )
         if result.exit_code == 44:
             return ToolResult(f"path not found: {target}", is_error=True)
-        if result.exit_code == 1 or (result.exit_code == 0 and not result.stdout_bytes):
-            return ToolResult(f"no matches for {args.pattern!r} in {target}")
-        if result.exit_code not in (0, 1) and not result.stdout_bytes:
+        if not result.stdout_bytes:
+            # no-match is exit 1 with a quiet stderr; a bad pattern says why on stderr
+            if result.exit_code == 0 or (result.exit_code == 1 and not result.stderr.strip()):
+                return ToolResult(f"no matches for {args.pattern!r} in {target}")
             detail = result.stderr.strip() or f"exit status {result.exit_code}"
             return ToolResult(f"grep failed: {detail}", is_error=True)
         rows: list[tuple[str, int, str]] = []
