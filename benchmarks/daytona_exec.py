@@ -26,10 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "providers" / "daytona" / "tests"))
 
-from conftest import ThreadedFake  # noqa: E402
+from agent_sandbox_daytona import DaytonaBackend, DaytonaOptions
+from conftest import ThreadedFake
 
-import agent_sandbox as asb  # noqa: E402
-from agent_sandbox_daytona import DaytonaBackend, DaytonaOptions  # noqa: E402
+import agent_sandbox as asb
 
 
 async def _timed(func: Callable[[], Awaitable[object]]) -> float:

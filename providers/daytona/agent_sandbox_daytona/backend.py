@@ -52,6 +52,7 @@ from agent_sandbox.errors import (
     SandboxError,
     SandboxNotFound,
 )
+from agent_sandbox.labels import expires_at
 from agent_sandbox.models import (
     Capabilities,
     Command,
@@ -303,7 +304,9 @@ class DaytonaBackend(BaseBackend):
             state=_STATES.get(state, "unknown"),
             labels=labels,
             created_at=_parse_time(sb.created_at),
-            expires_at=_parse_time(getattr(sb, "auto_destroy_at", None)),
+            # The expiry we promised (our label, to the second) rather than Daytona's, which is
+            # rounded up to whole minutes: sweep() honours the TTL as asked.
+            expires_at=expires_at(labels) or _parse_time(getattr(sb, "auto_destroy_at", None)),
             image=image or sb.snapshot,
             workdir=workdir,
             metadata=metadata,

@@ -28,6 +28,7 @@ import secrets
 import shutil
 import signal
 import tempfile
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -136,30 +137,52 @@ def parse(model: Any, data: Any) -> Any:
 # -- processes --------------------------------------------------------------------------------
 
 
+def split_log(data: bytes) -> list[tuple[str, bytes]]:
+    """A log file's content as (stream, bytes) pieces, following its 3-byte markers."""
+    pieces: list[tuple[str, bytes]] = []
+    for part in re.split(b"(\x01\x01\x01|\x02\x02\x02)", data):
+        if part == STDOUT_PREFIX:
+            pieces.append(("stdout", b""))
+        elif part == STDERR_PREFIX:
+            pieces.append(("stderr", b""))
+        elif pieces:
+            pieces[-1] = (pieces[-1][0], pieces[-1][1] + part)
+    return pieces
+
+
 @dataclass
 class Proc:
-    """One command run: a real process, its separated output log and its exit code."""
+    """One command run: a real process, its output log and its exit code.
+
+    Like the daemon, output goes to a log file on disk, each chunk tagged with the 3-byte marker
+    of its stream; followers tail the file. Nothing of it is held in memory.
+    """
 
     id: str
     command: str
     process: asyncio.subprocess.Process
-    log: list[tuple[str, bytes]] = field(default_factory=list)
+    log_path: Path
+    size: int = 0
     exit_code: int | None = None
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def _pump(self, kind: str, stream: asyncio.StreamReader) -> None:
+    async def _pump(self, kind: str, stream: asyncio.StreamReader, log: Any) -> None:
+        prefix = STDOUT_PREFIX if kind == "stdout" else STDERR_PREFIX
         while chunk := await stream.read(65536):
+            log.write(prefix + chunk)
             async with self.changed:
-                self.log.append((kind, chunk))
+                self.size += len(prefix) + len(chunk)
                 self.changed.notify_all()
 
     async def run(self) -> None:
         assert self.process.stdout is not None
         assert self.process.stderr is not None
-        await asyncio.gather(
-            self._pump("stdout", self.process.stdout), self._pump("stderr", self.process.stderr)
-        )
+        with open(self.log_path, "ab", buffering=0) as log:  # noqa: ASYNC230 - test fake
+            await asyncio.gather(
+                self._pump("stdout", self.process.stdout, log),
+                self._pump("stderr", self.process.stderr, log),
+            )
         code = await self.process.wait()
         async with self.changed:
             # A shell reports death by signal N as 128+N; so does the daemon.
@@ -172,7 +195,11 @@ class Proc:
             os.killpg(self.process.pid, signal.SIGKILL)
 
     def joined(self, kind: str | None = None) -> bytes:
-        return b"".join(data for k, data in self.log if kind is None or k == kind)
+        try:
+            data = self.log_path.read_bytes()
+        except FileNotFoundError:
+            return b""
+        return b"".join(d for k, d in split_log(data) if kind is None or k == kind)
 
 
 @dataclass
@@ -398,6 +425,7 @@ class FakeDaytona:
         sid = str(uuid.uuid4())
         root = self._tmp / sid
         (root / "tmp").mkdir(parents=True)
+        (root / "logs").mkdir()
         if body.snapshot:
             shutil.copytree(self.snapshots[body.snapshot], root / "home", symlinks=True)
         else:
@@ -444,6 +472,8 @@ class FakeDaytona:
                                 "imageRef": image, "createdAt": now, "updatedAt": now,
                                 "snapshotRef": image}  # fmt: skip
         self.sandboxes[sid] = FakeSandbox(dto=dto, root=root)
+        if ttl:  # Daytona destroys the sandbox when its TTL elapses, whatever its state
+            asyncio.get_running_loop().call_later(ttl * 60, self._expire, sid)
         return _json(self._full(self.sandboxes[sid]))
 
     def _full(self, sb: FakeSandbox) -> str:
@@ -483,6 +513,10 @@ class FakeDaytona:
             items.append(SandboxListItem(**values))
         nxt = str(start + limit) if start + limit < len(matching) else None
         return _json(ListSandboxesResponse(items=items, next_cursor=nxt).to_json())
+
+    def _expire(self, sid: str) -> None:
+        if sid in self.sandboxes:
+            self._destroy(self.sandboxes[sid])
 
     def _destroy(self, sb: FakeSandbox) -> None:
         for proc in sb.all_procs():
@@ -615,7 +649,8 @@ class FakeDaytona:
             env=env,
             start_new_session=True,
         )
-        proc = Proc(id=str(uuid.uuid4()), command=command, process=process)
+        pid = str(uuid.uuid4())
+        proc = Proc(id=pid, command=command, process=process, log_path=sb.root / "logs" / pid)
         task = asyncio.ensure_future(proc.run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -744,17 +779,17 @@ class FakeDaytona:
             raise BadRequest("follow=true needs a WebSocket upgrade")
         await ws.prepare(request)
         sent = 0
-        while True:
-            async with proc.changed:
-                await proc.changed.wait_for(lambda n=sent: len(proc.log) > n or proc.done.is_set())
-                batch = proc.log[sent:]
-                finished = proc.done.is_set()
-            sent += len(batch)
-            for kind, data in batch:
-                prefix = STDOUT_PREFIX if kind == "stdout" else STDERR_PREFIX
-                await ws.send_bytes(prefix + data)
-            if finished and sent == len(proc.log):
-                break
+        with open(proc.log_path, "rb") as log:  # noqa: ASYNC230 - local disk, test fake
+            while True:
+                async with proc.changed:
+                    await proc.changed.wait_for(lambda n=sent: proc.size > n or proc.done.is_set())
+                    size, finished = proc.size, proc.done.is_set()
+                while sent < size:
+                    data = log.read(min(size - sent, 1 << 16))
+                    sent += len(data)
+                    await ws.send_bytes(data)
+                if finished and sent == proc.size:
+                    break
         await ws.close(code=1000)
         return ws
 
@@ -831,16 +866,16 @@ class FakeDaytona:
                 error = (400, f"path is a directory: {path}", "INVALID_FILE_PATH")
             elif not os.access(host, os.R_OK):
                 error = (403, f"permission denied: {path}", "FILE_ACCESS_DENIED")
-            quoted = path.replace('"', "%22")
+
             if error is not None:
                 payload = json.dumps({"message": error[1], "statusCode": error[0],
                                       "code": error[2], "source": "DAYTONA_DAEMON"}).encode()  # fmt: skip
-                head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"error\"; "
-                        f"filename=\"{quoted}\"\r\nContent-Type: application/json\r\n\r\n")  # fmt: skip
+                head = (f"--{boundary}\r\nContent-Disposition: {_disposition('error', path)}\r\n"
+                        "Content-Type: application/json\r\n\r\n")  # fmt: skip
                 await writer.write(head.encode() + payload + b"\r\n")
                 continue
-            head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-                    f"filename=\"{quoted}\"\r\nContent-Type: application/octet-stream\r\n\r\n")  # fmt: skip
+            head = (f"--{boundary}\r\nContent-Disposition: {_disposition('file', path)}\r\n"
+                    "Content-Type: application/octet-stream\r\n\r\n")  # fmt: skip
             await writer.write(head.encode())
             assert host is not None
             with open(host, "rb") as handle:  # noqa: ASYNC230 - local disk, test fake
@@ -890,6 +925,14 @@ class FakeDaytona:
         if isinstance(sb, web.Response):
             return sb
         return _json(WorkDirResponse(dir=HOME).to_json())
+
+
+def _disposition(name: str, path: str) -> str:
+    """A multipart part's Content-Disposition; non-ASCII names in RFC 5987 form, as the daemon
+    sends them (the SDK reads header bytes as latin-1 and decodes ``filename*``)."""
+    if path.isascii():
+        return f'form-data; name="{name}"; filename="{path.replace(chr(34), "%22")}"'
+    return f"form-data; name=\"{name}\"; filename*=utf-8''{urllib.parse.quote(path, safe='')}"
 
 
 def _sh_quote(text: str) -> str:

@@ -6,6 +6,9 @@ import socket
 from collections.abc import AsyncIterator
 
 import pytest
+from agent_sandbox_daytona import DaytonaBackend, DaytonaOptions
+from fake_daytona import FakeDaytona
+
 from agent_sandbox.errors import (
     AuthenticationError,
     ConfigError,
@@ -17,9 +20,6 @@ from agent_sandbox.errors import (
     SandboxNotFound,
 )
 from agent_sandbox.models import ExecOptions, SandboxSpec
-from fake_daytona import FakeDaytona
-
-from agent_sandbox_daytona import DaytonaBackend, DaytonaOptions
 
 pytestmark = pytest.mark.anyio
 
