@@ -506,3 +506,46 @@ async def test_write_is_atomic_and_keeps_the_mode(sandbox: asb.Sandbox) -> None:
     assert ".part" not in listing.stdout
     with pytest.raises(asb.IsADirectory):
         await sandbox.write_file(".", b"x")
+
+
+# -- resources -------------------------------------------------------------------------------
+
+_ALLOCATE = "import sys; b = bytearray(int(sys.argv[1]) * 1024 * 1024); print('allocated')"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_memory_and_cpu_limits_through_cgroups(root: Path, mode: str) -> None:
+    backend = make_backend(root, mode)
+    if not backend.capabilities.resources:
+        pytest.skip("no writable cgroup hierarchy with cpu and memory controllers here")
+    async with await asb.Sandbox.create(backend=backend, memory_mib=64, cpus=0.5) as sb:
+        big = await sb.exec(["python3", "-c", _ALLOCATE, "256"])
+        assert big.exit_code != 0
+        assert "allocated" not in big.stdout
+        small = await sb.exec(["python3", "-c", _ALLOCATE, "8"])
+        assert small.stdout == "allocated\n"
+        groups = sb.info.metadata["cgroups"].split(",")
+        assert all(Path(g).is_dir() for g in groups)
+        quotas = [Path(g, f) for g in groups for f in ("cpu.max", "cpu.cfs_quota_us")]
+        quota = next(p.read_text().split()[0] for p in quotas if p.exists())
+        assert quota == "50000"
+    assert not any(Path(g).exists() for g in groups)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_memory_limit_without_cgroups_is_an_address_space_limit(
+    root: Path, mode: str
+) -> None:
+    backend = make_backend(root, mode)
+    # As on a host where no cgroup is writable:
+    backend.cgroups = None
+    backend.capabilities = backend.capabilities.model_copy(update={"resources": False})
+    with pytest.raises(asb.Unsupported):
+        backend.check_spec(asb.SandboxSpec(cpus=1))
+    async with await asb.Sandbox.create(backend=backend, memory_mib=256) as sb:
+        assert "cgroups" not in sb.info.metadata
+        big = await sb.exec(["python3", "-c", _ALLOCATE, "512"])
+        assert big.exit_code != 0
+        assert "MemoryError" in big.stderr
+        small = await sb.exec(["python3", "-c", _ALLOCATE, "8"])
+        assert small.stdout == "allocated\n"

@@ -47,7 +47,7 @@ from ..errors import (
     SandboxNotFound,
 )
 from ..models import Capabilities, Command, ExecEvent, ExecOptions, SandboxInfo, SandboxSpec
-from . import _jail
+from . import _cgroup, _jail
 from ._process import Child, Deadline, has_marker, kill_marked, killpg, pump
 
 log = logging.getLogger("agent_sandbox.local")
@@ -98,8 +98,12 @@ class _Box:
     workdir: str
     network: str
     state_mtime: int
+    cgroups: list[str] = field(default_factory=list)
+    rlimit_as: int | None = None
     env: dict[str, str] = field(default_factory=dict)
     prefix: list[str] = field(default_factory=list)
+    wrap: list[str] = field(default_factory=list)
+    """argv run before the command: joins the sandbox's cgroups or sets its rlimit."""
     fs: _jail.JailFS | None = None
     last_touch: float = 0.0
 
@@ -176,13 +180,23 @@ class LocalBackend(BaseBackend):
             else:
                 self._fallback_reason = f"bwrap cannot build a jail here ({problem})"
         jailed = self.isolation == "bwrap"
+        found_cgroups = _cgroup.detect()
+        self.cgroups = found_cgroups if isinstance(found_cgroups, _cgroup.Hierarchy) else None
         self.capabilities = Capabilities(
             network_none=jailed,
             isolated=jailed,
+            resources=self.cgroups is not None,
             persistent=True,
             stdin=True,
             signals=True,
         )
+
+    def check_spec(self, spec: SandboxSpec) -> None:
+        """As :meth:`BaseBackend.check_spec`; without cgroups ``memory_mib`` alone is still
+        honoured, as an address-space limit (``ulimit -v``), while ``cpus`` is ``Unsupported``."""
+        if self.cgroups is None and spec.memory_mib is not None and spec.cpus is None:
+            spec = spec.model_copy(update={"memory_mib": None})
+        super().check_spec(spec)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -228,6 +242,8 @@ class LocalBackend(BaseBackend):
                 workdir=state["workdir"],
                 network=state["network"],
                 env=dict(state["env"]),
+                cgroups=list(state.get("cgroups") or []),
+                rlimit_as=state.get("rlimit_as"),
                 state_mtime=mtime,
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -237,6 +253,11 @@ class LocalBackend(BaseBackend):
 
     def _prepare(self, box: _Box) -> None:
         """Precompute what every exec of this sandbox needs (env, bwrap argv prefix)."""
+        if box.cgroups:
+            box.wrap = _cgroup.join_prefix(box.cgroups)
+        elif box.rlimit_as is not None:
+            kib = str(box.rlimit_as // 1024)
+            box.wrap = ["/bin/sh", "-c", 'ulimit -v "$1" && shift && exec "$@"', "sh", kib]
         if box.isolation == "bwrap":
             bwrap = self.bwrap or _jail.find_bwrap()
             if bwrap is None:
@@ -324,6 +345,7 @@ class LocalBackend(BaseBackend):
             ) from exc
         workspace = os.path.join(directory, "workspace")
         tmp = os.path.join(directory, "tmp")
+        state: dict[str, Any] = {}
         try:
             workdir = self._make_workdir(spec.workdir, workspace, tmp)
             created = _now()
@@ -349,24 +371,36 @@ class LocalBackend(BaseBackend):
                 workdir=workdir,
                 metadata={"isolation": self.isolation, "path": directory},
             )
-            state = {
-                "version": 1,
-                "id": sandbox_id,
-                "spec": spec.model_dump(mode="json"),
-                "info": info.model_dump(mode="json"),
-                "isolation": self.isolation,
-                "expires": expires,
-                "idle": spec.idle_timeout_seconds,
-                "workdir": workdir,
-                "network": spec.network.mode,
-                "env": env,
-            }
+            state.update(
+                {
+                    "version": 1,
+                    "id": sandbox_id,
+                    "spec": spec.model_dump(mode="json"),
+                    "info": info.model_dump(mode="json"),
+                    "isolation": self.isolation,
+                    "expires": expires,
+                    "idle": spec.idle_timeout_seconds,
+                    "workdir": workdir,
+                    "network": spec.network.mode,
+                    "env": env,
+                }
+            )
             if spec.idle_timeout_seconds is not None:
                 Path(directory, _ACTIVITY).touch()
+            if spec.cpus is not None or spec.memory_mib is not None:
+                if self.cgroups is not None:
+                    state["cgroups"] = groups = _cgroup.create(
+                        self.cgroups, f"asb-{sandbox_id}", spec.cpus, spec.memory_mib
+                    )
+                    info.metadata["cgroups"] = ",".join(groups)
+                elif spec.memory_mib is not None:
+                    state["rlimit_as"] = spec.memory_mib * 1024 * 1024
+                state["info"] = info.model_dump(mode="json")
             _atomic_write_small(
                 os.path.join(directory, _STATE), json.dumps(state, indent=1).encode()
             )
         except BaseException:
+            _cgroup.remove(state.get("cgroups") or [])
             _rmtree(directory)
             raise
         self._load(sandbox_id, "create")
@@ -447,12 +481,22 @@ class LocalBackend(BaseBackend):
             os.rename(self._dir(sandbox_id), trash)
         except FileNotFoundError:
             return None
-        self._kill_dir(sandbox_id, trash)
+        groups = self._kill_dir(sandbox_id, trash)
+        _cgroup.remove(groups)
         return trash
 
-    def _kill_dir(self, sandbox_id: str, directory: str) -> None:
+    def _kill_dir(self, sandbox_id: str, directory: str) -> builtins.list[str]:
         """Kill the commands recorded in ``directory/procs`` (checked by their marker, so a
-        reused pid is left alone) and any process still carrying the sandbox's marker."""
+        reused pid is left alone), any process still carrying the sandbox's marker, and every
+        process in the sandbox's cgroups; returns those cgroups."""
+        groups: builtins.list[str] = []
+        with (
+            contextlib.suppress(OSError, ValueError, AttributeError),
+            open(os.path.join(directory, _STATE), "rb") as handle,
+        ):
+            groups = [str(g) for g in json.load(handle).get("cgroups") or []]
+        for group in groups:
+            _cgroup.kill_all(group)
         procs = os.path.join(directory, "procs")
         try:
             records = os.listdir(procs)
@@ -463,6 +507,7 @@ class LocalBackend(BaseBackend):
             if pid_text.isdigit() and has_marker(int(pid_text), f"{_MARK_EXEC}={nonce}".encode()):
                 killpg(int(pid_text))
         kill_marked(f"{_MARK_SANDBOX}={sandbox_id}".encode())
+        return groups
 
     async def sweep(self, *, now: datetime | None = None) -> builtins.list[str]:
         """Destroy every sandbox under ``root`` past its TTL (or idle timeout); return their ids.
@@ -576,6 +621,8 @@ class LocalBackend(BaseBackend):
             full = argv
             env = {**box.env, **options.env, _MARK_EXEC: nonce}
             host_cwd = cwd
+        if box.wrap:
+            full = [*box.wrap, *full]
         deadline, reason = self._deadline(box, options.timeout)
         try:
             child = Child(
