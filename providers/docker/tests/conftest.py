@@ -5,7 +5,8 @@ from docker_testkit import (  # noqa: F401 - fixtures are found by name
     anyio_backend,
     backend,
     docker_api,
+    docker_label,
+    egress_target,
     sandbox_backend,
     sandbox_spec,
-    test_label,
 )

@@ -8,6 +8,7 @@ The tests skip, saying why, only when no Docker engine answers.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -90,7 +91,7 @@ def docker_api() -> Any:
 
 
 @pytest.fixture
-def test_label(request: pytest.FixtureRequest) -> Iterator[str]:
+def docker_label(request: pytest.FixtureRequest) -> Iterator[str]:
     """A label value unique to one test; its containers are removed when the test ends."""
     engine()
     value = f"{RUN_ID}-{uuid.uuid4().hex[:8]}"
@@ -99,10 +100,10 @@ def test_label(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture
-async def backend(test_label: str) -> AsyncIterator[DockerBackend]:
+async def backend(docker_label: str) -> AsyncIterator[DockerBackend]:
     """A fresh backend whose sandboxes carry this test's cleanup label."""
     b = LabelledDockerBackend(DockerOptions())
-    b.run_label = test_label
+    b.run_label = docker_label
     try:
         yield b
     finally:
@@ -110,11 +111,23 @@ async def backend(test_label: str) -> AsyncIterator[DockerBackend]:
 
 
 @pytest.fixture
-def sandbox_backend(test_label: str) -> DockerBackend:
+def sandbox_backend(docker_label: str) -> DockerBackend:
     """The conformance suite's fixture: a fresh backend per test (the suite closes it)."""
     b = LabelledDockerBackend(DockerOptions())
-    b.run_label = test_label
+    b.run_label = docker_label
     return b
+
+
+@pytest.fixture
+def egress_target(egress_server: Any) -> tuple[str, int]:
+    """Where a sandbox on the default bridge reaches the suite's server on this machine: the
+    bridge's gateway address (this host's end of docker0)."""
+    api = engine()
+    config = api.inspect_network("bridge")["IPAM"]["Config"]
+    first = config[0]
+    # the engine omits the gateway of the default bridge: it is the subnet's first address
+    gateway = first.get("Gateway") or str(next(ipaddress.ip_network(first["Subnet"]).hosts()))
+    return gateway, int(egress_server.port)
 
 
 @pytest.fixture

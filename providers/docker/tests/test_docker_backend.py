@@ -92,7 +92,7 @@ async def test_create_sets_labels_limits_and_main_process(
         await sandbox.destroy()
 
 
-async def test_connect_list_destroy_idempotent(backend: DockerBackend, test_label: str) -> None:
+async def test_connect_list_destroy_idempotent(backend: DockerBackend, docker_label: str) -> None:
     one = await make(backend, labels={"which": "one"})
     two = await make(backend, labels={"which": "two"})
     try:
@@ -100,9 +100,9 @@ async def test_connect_list_destroy_idempotent(backend: DockerBackend, test_labe
         assert info.id == one.id
         assert info.state == "running"
         assert info.labels["which"] == "one"
-        mine = await backend.list({RUN_LABEL: test_label})
+        mine = await backend.list({RUN_LABEL: docker_label})
         assert {i.id for i in mine} == {one.id, two.id}
-        only = await backend.list({RUN_LABEL: test_label, "which": "two"})
+        only = await backend.list({RUN_LABEL: docker_label, "which": "two"})
         assert [i.id for i in only] == [two.id]
         assert only[0].workdir == "/workspace"
     finally:
@@ -112,7 +112,7 @@ async def test_connect_list_destroy_idempotent(backend: DockerBackend, test_labe
     await backend.destroy("0" * 64)
     with pytest.raises(SandboxNotFound):
         await backend.connect(one.id)
-    assert await backend.list({RUN_LABEL: test_label}) == []
+    assert await backend.list({RUN_LABEL: docker_label}) == []
 
 
 async def test_destroy_is_prompt_kill_not_graceful_stop(
@@ -139,7 +139,9 @@ async def test_gone_sandbox_errors_are_typed(backend: DockerBackend) -> None:
         await backend.stat(sid, "/etc")
 
 
-async def test_dead_man_switch_survives_sigkilled_client(docker_api: Any, test_label: str) -> None:
+async def test_dead_man_switch_survives_sigkilled_client(
+    docker_api: Any, docker_label: str
+) -> None:
     """A client killed with SIGKILL leaks nothing past the TTL: the container ends itself."""
     child = textwrap.dedent(
         f"""
@@ -149,7 +151,7 @@ async def test_dead_man_switch_survives_sigkilled_client(docker_api: Any, test_l
 
         async def main():
             sb = await Sandbox.create(backend=DockerBackend(), image={IMAGE!r}, ttl_seconds=5,
-                                      labels={{{RUN_LABEL!r}: {test_label!r}}})
+                                      labels={{{RUN_LABEL!r}: {docker_label!r}}})
             print(sb.id, flush=True)
             time.sleep(600)
 
@@ -174,7 +176,7 @@ async def test_dead_man_switch_survives_sigkilled_client(docker_api: Any, test_l
     assert await wait_until(gone, 40), "container still present long after its 5 s TTL"
 
 
-async def test_sweep_removes_expired_by_label(backend: DockerBackend, test_label: str) -> None:
+async def test_sweep_removes_expired_by_label(backend: DockerBackend, docker_label: str) -> None:
     past = datetime.now(timezone.utc) - timedelta(hours=2)
     spec = stamp(SandboxSpec(image=IMAGE, ttl_seconds=60), "tester", now=past)
     expired = await backend.create(spec)
@@ -183,7 +185,7 @@ async def test_sweep_removes_expired_by_label(backend: DockerBackend, test_label
         removed = await backend.sweep()
         assert expired.id in removed
         assert fresh.id not in removed
-        ids = {i.id for i in await backend.list({RUN_LABEL: test_label})}
+        ids = {i.id for i in await backend.list({RUN_LABEL: docker_label})}
         assert ids == {fresh.id}
     finally:
         await backend.destroy(expired.id)
@@ -348,12 +350,12 @@ async def test_written_files_belong_to_the_sandbox_user(backend: DockerBackend) 
 
 
 @pytest.fixture
-def test_server(docker_api: Any, test_label: str) -> Any:
+def test_server(docker_api: Any, docker_label: str) -> Any:
     """An HTTP server in a container of our own on the default bridge: the only egress target."""
     container = docker_api.create_container(
         BUSYBOX,
         entrypoint=["sh", "-c", "echo egress-ok > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"],
-        labels={RUN_LABEL: test_label},
+        labels={RUN_LABEL: docker_label},
         host_config=docker_api.create_host_config(auto_remove=True),
     )
     docker_api.start(container["Id"])
@@ -431,11 +433,11 @@ async def test_out_of_memory_is_surfaced(backend: DockerBackend) -> None:
         await sandbox.destroy()
 
 
-async def test_pids_limit(test_label: str) -> None:
+async def test_pids_limit(docker_label: str) -> None:
     from docker_testkit import LabelledDockerBackend
 
     backend = LabelledDockerBackend(DockerOptions(pids_limit=20))
-    backend.run_label = test_label
+    backend.run_label = docker_label
     try:
         sandbox = await make(backend)
         result = await sandbox.exec("for i in $(seq 40); do sleep 1000 & done; echo done")
@@ -499,13 +501,13 @@ async def test_engine_down_is_provider_unavailable() -> None:
         await backend.aclose()
 
 
-async def test_missing_image_errors(test_label: str) -> None:
+async def test_missing_image_errors(docker_label: str) -> None:
     from docker_testkit import LabelledDockerBackend
 
     never = LabelledDockerBackend(DockerOptions(pull="never"))
-    never.run_label = test_label
+    never.run_label = docker_label
     pulling = LabelledDockerBackend(DockerOptions())
-    pulling.run_label = test_label
+    pulling.run_label = docker_label
     try:
         with pytest.raises(ConfigError, match="pull='never'"):
             await never.create(SandboxSpec(image="agent-sandbox/absent:nope"))
@@ -517,22 +519,22 @@ async def test_missing_image_errors(test_label: str) -> None:
         await pulling.aclose()
 
 
-async def test_engine_name_conflict_maps_to_conflict(docker_api: Any, test_label: str) -> None:
+async def test_engine_name_conflict_maps_to_conflict(docker_api: Any, docker_label: str) -> None:
     import docker.errors
 
-    name = f"agent-sandbox-conflict-{test_label}"
+    name = f"agent-sandbox-conflict-{docker_label}"
     docker_api.create_container(
-        BUSYBOX, command=["true"], name=name, labels={RUN_LABEL: test_label}
+        BUSYBOX, command=["true"], name=name, labels={RUN_LABEL: docker_label}
     )
     with pytest.raises(docker.errors.APIError) as raw:
         docker_api.create_container(BUSYBOX, command=["true"], name=name)
     error = translate(raw.value, base_url="unix://test", op="create")
     assert isinstance(error, SandboxConflict)
     assert error.provider == "docker"
-    remove_labelled(f"{RUN_LABEL}={test_label}")
+    remove_labelled(f"{RUN_LABEL}={docker_label}")
 
 
-async def test_provider_found_through_config(test_label: str) -> None:
+async def test_provider_found_through_config(docker_label: str) -> None:
     from agent_sandbox.config import resolve
 
     resolved = resolve("docker", {"runtime": None, "default_image": BUSYBOX})
@@ -541,14 +543,14 @@ async def test_provider_found_through_config(test_label: str) -> None:
         resolve("docker", {"bogus": 1})
 
 
-async def test_runsc_runtime(test_label: str, docker_api: Any) -> None:
+async def test_runsc_runtime(docker_label: str, docker_api: Any) -> None:
     runtimes = docker_api.info().get("Runtimes") or {}
     if "runsc" not in runtimes:
         pytest.skip("gVisor runtime 'runsc' is not registered (setup with AGENT_SANDBOX_RUNSC=1)")
     from docker_testkit import LabelledDockerBackend
 
     backend = LabelledDockerBackend(DockerOptions(runtime="runsc"))
-    backend.run_label = test_label
+    backend.run_label = docker_label
     try:
         sandbox = await make(backend, network="none")
         try:

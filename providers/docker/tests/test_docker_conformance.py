@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 try:
-    from agent_sandbox.testing import ConformanceSuite  # type: ignore[attr-defined]
+    from agent_sandbox.testing import ConformanceSuite
 except ImportError:  # pragma: no cover - until the suite lands in agent_sandbox.testing
     pytest.skip(
         "agent_sandbox.testing.ConformanceSuite is not available in this checkout yet",
@@ -17,5 +17,5 @@ except ImportError:  # pragma: no cover - until the suite lands in agent_sandbox
     )
 
 
-class TestDockerConformance(ConformanceSuite):  # type: ignore[misc,valid-type]
+class TestDockerConformance(ConformanceSuite):
     """Every behaviour the contract promises, on the Docker provider."""
