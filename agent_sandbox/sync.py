@@ -16,6 +16,7 @@ from __future__ import annotations
 import builtins
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -29,15 +30,18 @@ from .sandbox import Sandbox as AsyncSandbox
 T = TypeVar("T")
 
 _portal: BlockingPortal | None = None
+_portal_manager: AbstractContextManager[BlockingPortal] | None = None
 _portal_lock = threading.Lock()
 
 
 def _get_portal() -> BlockingPortal:
-    global _portal
+    global _portal, _portal_manager
     with _portal_lock:
         if _portal is None:
-            manager = start_blocking_portal()
-            _portal = manager.__enter__()  # lives as long as the process; its thread is a daemon
+            # The manager is kept: garbage-collecting it would exit it and stop the portal.
+            # The portal then lives as long as the process; its thread is a daemon.
+            _portal_manager = start_blocking_portal()
+            _portal = _portal_manager.__enter__()
         return _portal
 
 

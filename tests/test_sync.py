@@ -24,24 +24,6 @@ from agent_sandbox.sync import Sandbox
 from agent_sandbox.testing import FakeBackend
 
 
-def _portal_is_broken() -> bool:
-    try:
-        sync._run(FakeBackend().aclose)
-    except RuntimeError:
-        return True
-    return False
-
-
-pytestmark = pytest.mark.xfail(
-    _portal_is_broken(),
-    strict=True,
-    raises=RuntimeError,
-    reason="core bug: sync._get_portal() drops the start_blocking_portal() context manager, "
-    "which garbage collection then exits, stopping the portal ('This portal is not running'); "
-    "keep a reference to it",
-)
-
-
 @pytest.fixture
 def backend() -> Iterator[FakeBackend]:
     b = FakeBackend()
