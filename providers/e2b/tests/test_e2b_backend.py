@@ -1,0 +1,226 @@
+"""E2B-specific mappings of E2BBackend, checked against what reaches the fake E2B."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+
+import pytest
+from agent_sandbox_e2b import E2BBackend, E2BOptions
+from agent_sandbox_e2b.backend import CREATE_KEY_LABEL, _exit_status
+from fake_e2b import FakeE2B
+
+from agent_sandbox import Sandbox
+from agent_sandbox.errors import CommandTimeout, ProviderError, Unsupported
+from agent_sandbox.models import ExecOptions, NetworkPolicy, SandboxSpec
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def backend(e2b_options: E2BOptions) -> AsyncIterator[E2BBackend]:
+    b = E2BBackend(e2b_options)
+    try:
+        yield b
+    finally:
+        await b.aclose()
+
+
+@pytest.fixture
+async def sandboxes(backend: E2BBackend) -> AsyncIterator[list[str]]:
+    """Ids to destroy at the end of the test."""
+    ids: list[str] = []
+    try:
+        yield ids
+    finally:
+        for sid in ids:
+            await backend.destroy(sid)
+
+
+def _last_create(fake: FakeE2B) -> dict:
+    return fake.create_bodies[-1]
+
+
+async def test_spec_maps_to_the_create_request(
+    fake_e2b: FakeE2B, backend: E2BBackend, sandboxes: list[str]
+) -> None:
+    spec = SandboxSpec(env={"A": "1"}, labels={"team": "x"}, ttl_seconds=90.2)
+    info = await backend.create(spec)
+    sandboxes.append(info.id)
+    body = _last_create(fake_e2b)
+    assert body["templateID"] == "base"
+    assert body["timeout"] == 91  # whole seconds, rounded up: never shorter than asked
+    assert body["envVars"] == {"A": "1"}
+    assert body["metadata"]["team"] == "x"
+    assert CREATE_KEY_LABEL in body["metadata"]
+    assert "allow_internet_access" not in body and "network" not in body
+    assert info.labels == {"team": "x"}  # bookkeeping labels stay hidden
+    assert info.workdir == "/home/user"
+    assert info.expires_at is not None and info.created_at is not None
+    described = await backend.connect(info.id)
+    assert (described.labels, described.state, described.image) == (
+        {"team": "x"},
+        "running",
+        "base",
+    )
+    # the SDK's default user and our exec env both arrive
+    r = await backend.exec(info.id, 'printf "%s %s" "$A" "$(id -un)"', ExecOptions())
+    assert r.stdout == "1 user"
+
+
+async def test_network_policies_map_to_e2b_options(
+    fake_e2b: FakeE2B, backend: E2BBackend, sandboxes: list[str]
+) -> None:
+    none = await backend.create(SandboxSpec(network=NetworkPolicy(mode="none")))
+    sandboxes.append(none.id)
+    assert _last_create(fake_e2b)["allow_internet_access"] is False
+    allow = await backend.create(
+        SandboxSpec(network=NetworkPolicy(mode="allowlist", allow=("10.1.2.0/24", "pypi.org")))
+    )
+    sandboxes.append(allow.id)
+    assert _last_create(fake_e2b)["network"] == {
+        "allowOut": ["10.1.2.0/24", "pypi.org"],
+        "denyOut": ["0.0.0.0/0"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("fields", "what"),
+    [
+        ({"cpus": 2}, "cpus"),
+        ({"memory_mib": 1024}, "memory"),
+        ({"disk_mib": 4096}, "disk_mib"),
+        ({"idle_timeout_seconds": 60}, "idle_timeout"),
+    ],
+)
+async def test_template_defined_resources_are_unsupported(
+    fake_e2b: FakeE2B, backend: E2BBackend, fields: dict, what: str
+) -> None:
+    before = len(fake_e2b.create_bodies)
+    with pytest.raises(Unsupported, match=what):
+        await backend.create(SandboxSpec(**fields))
+    assert len(fake_e2b.create_bodies) == before  # refused before anything was sent
+
+
+async def test_workdir_and_user_survive_a_reconnect(
+    e2b_options: E2BOptions, backend: E2BBackend, sandboxes: list[str]
+) -> None:
+    info = await backend.create(SandboxSpec(workdir="/srv/app", user="root"))
+    sandboxes.append(info.id)
+    assert info.workdir == "/srv/app"
+    other = E2BBackend(e2b_options)
+    try:
+        again = await other.connect(info.id)
+        assert again.workdir == "/srv/app"
+        r = await other.exec(info.id, "id -un; pwd", ExecOptions(cwd=again.workdir))
+        assert r.stdout == "root\n/srv/app\n"
+        as_user = await other.exec(info.id, ["id", "-un"], ExecOptions(user="user"))
+        assert as_user.stdout == "user\n"
+    finally:
+        await other.aclose()
+
+
+async def test_connect_from_another_backend_keeps_the_ttl(
+    fake_e2b: FakeE2B, e2b_options: E2BOptions, backend: E2BBackend, sandboxes: list[str]
+) -> None:
+    info = await backend.create(SandboxSpec(ttl_seconds=120))
+    sandboxes.append(info.id)
+    end_before = fake_e2b.sandboxes[info.id].end_at
+    other = E2BBackend(e2b_options)
+    try:
+        assert (await other.exec(info.id, ["true"], ExecOptions())).ok
+    finally:
+        await other.aclose()
+    # E2B's connect defaults to 300 s and would have extended a 120 s sandbox.
+    assert fake_e2b.sandboxes[info.id].end_at == end_before
+
+
+async def test_signal_deaths_become_128_plus_n(backend: E2BBackend, sandboxes: list[str]) -> None:
+    info = await backend.create(SandboxSpec())
+    sandboxes.append(info.id)
+    r = await backend.exec(info.id, "kill -SEGV $$", ExecOptions())
+    assert (r.exit_code, r.signal) == (139, 11)
+    plain = await backend.exec(info.id, "exit 139", ExecOptions())
+    assert (plain.exit_code, plain.signal) == (139, None)
+
+
+def test_exit_status_parses_go_process_states() -> None:
+    def end(code: int, exited: bool, status: str) -> SimpleNamespace:
+        return SimpleNamespace(exit_code=code, exited=exited, status=status)
+
+    assert _exit_status(end(0, True, "exit status 0")) == (0, None)
+    assert _exit_status(end(2, True, "exit status 2")) == (2, None)
+    assert _exit_status(end(-1, False, "signal: killed")) == (137, 9)
+    assert _exit_status(end(-1, False, "signal: terminated")) == (143, 15)
+    assert _exit_status(end(-1, False, "signal: aborted (core dumped)")) == (134, 6)
+    assert _exit_status(end(-1, False, "signal: signal 34")) == (162, 34)
+    assert _exit_status(end(-1, False, "something else")) == (-1, None)
+
+
+async def test_timeout_raises_with_partial_output(
+    backend: E2BBackend, sandboxes: list[str]
+) -> None:
+    info = await backend.create(SandboxSpec())
+    sandboxes.append(info.id)
+    with pytest.raises(CommandTimeout) as caught:
+        await backend.exec(info.id, "echo before; sleep 30", ExecOptions(timeout=1))
+    assert caught.value.stdout == b"before\n"
+    assert caught.value.provider == "e2b"
+    left = await backend.exec(info.id, "ps -eo args | grep -c '[s]leep 30'", ExecOptions())
+    assert left.stdout.strip() == "0"
+
+
+async def test_exec_streams_through_the_handle(backend: E2BBackend, sandboxes: list[str]) -> None:
+    sb = await Sandbox.create(backend=backend)
+    sandboxes.append(sb.id)
+    kinds = [e.kind async for e in sb.exec_stream("echo a; echo b >&2")]
+    assert kinds[-1] == "exit"
+    assert set(kinds[:-1]) == {"stdout", "stderr"}
+
+
+async def test_snapshot_then_create_from_it(
+    fake_e2b: FakeE2B, backend: E2BBackend, sandboxes: list[str]
+) -> None:
+    info = await backend.create(SandboxSpec())
+    sandboxes.append(info.id)
+    await backend.write_file(info.id, "/home/user/state.txt", b"snapshotted")
+    snap = await backend.snapshot(info.id)
+    try:
+        clone = await backend.create(SandboxSpec(snapshot=snap))
+        sandboxes.append(clone.id)
+        assert _last_create(fake_e2b)["templateID"] == snap
+        assert await backend.read_file(clone.id, "/home/user/state.txt") == b"snapshotted"
+    finally:
+        from e2b import AsyncSandbox
+
+        await AsyncSandbox.delete_snapshot(snap, **backend._api())
+
+
+async def test_pause_and_resume(backend: E2BBackend, sandboxes: list[str]) -> None:
+    info = await backend.create(SandboxSpec())
+    sandboxes.append(info.id)
+    await backend.write_file(info.id, "/tmp/kept", b"still here")
+    await backend.pause(info.id)
+    assert (await backend.connect(info.id)).state == "paused"
+    with pytest.raises(ProviderError, match="paused"):
+        await backend.exec(info.id, ["true"], ExecOptions())
+    await backend.resume(info.id)
+    assert (await backend.connect(info.id)).state == "running"
+    assert await backend.read_file(info.id, "/tmp/kept") == b"still here"
+
+
+async def test_expose_port_is_the_e2b_host(backend: E2BBackend, sandboxes: list[str]) -> None:
+    info = await backend.create(SandboxSpec(ports=(8080,)))
+    sandboxes.append(info.id)
+    assert await backend.expose_port(info.id, 8080) == f"https://8080-{info.id}.e2b.local"
+
+
+async def test_list_filters_by_labels(backend: E2BBackend, sandboxes: list[str]) -> None:
+    tag = uuid.uuid4().hex
+    a = await backend.create(SandboxSpec(labels={"t": tag, "role": "a b&c=d"}))
+    sandboxes.append(a.id)
+    b = await backend.create(SandboxSpec(labels={"t": tag, "role": "other"}))
+    sandboxes.append(b.id)
+    assert {i.id for i in await backend.list({"t": tag})} == {a.id, b.id}
+    assert [i.id for i in await backend.list({"t": tag, "role": "a b&c=d"})] == [a.id]
