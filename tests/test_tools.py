@@ -155,8 +155,9 @@ async def test_bash_restart_gives_a_fresh_shell(any_sb: Sandbox) -> None:
 async def test_bash_timeout_kills_and_restarts(any_sb: Sandbox) -> None:
     kit = ToolKit(any_sb)
     await run_ok(kit, "bash", {"command": "export KEEP=1"})
+    nap = f"sleep 30.{uuid.uuid4().int % 10**6:06d}"  # a command line no one else runs
     result = await kit.run(
-        "bash", {"command": "echo started; sleep 30; echo never", "timeout_ms": 1500}
+        "bash", {"command": f"echo started; {nap}; echo never", "timeout_ms": 1500}
     )
     assert result.is_error
     assert "started" in result.content
@@ -166,7 +167,7 @@ async def test_bash_timeout_kills_and_restarts(any_sb: Sandbox) -> None:
     # the killed command is gone, and the shell is fresh
     assert await run_ok(kit, "bash", {"command": "echo ${KEEP:-unset}"}) == "unset"
     procs = await run_ok(kit, "bash", {"command": "ps -eo args 2>/dev/null || true"})
-    assert "sleep 30" not in procs
+    assert nap not in procs
 
 
 @pytest.mark.anyio
@@ -544,3 +545,13 @@ async def test_handle_openai_chat_and_responses_shapes(sb: Sandbox) -> None:
         "call_id": "fc_1",
         "output": "resp",
     }
+
+
+@pytest.mark.anyio
+async def test_bash_reports_a_vanished_working_directory(sb: Sandbox) -> None:
+    kit = ToolKit(sb)
+    await run_ok(kit, "bash", {"command": "mkdir -p doomed && cd doomed"})
+    await sb.remove("doomed", recursive=True)
+    out = await run_ok(kit, "bash", {"command": "pwd"})
+    assert "previous working directory" in out
+    assert "doomed is gone" in out

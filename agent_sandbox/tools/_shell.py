@@ -24,6 +24,7 @@ _SKIP = (
 WRAPPER = f"""
 __as_dir=${{1:-${{TMPDIR:-/tmp}}/agent-sandbox-shell}}/$2
 if [ "$#" -ge 3 ]; then __as_cmd=$3; else __as_cmd=$(cat; echo .); __as_cmd=${{__as_cmd%.}}; fi
+exec </dev/null 2>&1
 [ -d "$__as_dir" ] || mkdir -p "$__as_dir" || exit 125
 if [ -f "$__as_dir/vars" ]; then . "$__as_dir/vars" >/dev/null 2>&1; fi
 if [ -f "$__as_dir/cwd" ]; then
@@ -46,7 +47,6 @@ __as_save() {{
   return $__as_rc
 }}
 trap __as_save EXIT
-exec </dev/null 2>&1
 unset __as_cwd
 eval "$__as_cmd"
 """
