@@ -16,7 +16,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
@@ -498,8 +498,9 @@ class DockerBackend(BaseBackend):
         )
         marker = _wire.MarkerSplitter()
         finished = False
+        frames = conn.frames(deadline)
         try:
-            async for kind, data in conn.frames(deadline):
+            async for kind, data in frames:
                 if kind == _wire.STDERR:
                     data = marker.feed(data)
                     if not data:
@@ -544,6 +545,7 @@ class DockerBackend(BaseBackend):
                     yield ExecEvent(kind="stderr", data=note)
             yield ExecEvent(kind="exit", exit_code=code, signal=signal)
         finally:
+            await frames.aclose()
             conn.close()
             if not finished:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(10):
@@ -807,7 +809,11 @@ class _ExecConnection:
             data={"Tty": False, "Detach": False},
             stream=True,
         )
-        raw = api._get_raw_response_socket(res)
+        try:
+            raw = api._get_raw_response_socket(res)
+        except BaseException:
+            res.close()
+            raise
         sock = getattr(raw, "_sock", raw)
         head = b""
         if type(sock) is socket.socket:
@@ -865,7 +871,7 @@ class _ExecConnection:
         data = await anyio.to_thread.run_sync(recv, 1 << 16, abandon_on_cancel=True)
         return bytes(data)
 
-    async def frames(self, deadline: float | None) -> AsyncIterator[tuple[str, bytes]]:
+    async def frames(self, deadline: float | None) -> AsyncGenerator[tuple[str, bytes], None]:
         """Frames as they arrive until the stream ends or ``deadline`` passes (then ``timed_out``)."""
         while True:
             if deadline is None:
