@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import select
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Sequence
@@ -22,7 +23,7 @@ _WAIT_FLAGS = os.WEXITED | os.WNOHANG | os.WNOWAIT
 # Without a pidfd (Linux < 5.3) the exit is noticed by polling at this interval.
 _POLL_INTERVAL = 0.02
 _DRAIN_LIMIT = 4 * 1024 * 1024
-_SPIN = 20
+_EXIT_GRACE_MS = 1
 
 Kind = Literal["stdout", "stderr"]
 
@@ -260,14 +261,14 @@ async def pump(
                 waiter = None
         # The leader has exited (or closed both pipes): wait for it, then kill the rest of its
         # group so nothing outlives the command, then drain what is already in the pipes.
-        if not open_fds:
+        if not open_fds and child.pidfd is not None and not child.exited():
             # Both pipes reached EOF: the leader is almost always in the last microseconds of
-            # its exit (the kernel closes files before it signals the exit). Yielding the CPU a
-            # few times is far cheaper than another trip through the event loop.
-            for _ in range(_SPIN):
-                if child.exited():
-                    break
-                os.sched_yield()
+            # its exit (the kernel closes files before it reports the exit). A poll of its pidfd
+            # bounded to a millisecond is far cheaper than another trip through the event loop;
+            # a command that closed its outputs and runs on is left to the loop below.
+            exit_poll = select.poll()
+            exit_poll.register(child.pidfd, select.POLLIN)
+            exit_poll.poll(_EXIT_GRACE_MS)
         while not child.exited():
             if expired:
                 child.kill()
