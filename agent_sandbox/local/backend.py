@@ -594,6 +594,10 @@ class LocalBackend(BaseBackend):
         passes, ``SandboxNotFound`` for a gone or expired sandbox, ``FileNotFound`` for a
         missing working directory. Leaving the iteration early kills the command.
         """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise self._unsupported("exec outside an asyncio event loop (trio)") from None
         box = self._live(sandbox_id, "exec")
         argv = argv_of(command)
         if options.user is not None:
