@@ -549,3 +549,22 @@ async def test_memory_limit_without_cgroups_is_an_address_space_limit(
         assert "MemoryError" in big.stderr
         small = await sb.exec(["python3", "-c", _ALLOCATE, "8"])
         assert small.stdout == "allocated\n"
+
+
+async def test_idle_timeout(root: Path) -> None:
+    backend = make_backend(root, "none")
+    sb = await asb.Sandbox.create(backend=backend, idle_timeout_seconds=1.0)
+    try:
+        # A command longer than the idle timeout is activity, not idleness.
+        assert (await sb.exec("sleep 1.5; echo done")).stdout == "done\n"
+        for _ in range(4):  # activity more often than the timeout keeps it alive
+            await anyio.sleep(0.4)
+            await sb.write_file("beat", b"x")
+        assert (await backend.connect(sb.id)).id == sb.id
+        await anyio.sleep(1.5)
+        with pytest.raises(asb.SandboxNotFound):
+            await backend.connect(sb.id)
+        other = make_backend(root, "none")
+        assert await other.sweep() == [sb.id]
+    finally:
+        await sb.destroy()

@@ -105,7 +105,12 @@ class _Box:
     wrap: list[str] = field(default_factory=list)
     """argv run before the command: joins the sandbox's cgroups or sets its rlimit."""
     fs: _jail.JailFS | None = None
-    last_touch: float = 0.0
+    last_active: float = 0.0
+    """Wall time of this process's last operation on the sandbox (idle timeout)."""
+    last_flush: float = 0.0
+    """When ``last_active`` was last written to the activity file, for other processes."""
+    running: int = 0
+    """Commands of this process running in the sandbox right now."""
 
     @property
     def procs(self) -> str:
@@ -283,20 +288,38 @@ class LocalBackend(BaseBackend):
             self._kill_all(box)
             self._boxes.pop(sandbox_id, None)
             raise self._not_found(sandbox_id, op, "sandbox expired")
-        if box.idle is not None and now - box.last_touch > 1.0:
-            box.last_touch = now
-            with contextlib.suppress(OSError):
-                os.utime(os.path.join(box.dir, _ACTIVITY))
+        self._touch(box, now)
         return box
 
+    def _touch(self, box: _Box, now: float) -> None:
+        """Note activity (only sandboxes with an idle timeout care)."""
+        if box.idle is None:
+            return
+        box.last_active = now
+        if now - box.last_flush > min(1.0, box.idle / 4):
+            box.last_flush = now
+            with contextlib.suppress(OSError):
+                os.utime(os.path.join(box.dir, _ACTIVITY))
+
     def _expiry(self, box: _Box, now: float) -> float:
+        """When the sandbox ends: its TTL, or earlier after ``idle`` seconds without activity.
+
+        A sandbox running a command (from this process, or recorded on disk by another one)
+        is not idle.
+        """
         if box.idle is None:
             return box.expires
         try:
+            busy = box.running > 0 or bool(os.listdir(box.procs))
+        except OSError:
+            busy = False
+        if busy:
+            return min(box.expires, now + box.idle)
+        try:
             last = os.stat(os.path.join(box.dir, _ACTIVITY)).st_mtime
         except OSError:
-            last = box.last_touch
-        return min(box.expires, max(last, box.last_touch) + box.idle)
+            last = box.last_active
+        return min(box.expires, max(last, box.last_active) + box.idle)
 
     def _kill_all(self, box: _Box) -> None:
         """Kill every running command of a sandbox, from this process or any other."""
@@ -546,9 +569,9 @@ class LocalBackend(BaseBackend):
     # -- commands ---------------------------------------------------------------------------
 
     def _deadline(self, box: _Box, timeout: float | None) -> tuple[float | None, str]:
-        """Monotonic deadline of a command: its timeout or the sandbox's expiry, whichever first."""
-        now_wall = time.time()
-        left = self._expiry(box, now_wall) - now_wall
+        """Monotonic deadline of a command: its timeout or the sandbox's TTL, whichever first
+        (a running command keeps the sandbox from being idle)."""
+        left = box.expires - time.time()
         if timeout is not None and timeout <= left:
             return time.monotonic() + timeout, "timeout"
         return time.monotonic() + max(left, 0.0), "expired"
@@ -662,6 +685,7 @@ class LocalBackend(BaseBackend):
         # from another process can kill it; short commands skip the cost (~0.1 ms on ext4).
         record = _Record(os.path.join(box.procs, f"{child.pid}.{nonce}"))
         finished = False
+        box.running += 1
         try:
             try:
                 async for kind, data in pump(child, deadline, reason):
@@ -691,6 +715,8 @@ class LocalBackend(BaseBackend):
                 child.kill()
                 child.finish()
             record.remove()
+            box.running -= 1
+            self._touch(box, time.time())
         code, sig = exit_status(returncode)
         if box.isolation == "bwrap" and sig is None and 128 < code <= 128 + 64:
             # bwrap reports a command killed by signal N as exit status 128+N.
