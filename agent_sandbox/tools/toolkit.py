@@ -345,10 +345,14 @@ class ToolKit:
         ``ToolResult(is_error=True)`` with a message the model can act on. Output longer than the
         budget is cut with a note; the whole output is saved in the sandbox and the note names
         the file. Cancellation propagates.
+
+        ``call_id`` (the model's tool-use id) goes to the policy and the audit log; one is
+        generated when omitted.
         """
         arguments: Any = dict(input) if isinstance(input, Mapping) else input
         if arguments is None:
             arguments = {}
+        call_id = call_id or new_call_id()
         if self.audit is None:
             result, _ = await self._run(name, arguments, call_id)
             return result
