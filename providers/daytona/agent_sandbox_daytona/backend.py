@@ -473,7 +473,16 @@ class DaytonaBackend(BaseBackend):
             if not _ENV_KEY.fullmatch(key):
                 raise ConfigError(f"invalid environment variable name: {key!r}", provider=NAME)
             parts.append(f"export {key}={shlex.quote(value)}")
-        parts.append(shlex.join(argv))
+        line = shlex.join(argv)
+        if options.timeout:
+            # Backstop inside the sandbox: GNU timeout kills the command's whole process group
+            # a second after our client-side deadline, whatever the daemon's session deletion
+            # does to grandchildren (older daemons kill only the session's shell).
+            line = (
+                f"if command -v timeout >/dev/null 2>&1; then timeout -s KILL "
+                f"{math.ceil(options.timeout) + 1} {line}; else {line}; fi"
+            )
+        parts.append(line)
         source = shlex.quote(stdin_path) if stdin_path is not None else "/dev/null"
         return "{ " + " && ".join(parts) + f"; }} < {source}"
 

@@ -209,6 +209,8 @@ class FakeSandbox:
     dto: dict[str, Any]
     root: Path
     sessions: dict[str, dict[str, Proc]] = field(default_factory=dict)
+    detached: list[Proc] = field(default_factory=list)
+    """Commands of deleted sessions left running (see ``FakeDaytona.delete_kills_commands``)."""
     paused: bool = False
 
     @property
@@ -216,7 +218,7 @@ class FakeSandbox:
         return str(self.dto["id"])
 
     def all_procs(self) -> list[Proc]:
-        return [p for cmds in self.sessions.values() for p in cmds.values()]
+        return [*self.detached, *(p for cmds in self.sessions.values() for p in cmds.values())]
 
     def host_path(self, path: str, *, write: bool) -> Path | None:
         """Map a path inside the sandbox to the host; ``None`` when it is outside what the
@@ -269,6 +271,9 @@ class FakeDaytona:
         self._tasks: set[asyncio.Task[None]] = set()
         self.base_url = ""
         self._signed: dict[str, tuple[str, int, float]] = {}
+        self.delete_kills_commands = True
+        """False models older daemons, whose session deletion kills only the session's shell
+        and leaves the commands it started running."""
 
     # lifecycle
 
@@ -713,7 +718,10 @@ class FakeDaytona:
         if isinstance(cmds, web.Response):
             return cmds
         for proc in cmds.values():
-            proc.kill()
+            if self.delete_kills_commands:
+                proc.kill()
+            else:
+                sb.detached.append(proc)
         del sb.sessions[request.match_info["session"]]
         return web.Response(status=204)
 
@@ -787,7 +795,10 @@ class FakeDaytona:
                 while sent < size:
                     data = log.read(min(size - sent, 1 << 16))
                     sent += len(data)
-                    await ws.send_bytes(data)
+                    try:
+                        await ws.send_bytes(data)
+                    except ConnectionError:  # the client went away (e.g. it timed out)
+                        return ws
                 if finished and sent == proc.size:
                     break
         await ws.close(code=1000)

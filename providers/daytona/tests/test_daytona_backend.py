@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import anyio
 import pytest
 from agent_sandbox_daytona import DaytonaBackend, DaytonaOptions
 from fake_daytona import FakeDaytona
@@ -45,6 +46,25 @@ async def test_timeout_kills_and_raises(backend: DaytonaBackend, fake_daytona: F
         assert caught.value.stdout == b"started\n"
         sandbox = fake_daytona.sandboxes[sb.id]
         assert sandbox.sessions == {}  # the session (and with it the command) is gone
+
+
+async def test_timeout_backstop_inside_the_sandbox(
+    backend: DaytonaBackend, fake_daytona: FakeDaytona
+) -> None:
+    # A daemon whose session deletion leaves the command running: the in-sandbox backstop
+    # (GNU timeout on the command's process group) still ends the whole tree.
+    fake_daytona.delete_kills_commands = False
+    try:
+        async with await Sandbox.create(backend=backend) as sb:
+            with pytest.raises(CommandTimeout):
+                await sb.exec("sleep 60 & sleep 60; echo never", timeout=1)
+            detached = fake_daytona.sandboxes[sb.id].detached
+            assert len(detached) == 1
+            with anyio.fail_after(20):
+                while not detached[0].done.is_set():  # set by the fake's own loop (thread)
+                    await anyio.sleep(0.1)
+    finally:
+        fake_daytona.delete_kills_commands = True
 
 
 async def test_spec_maps_to_create_params(
@@ -133,3 +153,33 @@ def _opts():  # type: ignore[no-untyped-def]
     from agent_sandbox.models import ExecOptions
 
     return ExecOptions(timeout=10)
+
+
+async def test_snapshot_pause_resume(backend: DaytonaBackend) -> None:
+    async with await Sandbox.create(backend=backend) as sb:
+        await sb.write_file("kept.txt", b"from the snapshot")
+        snap = await backend.snapshot(sb.id)
+        await backend.pause(sb.id)
+        assert (await backend.connect(sb.id)).state == "paused"
+        await backend.resume(sb.id)
+        assert (await backend.connect(sb.id)).state == "running"
+        assert (await sb.exec("echo back")).stdout == "back\n"
+    async with await Sandbox.create(backend=backend, snapshot=snap) as copy:
+        assert await copy.read_file("kept.txt") == b"from the snapshot"
+
+
+async def test_found_through_the_entry_point(fake_daytona: FakeDaytona) -> None:
+    from agent_sandbox.registry import load
+
+    assert load("daytona") is DaytonaBackend
+    options = {"api_key": fake_daytona.api_key, "api_url": fake_daytona.api_url}
+    async with await Sandbox.create(provider="daytona", options=options) as sb:
+        assert (await sb.exec(["echo", "via config"])).stdout == "via config\n"
+
+
+def test_sync_handle(fake_daytona: FakeDaytona) -> None:
+    from agent_sandbox import sync
+
+    options = {"api_key": fake_daytona.api_key, "api_url": fake_daytona.api_url}
+    with sync.Sandbox.create(provider="daytona", options=options) as sb:
+        assert sb.exec("echo sync").stdout == "sync\n"
