@@ -507,8 +507,9 @@ class DockerBackend(BaseBackend):
                         continue
                 yield ExecEvent(kind="stdout" if kind == _wire.STDOUT else "stderr", data=data)
             if conn.timed_out:
+                early = await conn.read_marker(marker, 5.0)
                 await self._kill_group(sandbox_id, marker.pgid)
-                tail = await conn.drain(2.0)
+                tail = early + await conn.drain(2.0)
                 for kind, data in tail:
                     if kind == _wire.STDERR:
                         data = marker.feed(data)
@@ -546,10 +547,14 @@ class DockerBackend(BaseBackend):
             yield ExecEvent(kind="exit", exit_code=code, signal=signal)
         finally:
             await frames.aclose()
-            conn.close()
             if not finished:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                # stdout and stderr travel separately: the caller may leave on a stdout chunk
+                # that overtook the wrapper's stderr line; wait for it to learn the group.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(15):
+                    await conn.read_marker(marker, 5.0)
+                    conn.close()
                     await self._kill_group(sandbox_id, marker.pgid)
+            conn.close()
 
     async def _kill_group(self, sandbox_id: str, pgid: int | None) -> None:
         """Kill a command's process group from inside the container (best effort)."""
@@ -889,6 +894,27 @@ class _ExecConnection:
                 return
             for frame in self._parser.feed(data):
                 yield frame
+
+    async def read_marker(
+        self, marker: _wire.MarkerSplitter, seconds: float
+    ) -> builtins.list[tuple[str, bytes]]:
+        """Read on until the wrapper's process-group line has arrived (at most ``seconds``, or
+        the end of the stream); return the command's own frames read meanwhile."""
+        out: builtins.list[tuple[str, bytes]] = []
+        if marker.done or self.eof:
+            return out
+        with anyio.move_on_after(seconds):
+            while not marker.done:
+                data = await self._recv()
+                if not data:
+                    self.eof = True
+                    break
+                for kind, payload in self._parser.feed(data):
+                    if kind == _wire.STDERR:
+                        payload = marker.feed(payload)
+                    if payload:
+                        out.append((kind, payload))
+        return out
 
     async def drain(self, seconds: float) -> builtins.list[tuple[str, bytes]]:
         """What is left on the stream after a kill, waiting at most ``seconds``."""

@@ -7,6 +7,9 @@ cleanup label) and ``sandbox_spec`` (the local debian-python image) come from co
 from __future__ import annotations
 
 import pytest
+from docker_testkit import BUSYBOX
+
+from agent_sandbox.models import SandboxSpec
 
 try:
     from agent_sandbox.testing import ConformanceSuite
@@ -19,3 +22,11 @@ except ImportError:  # pragma: no cover - until the suite lands in agent_sandbox
 
 class TestDockerConformance(ConformanceSuite):
     """Every behaviour the contract promises, on the Docker provider."""
+
+
+class TestDockerBusyboxConformance(ConformanceSuite):
+    """The same suite on a busybox-only image: no python, no bash, busybox's sh and tools."""
+
+    @pytest.fixture
+    def sandbox_spec(self) -> SandboxSpec:
+        return SandboxSpec(image=BUSYBOX, ttl_seconds=600)
