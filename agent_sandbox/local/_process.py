@@ -211,10 +211,12 @@ async def pump(
         wake()
 
     timer = loop.call_at(deadline, expire) if deadline is not None else None
+    # A command just spawned has not written or exited yet: start by waiting.
+    fresh = True
     try:
         while True:
             progressed = False
-            for fd, kind in list(open_fds.items()):
+            for fd, kind in () if fresh else list(open_fds.items()):
                 try:
                     data = os.read(fd, CHUNK)
                 except BlockingIOError:
@@ -233,10 +235,11 @@ async def pump(
             if expired:
                 child.kill()
                 raise Deadline(reason)
-            if not open_fds or (not progressed and child.exited()):
+            if not open_fds or (not progressed and not fresh and child.exited()):
                 break
             if progressed:
                 continue
+            fresh = False
             waiter = loop.create_future()
             watched = list(open_fds)
             for fd in watched:
