@@ -568,3 +568,21 @@ async def test_idle_timeout(root: Path) -> None:
         assert await other.sweep() == [sb.id]
     finally:
         await sb.destroy()
+
+
+async def test_doctor_reports_root_isolation_and_resources(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checks = {c.name: c for c in await make_backend(root, "none").doctor()}
+    assert checks["root"].ok
+    assert checks["isolation"].ok  # chosen on purpose
+    assert "NOT isolated" in checks["isolation"].detail
+    assert "resources" in checks
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    fallback = {c.name: c for c in await make_backend(root, "auto").doctor()}
+    assert not fallback["isolation"].ok  # fell back: flagged
+    if HAVE_BWRAP:
+        monkeypatch.undo()
+        jailed = {c.name: c for c in await make_backend(root, "bwrap").doctor()}
+        assert jailed["isolation"].ok
+        assert "bubblewrap" in jailed["isolation"].detail

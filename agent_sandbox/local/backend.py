@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Literal
 
 import anyio.to_thread
 
-from ..backend import BaseBackend, ProviderOptions, argv_of, exit_status
+from ..backend import BaseBackend, Diagnostic, ProviderOptions, argv_of, exit_status
 from ..errors import (
     CommandTimeout,
     ConfigError,
@@ -324,6 +324,40 @@ class LocalBackend(BaseBackend):
     def _kill_all(self, box: _Box) -> None:
         """Kill every running command of a sandbox, from this process or any other."""
         self._kill_dir(box.id, box.dir)
+
+    async def doctor(self) -> builtins.list[Diagnostic]:
+        """Check the state root, the isolation in use and whether resource limits work."""
+        checks: builtins.list[Diagnostic] = []
+        try:
+            os.makedirs(self.root, mode=0o700, exist_ok=True)
+            writable = os.access(self.root, os.W_OK | os.X_OK)
+            checks.append(
+                Diagnostic("root", writable, f"{self.root} ({len(await self.list())} sandboxes)")
+            )
+        except OSError as exc:
+            checks.append(Diagnostic("root", False, f"{self.root}: {exc}"))
+        if self.isolation == "bwrap":
+            checks.append(Diagnostic("isolation", True, f"bubblewrap ({self.bwrap})"))
+        else:
+            # Not an error when chosen on purpose, but never reported as isolated.
+            opts = self.options
+            chosen = isinstance(opts, LocalOptions) and opts.isolation == "none"
+            checks.append(
+                Diagnostic(
+                    "isolation",
+                    chosen,
+                    f"none: commands are NOT isolated ({self._fallback_reason}); install "
+                    "bubblewrap to jail them",
+                )
+            )
+        found = _cgroup.detect()
+        if isinstance(found, _cgroup.Hierarchy):
+            checks.append(Diagnostic("resources", True, f"cgroup v{found.version}"))
+        else:
+            checks.append(
+                Diagnostic("resources", True, f"cpus unsupported, memory as ulimit -v ({found})")
+            )
+        return checks
 
     # -- lifecycle --------------------------------------------------------------------------
 
