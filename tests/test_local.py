@@ -173,6 +173,40 @@ class TestJail:
         await sandbox.write_file("/workspace/inner", b"rewritten")
         assert (await sandbox.exec(["cat", "/workspace/real.txt"])).stdout == "rewritten"
 
+    async def test_native_file_operations_stay_in_the_jail(
+        self, sandbox: asb.Sandbox, tmp_path: Path
+    ) -> None:
+        victim = tmp_path / "victim"
+        victim.mkdir()
+        (victim / "keep.txt").write_text("keep")
+        await sandbox.exec(["ln", "-s", str(victim), "/workspace/abs"])
+        await sandbox.exec(["ln", "-s", "/usr", "/workspace/usr"])
+        assert (await sandbox.stat("/workspace/abs")).type == "symlink"
+        with pytest.raises(asb.FileNotFound):  # the jail has no such directory
+            await sandbox.list_dir("/workspace/abs")
+        await sandbox.remove("/workspace/abs", recursive=True)  # removes the link only
+        assert (victim / "keep.txt").read_text() == "keep"
+        with pytest.raises(asb.PermissionDenied):
+            await sandbox.remove("/workspace/usr/bin/sh")
+        with pytest.raises(asb.PermissionDenied):
+            await sandbox.mkdir("/workspace/usr/asb-probe")
+        with pytest.raises(asb.PermissionDenied):
+            await sandbox.remove("/workspace", recursive=True)
+        with pytest.raises(asb.PermissionDenied):
+            await sandbox.remove("/etc/passwd")
+        assert os.path.exists("/etc/passwd")
+        names = [e.name for e in await sandbox.list_dir("/usr")]
+        assert "bin" in names
+        assert "workspace" in [e.name for e in await sandbox.list_dir("/")]
+        await sandbox.mkdir("/tmp/d/e")
+        await sandbox.write_file("/tmp/d/e/f", b"1")
+        with pytest.raises(asb.IsADirectory):
+            await sandbox.remove("/tmp/d")
+        await sandbox.remove("/tmp/d", recursive=True)
+        assert not await sandbox.exists("/tmp/d")
+        with pytest.raises(asb.InvalidPath):
+            await sandbox.list_dir("/etc/passwd")
+
     async def test_file_errors(self, sandbox: asb.Sandbox) -> None:
         with pytest.raises(asb.FileNotFound):
             await sandbox.read_file("/workspace/missing")

@@ -22,6 +22,7 @@ import itertools
 import json
 import logging
 import os
+import posixpath
 import re
 import secrets
 import shutil
@@ -46,7 +47,16 @@ from ..errors import (
     ProviderError,
     SandboxNotFound,
 )
-from ..models import Capabilities, Command, ExecEvent, ExecOptions, SandboxInfo, SandboxSpec
+from ..models import (
+    Capabilities,
+    Command,
+    ExecEvent,
+    ExecOptions,
+    FileInfo,
+    FileType,
+    SandboxInfo,
+    SandboxSpec,
+)
 from . import _cgroup, _jail
 from ._process import Child, Deadline, has_marker, kill_marked, killpg, pump
 
@@ -818,6 +828,122 @@ class LocalBackend(BaseBackend):
             raise _jail.JailPathError("denied", "read-only file system")
         return host, mount
 
+    def _host(
+        self, box: _Box, path: str, op: str, *, follow: bool = True, write: bool = False
+    ) -> tuple[str, _jail.Mount | None] | None:
+        """Host path of a sandbox path for the native file operations, with the mount it must
+        stay in; ``None`` for jail places outside every mount (the derived, exec-based
+        operation then answers as the jail sees it)."""
+        if not isinstance(path, str) or not path or "\x00" in path:
+            raise InvalidPath(
+                f"invalid path: {path!r}", provider=self.name, op=op, sandbox_id=box.id
+            )
+        if box.fs is None:
+            return path, None
+        fs = box.fs
+        located = fs.host_of(fs.resolve(_jail.normalise(path), follow_final=follow))
+        if located is None:
+            if write:
+                raise _jail.JailPathError("denied", "read-only file system")
+            return None
+        if write and not located[0].writable:
+            raise _jail.JailPathError("denied", "read-only file system")
+        return located[1], located[0]
+
+    def _open_checked(self, host: str, mount: _jail.Mount | None, flags: int) -> int:
+        fd = os.open(host, flags | os.O_CLOEXEC)
+        if mount is not None:
+            try:
+                _jail.check_inside(fd, mount)
+            except BaseException:
+                os.close(fd)
+                raise
+        return fd
+
+    async def stat(self, sandbox_id: str, path: str) -> FileInfo:
+        """Describe one path (not following a final symlink). Raises ``FileNotFound``."""
+        box = self._live(sandbox_id, "stat")
+        try:
+            located = self._host(box, path, "stat", follow=False)
+            if located is None:
+                return await super().stat(sandbox_id, path)
+            fd = self._open_checked(*located, os.O_PATH | os.O_NOFOLLOW)
+            try:
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+        except (OSError, _jail.JailPathError) as exc:
+            raise self._path_error(exc, "stat", box, path) from exc
+        return _file_info(path, st)
+
+    async def list_dir(self, sandbox_id: str, path: str) -> builtins.list[FileInfo]:
+        """Entries of a directory, sorted by name. Raises ``FileNotFound``, ``InvalidPath``."""
+        box = self._live(sandbox_id, "list_dir")
+        try:
+            located = self._host(box, path, "list_dir")
+            if located is None:
+                return await super().list_dir(sandbox_id, path)
+            fd = self._open_checked(*located, os.O_RDONLY | os.O_DIRECTORY)
+        except NotADirectoryError as exc:
+            raise InvalidPath(
+                f"not a directory: {path}", provider=self.name, op="list_dir", sandbox_id=box.id
+            ) from exc
+        except (OSError, _jail.JailPathError) as exc:
+            raise self._path_error(exc, "list_dir", box, path) from exc
+        try:
+            return _list_fd(fd, path)
+        finally:
+            os.close(fd)
+
+    async def mkdir(self, sandbox_id: str, path: str) -> None:
+        """Create a directory and its missing parents; an existing directory is fine."""
+        box = self._live(sandbox_id, "mkdir")
+        try:
+            located = self._host(box, path, "mkdir", write=True)
+            assert located is not None
+            host, mount = located
+            os.makedirs(host, exist_ok=True)
+            os.close(self._open_checked(host, mount, os.O_RDONLY | os.O_DIRECTORY))
+        except NotADirectoryError as exc:
+            raise InvalidPath(
+                f"a parent is not a directory: {path}",
+                provider=self.name,
+                op="mkdir",
+                sandbox_id=box.id,
+            ) from exc
+        except (OSError, _jail.JailPathError) as exc:
+            raise self._path_error(exc, "mkdir", box, path) from exc
+
+    async def remove(self, sandbox_id: str, path: str, *, recursive: bool = False) -> None:
+        """Delete a file, or a directory tree with ``recursive``. Raises ``FileNotFound``;
+        ``IsADirectory`` for a directory without ``recursive``."""
+        box = self._live(sandbox_id, "remove")
+        try:
+            located = self._host(box, path, "remove", follow=False, write=True)
+            assert located is not None
+            host, mount = located
+            if mount is not None and host == mount.host:
+                raise _jail.JailPathError("denied", f"{mount.jail} itself cannot be removed")
+            parent, name = os.path.split(host)
+            dir_fd = self._open_checked(parent, mount, os.O_RDONLY | os.O_DIRECTORY)
+        except (OSError, _jail.JailPathError) as exc:
+            raise self._path_error(exc, "remove", box, path) from exc
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode):
+                os.unlink(name, dir_fd=dir_fd)
+            elif not recursive:
+                raise IsADirectoryError(path)
+            else:
+                # Through the checked parent's descriptor, so a swapped path cannot redirect it;
+                # rmtree itself works on descriptors below and never follows a symlink.
+                tree = f"/proc/self/fd/{dir_fd}/{name}"
+                await anyio.to_thread.run_sync(shutil.rmtree, tree)
+        except OSError as exc:
+            raise self._path_error(exc, "remove", box, path) from exc
+        finally:
+            os.close(dir_fd)
+
     async def read_file(self, sandbox_id: str, path: str) -> bytes:
         """Whole content of a file. Raises ``FileNotFound``, ``IsADirectory``, ``PermissionDenied``."""
         box = self._live(sandbox_id, "read_file")
@@ -907,6 +1033,37 @@ class _Record:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
             self.written = False
+
+
+_KINDS: dict[int, FileType] = {
+    stat.S_IFREG: "file",
+    stat.S_IFDIR: "dir",
+    stat.S_IFLNK: "symlink",
+}
+
+
+def _file_info(path: str, st: os.stat_result) -> FileInfo:
+    return FileInfo(
+        path=path,
+        name=posixpath.basename(path.rstrip("/")) or "/",
+        type=_KINDS.get(stat.S_IFMT(st.st_mode), "other"),
+        size=st.st_size,
+        mode=stat.S_IMODE(st.st_mode),
+        mtime=st.st_mtime,
+    )
+
+
+def _list_fd(dir_fd: int, path: str) -> builtins.list[FileInfo]:
+    base = path.rstrip("/")
+    entries = []
+    with os.scandir(dir_fd) as listing:
+        for entry in listing:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:  # removed while listing
+                continue
+            entries.append(_file_info(f"{base}/{entry.name}", st))
+    return sorted(entries, key=lambda e: e.name)
 
 
 def _read_all(fd: int, size_hint: int) -> bytes:
