@@ -10,14 +10,7 @@ import pytest
 from docker_testkit import BUSYBOX
 
 from agent_sandbox.models import SandboxSpec
-
-try:
-    from agent_sandbox.testing import ConformanceSuite
-except ImportError:  # pragma: no cover - until the suite lands in agent_sandbox.testing
-    pytest.skip(
-        "agent_sandbox.testing.ConformanceSuite is not available in this checkout yet",
-        allow_module_level=True,
-    )
+from agent_sandbox.testing import ConformanceSuite
 
 
 class TestDockerConformance(ConformanceSuite):
