@@ -52,11 +52,13 @@ from ..models import (
     Command,
     ExecEvent,
     ExecOptions,
+    ExecResult,
     FileInfo,
     FileType,
     SandboxInfo,
     SandboxSpec,
 )
+from ..output import CappedBuffer
 from . import _cgroup, _jail
 from ._process import Child, Deadline, has_marker, kill_marked, killpg, pump
 
@@ -652,15 +654,11 @@ class LocalBackend(BaseBackend):
             return ExecEvent(kind="stderr", data=f"{argv0}: Permission denied\n".encode())
         return ExecEvent(kind="stderr", data=f"{argv0}: command not found\n".encode())
 
-    async def exec_stream(
+    def _launch(
         self, sandbox_id: str, command: Command, options: ExecOptions
-    ) -> AsyncIterator[ExecEvent]:
-        """Run a command in the sandbox, yielding output chunks as they come, then the exit.
-
-        Raises ``CommandTimeout`` (the whole process tree killed) when ``options.timeout``
-        passes, ``SandboxNotFound`` for a gone or expired sandbox, ``FileNotFound`` for a
-        missing working directory. Leaving the iteration early kills the command.
-        """
+    ) -> _Run | builtins.list[ExecEvent]:
+        """Spawn a command; the running command, or the events of one that could not start
+        (127 not found, 126 not executable)."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -678,10 +676,8 @@ class LocalBackend(BaseBackend):
             path_var = options.env.get("PATH") or box.env.get("PATH", _jail.JAIL_PATH)
             failure = self._missing_command(box, argv[0], cwd, path_var)
             if failure is not None:
-                yield failure
                 code = 126 if b"Permission denied" in failure.data else 127
-                yield ExecEvent(kind="exit", exit_code=code)
-                return
+                return [failure, ExecEvent(kind="exit", exit_code=code)]
             full = list(box.prefix)
             for key, value in options.env.items():
                 full += ["--setenv", key, value]
@@ -711,13 +707,15 @@ class LocalBackend(BaseBackend):
                     op="exec",
                     sandbox_id=sandbox_id,
                 ) from exc
-            yield ExecEvent(kind="stderr", data=f"{argv[0]}: command not found\n".encode())
-            yield ExecEvent(kind="exit", exit_code=127)
-            return
+            return [
+                ExecEvent(kind="stderr", data=f"{argv[0]}: command not found\n".encode()),
+                ExecEvent(kind="exit", exit_code=127),
+            ]
         except PermissionError:
-            yield ExecEvent(kind="stderr", data=f"{argv[0]}: Permission denied\n".encode())
-            yield ExecEvent(kind="exit", exit_code=126)
-            return
+            return [
+                ExecEvent(kind="stderr", data=f"{argv[0]}: Permission denied\n".encode()),
+                ExecEvent(kind="exit", exit_code=126),
+            ]
         except NotADirectoryError as exc:
             raise FileNotFound(
                 f"working directory not found: {cwd}",
@@ -728,44 +726,71 @@ class LocalBackend(BaseBackend):
         # A command still running after a moment is recorded on disk, so that a destroy or sweep
         # from another process can kill it; short commands skip the cost (~0.1 ms on ext4).
         record = _Record(os.path.join(box.procs, f"{child.pid}.{nonce}"))
-        finished = False
         box.running += 1
+        return _Run(self, box, child, record, deadline, reason, options.timeout)
+
+    async def exec_stream(
+        self, sandbox_id: str, command: Command, options: ExecOptions
+    ) -> AsyncIterator[ExecEvent]:
+        """Run a command in the sandbox, yielding output chunks as they come, then the exit.
+
+        Raises ``CommandTimeout`` (the whole process tree killed) when ``options.timeout``
+        passes, ``SandboxNotFound`` for a gone or expired sandbox, ``FileNotFound`` for a
+        missing working directory. Leaving the iteration early kills the command.
+        """
+        run = self._launch(sandbox_id, command, options)
+        if isinstance(run, builtins.list):
+            for event in run:
+                yield event
+            return
         try:
             try:
-                async for kind, data in pump(child, deadline, reason):
+                async for kind, data in pump(run.child, run.deadline, run.reason):
                     yield ExecEvent(kind=kind, data=data)
             except Deadline as exc:
-                child.finish()
-                finished = True
-                if exc.reason == "expired":
-                    raise CommandTimeout(
-                        f"sandbox {sandbox_id} reached its TTL while the command ran; killed",
-                        timeout=options.timeout,
-                        provider=self.name,
-                        op="exec",
-                        sandbox_id=sandbox_id,
-                    ) from None
-                raise CommandTimeout(
-                    f"command timed out after {options.timeout}s; its process tree was killed",
-                    timeout=options.timeout,
-                    provider=self.name,
-                    op="exec",
-                    sandbox_id=sandbox_id,
-                ) from None
-            returncode = child.finish()
-            finished = True
+                raise run.timed_out(exc) from None
+            code, sig = run.finish()
         finally:
-            if not finished:
-                child.kill()
-                child.finish()
-            record.remove()
-            box.running -= 1
-            self._touch(box, time.time())
-        code, sig = exit_status(returncode)
-        if box.isolation == "bwrap" and sig is None and 128 < code <= 128 + 64:
-            # bwrap reports a command killed by signal N as exit status 128+N.
-            sig = code - 128
+            run.close()
         yield ExecEvent(kind="exit", exit_code=code, signal=sig)
+
+    async def exec(self, sandbox_id: str, command: Command, options: ExecOptions) -> ExecResult:
+        """Run a command to completion, keeping at most ``options.output_limit`` bytes per
+        stream (as :meth:`BaseBackend.exec`, without the per-chunk events)."""
+        start = time.monotonic()
+        out = CappedBuffer(options.output_limit)
+        err = CappedBuffer(options.output_limit)
+        run = self._launch(sandbox_id, command, options)
+        code: int | None = None
+        sig: int | None = None
+        if isinstance(run, builtins.list):
+            for event in run:
+                if event.kind == "exit":
+                    code, sig = event.exit_code, event.signal
+                else:
+                    (out if event.kind == "stdout" else err).write(event.data)
+        else:
+            try:
+                try:
+                    async for kind, data in pump(run.child, run.deadline, run.reason):
+                        (out if kind == "stdout" else err).write(data)
+                except Deadline as exc:
+                    error = run.timed_out(exc)
+                    error.stdout, error.stderr = out.getvalue(), err.getvalue()
+                    raise error from None
+                code, sig = run.finish()
+            finally:
+                run.close()
+        assert code is not None
+        return ExecResult(
+            exit_code=code,
+            signal=sig,
+            stdout_bytes=out.getvalue(),
+            stderr_bytes=err.getvalue(),
+            stdout_truncated=out.truncated,
+            stderr_truncated=err.truncated,
+            duration_s=time.monotonic() - start,
+        )
 
     def _check_cwd_jail(self, box: _Box, cwd: str) -> None:
         assert box.fs is not None
@@ -1005,6 +1030,64 @@ class LocalBackend(BaseBackend):
             raise self._path_error(exc, "write_file", box, path) from exc
         finally:
             os.close(dir_fd)
+
+
+class _Run:
+    """A spawned command of a sandbox, from launch to reaping."""
+
+    def __init__(
+        self,
+        backend: LocalBackend,
+        box: _Box,
+        child: Child,
+        record: _Record,
+        deadline: float | None,
+        reason: str,
+        timeout: float | None,
+    ) -> None:
+        self.backend, self.box, self.child, self.record = backend, box, child, record
+        self.deadline, self.reason, self.timeout = deadline, reason, timeout
+        self.finished = False
+        self.closed = False
+
+    def finish(self) -> tuple[int, int | None]:
+        """Reap the (exited or killed) command: ``(exit_code, signal)``."""
+        returncode = self.child.finish()
+        self.finished = True
+        code, sig = exit_status(returncode)
+        if self.box.isolation == "bwrap" and sig is None and 128 < code <= 128 + 64:
+            # bwrap reports a command killed by signal N as exit status 128+N.
+            sig = code - 128
+        return code, sig
+
+    def timed_out(self, deadline: Deadline) -> CommandTimeout:
+        """Reap the killed command; the error to raise."""
+        self.finish()
+        where: dict[str, Any] = {
+            "provider": self.backend.name,
+            "op": "exec",
+            "sandbox_id": self.box.id,
+            "timeout": self.timeout,
+        }
+        if deadline.reason == "expired":
+            return CommandTimeout(
+                f"sandbox {self.box.id} reached its TTL while the command ran; killed", **where
+            )
+        return CommandTimeout(
+            f"command timed out after {self.timeout}s; its process tree was killed", **where
+        )
+
+    def close(self) -> None:
+        """Kill whatever still runs (an abandoned stream), reap, and forget the command."""
+        if self.closed:
+            return
+        self.closed = True
+        if not self.finished:
+            self.child.kill()
+            self.child.finish()
+        self.record.remove()
+        self.box.running -= 1
+        self.backend._touch(self.box, time.time())
 
 
 class _Record:
