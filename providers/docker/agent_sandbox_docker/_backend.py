@@ -14,16 +14,19 @@ import math
 import posixpath
 import select
 import socket
+import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 import anyio.to_thread
 
 from agent_sandbox import labels as _labels
-from agent_sandbox.backend import BaseBackend, ProviderOptions, argv_of
+from agent_sandbox.backend import BaseBackend, ProviderOptions, _safe_extract, argv_of
 from agent_sandbox.errors import (
     CommandTimeout,
     ConfigError,
@@ -665,6 +668,72 @@ class DockerBackend(BaseBackend):
             )
         return _wire.file_info(path, header)
 
+    async def upload(self, sandbox_id: str, local_dir: str | Path, remote_dir: str) -> None:
+        """Copy a local tree into ``remote_dir`` (created if missing) with one streamed
+        ``put_archive``; the tar is spooled to a temporary file, not built in memory."""
+        source = Path(local_dir)
+
+        def put(api: docker.APIClient) -> bool:
+            import docker.errors  # type: ignore[import-untyped,unused-ignore]
+
+            if not source.is_dir():
+                raise FileNotFound(f"local directory not found: {source}", op="upload")
+
+            with _spooled_tar(source) as archive:
+                try:
+                    _put_archive(api, sandbox_id, remote_dir, archive)
+                except docker.errors.NotFound as exc:
+                    if "no such container" in str(exc.explanation).lower():
+                        raise
+                    return False
+            return True
+
+        if await self._call("upload", put, sandbox_id=sandbox_id):
+            return
+        await self.mkdir(sandbox_id, remote_dir)
+
+        def put_again(api: docker.APIClient) -> None:
+            with _spooled_tar(source) as archive:
+                _put_archive(api, sandbox_id, remote_dir, archive)
+
+        await self._call("upload", put_again, sandbox_id=sandbox_id, path=remote_dir)
+
+    async def download(self, sandbox_id: str, remote_dir: str, local_dir: str | Path) -> None:
+        """Copy the tree at ``remote_dir`` into ``local_dir`` with one streamed ``get_archive``.
+
+        Raises ``FileNotFound`` when ``remote_dir`` is missing or not a directory.
+        """
+        target = Path(local_dir)
+
+        def run(api: docker.APIClient) -> bool:
+            url = api._url("/containers/{0}/archive", sandbox_id)
+            path = remote_dir.rstrip("/") + "/."
+            res = api._get(url, params={"path": path}, stream=True)
+            try:
+                api._raise_for_status(res)
+                stat = _wire.decode_stat_header(res.headers.get("X-Docker-Container-Path-Stat"))
+                if not stat or not _wire.is_dir(stat):
+                    return False
+                with tempfile.SpooledTemporaryFile(max_size=_SPOOL) as spool:
+                    for chunk in res.iter_content(_wire.CHUNK):
+                        spool.write(chunk)
+                    spool.seek(0)
+                    target.mkdir(parents=True, exist_ok=True)
+                    with tarfile.open(fileobj=spool, mode="r") as tar:
+                        _safe_extract(tar, target)
+                return True
+            finally:
+                res.close()
+
+        found = await self._call("download", run, sandbox_id=sandbox_id, path=remote_dir)
+        if not found:
+            raise FileNotFound(
+                f"no such directory: {remote_dir}",
+                provider=PROVIDER,
+                op="download",
+                sandbox_id=sandbox_id,
+            )
+
     # -- optional capabilities --------------------------------------------------------------
 
     async def expose_port(self, sandbox_id: str, port: int) -> str:
@@ -737,7 +806,22 @@ def _run_quick(api: docker.APIClient, container: str, argv: list[str]) -> str:
     return out.decode("utf-8", "replace") if isinstance(out, bytes) else str(out)
 
 
-def _put_archive(api: docker.APIClient, container: str, path: str, data: Iterator[bytes]) -> None:
+_SPOOL = 16 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def _spooled_tar(source: Path) -> Iterator[IO[bytes]]:
+    """A tar of ``source``'s tree (as ``.``), in memory up to 16 MiB and on disk beyond."""
+    with tempfile.SpooledTemporaryFile(max_size=_SPOOL) as spool:
+        with tarfile.open(fileobj=spool, mode="w") as tar:
+            tar.add(str(source), arcname=".")
+        spool.seek(0)
+        yield spool
+
+
+def _put_archive(
+    api: docker.APIClient, container: str, path: str, data: Iterator[bytes] | IO[bytes]
+) -> None:
     url = api._url("/containers/{0}/archive", container)
     # copyUIDGID: files belong to the container's user, as if it had written them itself
     res = api._put(url, params={"path": path, "copyUIDGID": "1"}, data=data)

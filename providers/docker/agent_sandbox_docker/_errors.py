@@ -64,6 +64,8 @@ def translate(
             if "no such image" in lower or isinstance(exc, docker.errors.ImageNotFound):
                 return ConfigError(f"image not found: {text}", **where)
             return SandboxNotFound(f"sandbox {sandbox_id} not found (no such container)", **where)
+        if path is not None and ("not a directory" in lower or "no such file" in lower):
+            return FileNotFound(f"no such file or directory: {path} ({text})", **where)
         if "is not running" in lower or "removal in progress" in lower:
             return SandboxNotFound(
                 f"sandbox {sandbox_id} is not running (its TTL ran out or it was destroyed)",

@@ -565,3 +565,37 @@ async def test_runsc_runtime(docker_label: str, docker_api: Any) -> None:
             await sandbox.destroy()
     finally:
         await backend.aclose()
+
+
+async def test_upload_download_through_the_archive_api(sb: Sandbox, tmp_path: Any) -> None:
+    source = tmp_path / "src"
+    (source / "sub" / "deeper").mkdir(parents=True)
+    (source / "a.txt").write_text("alpha")
+    (source / "sub" / "b.bin").write_bytes(bytes(range(256)) * 1000)
+    (source / "sub" / "deeper" / "empty").write_bytes(b"")
+    (source / "link").symlink_to("a.txt")
+    await sb.upload(source, "/tmp/new/place")  # parents created
+    listing = await sb.exec("cd /tmp/new/place && find . | sort && readlink link")
+    assert listing.stdout.split() == [
+        ".",
+        "./a.txt",
+        "./link",
+        "./sub",
+        "./sub/b.bin",
+        "./sub/deeper",
+        "./sub/deeper/empty",
+        "a.txt",
+    ]
+    assert await sb.read_file("/tmp/new/place/sub/b.bin") == bytes(range(256)) * 1000
+    target = tmp_path / "back"
+    await sb.download("/tmp/new/place", target)
+    assert (target / "a.txt").read_text() == "alpha"
+    assert (target / "sub" / "b.bin").read_bytes() == bytes(range(256)) * 1000
+    assert (target / "sub" / "deeper" / "empty").read_bytes() == b""
+    assert os.readlink(target / "link") == "a.txt"
+    with pytest.raises(FileNotFound):
+        await sb.download("/tmp/no-such-dir", tmp_path / "never")
+    with pytest.raises(FileNotFound):
+        await sb.download("/tmp/new/place/a.txt", tmp_path / "never")
+    with pytest.raises(FileNotFound):
+        await sb.upload(tmp_path / "missing-local", "/tmp/x")
