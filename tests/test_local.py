@@ -620,3 +620,13 @@ async def test_doctor_reports_root_isolation_and_resources(
         jailed = {c.name: c for c in await make_backend(root, "bwrap").doctor()}
         assert jailed["isolation"].ok
         assert "bubblewrap" in jailed["isolation"].detail
+
+
+@pytest.mark.parametrize("sandbox", MODES, indirect=True)
+async def test_destroy_removes_what_commands_locked_down(sandbox: asb.Sandbox) -> None:
+    await sandbox.exec(
+        "mkdir -p locked/inner && touch locked/inner/f && chmod 000 locked/inner locked"
+    )
+    directory = Path(sandbox.info.metadata["path"])
+    await sandbox.destroy()
+    assert not directory.exists()

@@ -144,16 +144,27 @@ def _atomic_write_small(path: str, data: bytes) -> None:
 
 
 def _rmtree(path: str) -> None:
-    def retry(func: Any, target: str, _exc: Any) -> None:
-        # The jail may have made directories unwritable; we own them, so open them up.
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(target), 0o700)
-            os.chmod(target, 0o700)
-        with contextlib.suppress(FileNotFoundError):
-            func(target)
-
-    if os.path.lexists(path):
-        shutil.rmtree(path, onerror=retry)
+    """Delete a sandbox directory, even where its commands removed permissions."""
+    if not os.path.lexists(path):
+        return
+    try:
+        shutil.rmtree(path)
+        return
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass
+    # The jail's user is us: a command may have made directories unreadable or unwritable
+    # (without root we then cannot list or empty them). Open everything up, then delete.
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o700)
+    for top, dirs, _files in os.walk(path):
+        for name in dirs:
+            target = os.path.join(top, name)
+            if not os.path.islink(target):  # never chmod what a link points at
+                with contextlib.suppress(OSError):
+                    os.chmod(target, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 class LocalBackend(BaseBackend):
