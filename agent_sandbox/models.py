@@ -17,7 +17,10 @@ Command = str | Sequence[str]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # bytes travel through JSON as base64, so binary output survives model_dump_json().
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, ser_json_bytes="base64", val_json_bytes="base64"
+    )
 
 
 class NetworkPolicy(_Model):

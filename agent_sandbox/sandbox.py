@@ -10,6 +10,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import anyio
+
 from .backend import BaseBackend, close_stream
 from .errors import ConfigError, InvalidPath, SandboxError
 from .labels import default_owner, stamp
@@ -213,7 +215,9 @@ class Sandbox:
         tb: TracebackType | None,
     ) -> None:
         try:
-            await self.destroy()
+            # Shielded: a cancelled block must still destroy its sandbox.
+            with anyio.CancelScope(shield=True):
+                await self.destroy()
         except SandboxError:
             if exc is None:
                 raise

@@ -143,11 +143,6 @@ def test_exec_result_keeps_any_bytes(out: bytes, err: bytes) -> None:
     r.stderr  # noqa: B018
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: bytes fields serialise to JSON as UTF-8; non-UTF-8 output cannot be "
-    "dumped (fix: ser_json_bytes/val_json_bytes='base64' on ExecResult, ExecEvent, ExecOptions)",
-)
 def test_exec_result_with_binary_output_serialises_to_json() -> None:
     r = ExecResult(exit_code=0, stdout_bytes=b"\x00\xff\xfe")
     assert ExecResult.model_validate_json(r.model_dump_json()) == r

@@ -177,11 +177,6 @@ async def test_context_manager_destroys_when_the_body_raises(backend: FakeBacken
         await backend.connect(ids[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: Sandbox.__aexit__ awaits destroy() inside the cancelled scope, so the "
-    "destroy is cancelled too and the sandbox leaks; shield it (anyio.CancelScope(shield=True))",
-)
 async def test_context_manager_destroys_when_cancelled(backend: FakeBackend) -> None:
     ids: list[str] = []
     with anyio.move_on_after(0.2):
