@@ -88,6 +88,11 @@ class FakeProcess:
     proc: asyncio.subprocess.Process
     events: asyncio.Queue[tuple[str, Any]]
     task: asyncio.Task[None] | None = None
+    stdin_fd: int | None = None
+    """Write end of the command's stdin: a plain pipe, written from a worker thread (a full pipe
+    holds the writer back, as envd's blocking write does)."""
+    detached: bool = False
+    """The stream that started it went away: output is discarded, the process runs on."""
 
 
 @dataclass
@@ -163,7 +168,8 @@ class FakeE2B:
 
     def start(self) -> FakeE2B:
         """Serve on a free loopback port in a background thread."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -876,11 +882,12 @@ class FakeProcessService(process_connect.Process):
             isolate_network=not sb.allow_internet,
             etc_overrides=self.fake._etc,
         )
+        stdin_r, stdin_w = os.pipe() if stdin_enabled else (None, None)
         try:
             proc = await asyncio.create_subprocess_exec(
                 config.cmd,
                 *config.args,
-                stdin=asyncio.subprocess.PIPE if stdin_enabled else asyncio.subprocess.DEVNULL,
+                stdin=stdin_r if stdin_r is not None else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env=env,
@@ -888,35 +895,56 @@ class FakeProcessService(process_connect.Process):
                 close_fds=True,
             )
         except (OSError, subprocess.SubprocessError) as exc:
+            if stdin_w is not None:
+                os.close(stdin_w)
             raise ConnectError(
                 Code.INVALID_ARGUMENT, f"error starting process '{config.cmd}': {exc}"
             ) from exc
-        fp = FakeProcess(pid=proc.pid, proc=proc, events=asyncio.Queue())
+        finally:
+            if stdin_r is not None:
+                os.close(stdin_r)
+        # Bounded like envd's output channel: a slow reader holds the command back.
+        fp = FakeProcess(
+            pid=proc.pid, proc=proc, events=asyncio.Queue(maxsize=64), stdin_fd=stdin_w
+        )
         sb.procs[proc.pid] = fp
         fp.task = asyncio.get_running_loop().create_task(self._run(sb, fp, ctx.timeout_ms))
         yield _event(
             process_pb.StartResponse, "start", process_pb.ProcessEvent.StartEvent(pid=proc.pid)
         )
-        while True:
-            kind, value = await fp.events.get()
-            if kind == "end":
-                yield _event(process_pb.StartResponse, "end", value)
-                return
-            data = process_pb.ProcessEvent.DataEvent(output=Oneof(kind, value))
-            yield _event(process_pb.StartResponse, "data", data)
+        try:
+            while True:
+                kind, value = await fp.events.get()
+                if kind == "end":
+                    yield _event(process_pb.StartResponse, "end", value)
+                    return
+                data = process_pb.ProcessEvent.DataEvent(output=Oneof(kind, value))
+                yield _event(process_pb.StartResponse, "data", data)
+        finally:
+            fp.detached = True
+            while not fp.events.empty():
+                fp.events.get_nowait()
 
     async def _run(self, sb: FakeSandbox, fp: FakeProcess, timeout_ms: float | None) -> None:
         proc = fp.proc
 
+        on_pipe: dict[str, bool] = {}
+
         async def pump(stream: asyncio.StreamReader | None, kind: str) -> None:
             assert stream is not None
-            while chunk := await stream.read(CHUNK):
-                fp.events.put_nowait((kind, chunk))
+            while True:
+                on_pipe[kind] = True
+                chunk = await stream.read(CHUNK)
+                on_pipe[kind] = False
+                if not chunk:
+                    return
+                if not fp.detached:
+                    await fp.events.put((kind, chunk))
 
-        readers = [
-            asyncio.ensure_future(pump(proc.stdout, "stdout")),
-            asyncio.ensure_future(pump(proc.stderr, "stderr")),
-        ]
+        readers = {
+            asyncio.ensure_future(pump(proc.stdout, "stdout")): "stdout",
+            asyncio.ensure_future(pump(proc.stderr, "stderr")): "stderr",
+        }
         deadline = None
         if timeout_ms is not None:
             # envd runs the command under the request's deadline; on expiry Go's
@@ -929,11 +957,18 @@ class FakeProcessService(process_connect.Process):
             deadline.cancel()
         # Like envd (Go's cmd.Wait closes the pipes once the command exits), output still held
         # open by orphaned children after the command's exit is not waited for.
-        _, pending = await asyncio.wait(readers, timeout=0.5)
-        for task in pending:
-            task.cancel()
+        # A reader still waiting for its turn in the bounded queue has output to deliver.
+        pending = set(readers)
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=0.5)
+            if pending and not done and all(on_pipe.get(readers[t]) for t in pending):
+                for task in pending:
+                    task.cancel()
+                break
         sb.procs.pop(fp.pid, None)
-        fp.events.put_nowait(("end", _end_event(rc)))
+        _close_stdin(fp)
+        if not fp.detached:
+            await fp.events.put(("end", _end_event(rc)))
 
     async def send_input(
         self, request: process_pb.SendInputRequest, ctx: Any
@@ -945,13 +980,11 @@ class FakeProcessService(process_connect.Process):
                 pass
             case _:
                 raise ConnectError(Code.INVALID_ARGUMENT, "only stdin input is supported")
-        stdin = fp.proc.stdin
-        if stdin is None or stdin.is_closing():
+        if fp.stdin_fd is None:
             raise ConnectError(Code.FAILED_PRECONDITION, "stdin not enabled or closed")
         try:
-            stdin.write(data)
-            await stdin.drain()
-        except (BrokenPipeError, ConnectionResetError) as exc:
+            await asyncio.to_thread(_write_all, fp.stdin_fd, data)
+        except OSError as exc:
             raise ConnectError(
                 Code.INTERNAL, f"error writing to stdin of process '{fp.pid}': {exc}"
             ) from exc
@@ -962,8 +995,7 @@ class FakeProcessService(process_connect.Process):
     ) -> process_pb.CloseStdinResponse:
         sb = self._sandbox(ctx)
         fp = self._process(sb, request.process)
-        if fp.proc.stdin is not None and not fp.proc.stdin.is_closing():
-            fp.proc.stdin.close()
+        _close_stdin(fp)
         return process_pb.CloseStdinResponse()
 
     async def send_signal(
@@ -987,6 +1019,18 @@ class FakeProcessService(process_connect.Process):
         return process_pb.ListResponse(
             processes=[process_pb.ProcessInfo(pid=pid) for pid in sorted(sb.procs)]
         )
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _close_stdin(fp: FakeProcess) -> None:
+    fd, fp.stdin_fd = fp.stdin_fd, None
+    if fd is not None:
+        os.close(fd)
 
 
 def _kill_quietly(proc: asyncio.subprocess.Process) -> None:

@@ -54,10 +54,12 @@ async def test_spec_maps_to_the_create_request(
     assert body["envVars"] == {"A": "1"}
     assert body["metadata"]["team"] == "x"
     assert CREATE_KEY_LABEL in body["metadata"]
-    assert "allow_internet_access" not in body and "network" not in body
+    assert "allow_internet_access" not in body
+    assert "network" not in body
     assert info.labels == {"team": "x"}  # bookkeeping labels stay hidden
     assert info.workdir == "/home/user"
-    assert info.expires_at is not None and info.created_at is not None
+    assert info.expires_at is not None
+    assert info.created_at is not None
     described = await backend.connect(info.id)
     assert (described.labels, described.state, described.image) == (
         {"team": "x"},
@@ -163,12 +165,13 @@ async def test_timeout_raises_with_partial_output(
 ) -> None:
     info = await backend.create(SandboxSpec())
     sandboxes.append(info.id)
+    nap = f"30.{uuid.uuid4().int % 10**9}"  # a sleep no other process on this machine runs
     with pytest.raises(CommandTimeout) as caught:
-        await backend.exec(info.id, "echo before; sleep 30", ExecOptions(timeout=1))
+        await backend.exec(info.id, f"echo before; sleep {nap} & wait", ExecOptions(timeout=1))
     assert caught.value.stdout == b"before\n"
     assert caught.value.provider == "e2b"
-    left = await backend.exec(info.id, "ps -eo args | grep -c '[s]leep 30'", ExecOptions())
-    assert left.stdout.strip() == "0"
+    left = await backend.exec(info.id, ["pgrep", "-f", f"sleep {nap}"], ExecOptions())
+    assert (left.exit_code, left.stdout) == (1, "")  # pgrep: nothing matched
 
 
 async def test_exec_streams_through_the_handle(backend: E2BBackend, sandboxes: list[str]) -> None:

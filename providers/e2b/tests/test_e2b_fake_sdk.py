@@ -70,7 +70,11 @@ async def test_command_killed_by_signal_reports_like_envd(sdk_sandbox: AsyncSand
 async def test_streaming_callbacks_and_stdin(sdk_sandbox: AsyncSandbox) -> None:
     seen: list[str] = []
     handle = await sdk_sandbox.commands.run(
-        "read line; echo got:$line", background=True, stdin=True, on_stdout=seen.append
+        # waits for EOF, so the process is still there when close_stdin arrives
+        "read line; echo got:$line; cat >/dev/null",
+        background=True,
+        stdin=True,
+        on_stdout=seen.append,
     )
     await sdk_sandbox.commands.send_stdin(handle.pid, "hello\n")
     await sdk_sandbox.commands.close_stdin(handle.pid)
