@@ -17,6 +17,7 @@ from agent_sandbox.local.backend import LocalOptions
 from agent_sandbox.tools import ToolKit
 
 BUSYBOX = "agent-sandbox/busybox:latest"
+PYTHON_IMAGE = "agent-sandbox/debian-python:bookworm"
 DOCKER_LABEL = "agent-sandbox.test-run"
 DOCKER_RUN = uuid.uuid4().hex[:12]
 
@@ -26,12 +27,46 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(params=["bwrap", "none"])
-async def sb(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Sandbox]:
-    backend = LocalBackend(LocalOptions(root=tmp_path / "root", isolation=request.param))
-    if request.param == "bwrap" and backend.isolation != "bwrap":
-        pytest.skip("bubblewrap cannot build a jail on this host")
-    sandbox = await Sandbox.create(backend=backend)
+@pytest.fixture(scope="module")
+def _docker_cleanup() -> Iterator[None]:
+    """Force-remove this module's containers, however the tests end."""
+    yield
+    try:
+        import docker
+
+        client = docker.APIClient(version="auto", timeout=10)
+        for row in client.containers(all=True, filters={"label": f"{DOCKER_LABEL}={DOCKER_RUN}"}):
+            client.remove_container(row["Id"], force=True)
+    except Exception:
+        pass
+
+
+def _docker_backend(image: str) -> Any:
+    try:
+        import docker
+
+        client = docker.APIClient(version="auto", timeout=10)
+        client.inspect_image(image)
+        from agent_sandbox_docker import DockerBackend
+    except Exception as exc:
+        pytest.skip(f"needs a Docker engine with {image} ({type(exc).__name__}: {exc})")
+    return DockerBackend()
+
+
+@pytest.fixture(params=["bwrap", "none", "docker"])
+async def sb(
+    request: pytest.FixtureRequest, tmp_path: Path, _docker_cleanup: None
+) -> AsyncIterator[Sandbox]:
+    if request.param == "docker":
+        backend = _docker_backend(PYTHON_IMAGE)
+        sandbox = await Sandbox.create(
+            backend=backend, image=PYTHON_IMAGE, labels={DOCKER_LABEL: DOCKER_RUN}
+        )
+    else:
+        backend = LocalBackend(LocalOptions(root=tmp_path / "root", isolation=request.param))
+        if request.param == "bwrap" and backend.isolation != "bwrap":
+            pytest.skip("bubblewrap cannot build a jail on this host")
+        sandbox = await Sandbox.create(backend=backend)
     try:
         yield sandbox
     finally:
@@ -144,32 +179,11 @@ def test_register_refuses_what_cannot_travel() -> None:
         input_model_of(star, "star")
 
 
-@pytest.fixture(scope="module")
-def _busybox_cleanup() -> Iterator[None]:
-    yield
-    try:
-        import docker
-
-        client = docker.APIClient(version="auto", timeout=10)
-        for row in client.containers(all=True, filters={"label": f"{DOCKER_LABEL}={DOCKER_RUN}"}):
-            client.remove_container(row["Id"], force=True)
-    except Exception:
-        pass
-
-
 @pytest.mark.anyio
-@pytest.mark.usefixtures("_busybox_cleanup")
+@pytest.mark.usefixtures("_docker_cleanup")
 async def test_custom_tool_without_python3_says_so() -> None:
-    try:
-        import docker
-
-        client = docker.APIClient(version="auto", timeout=10)
-        client.inspect_image(BUSYBOX)
-        from agent_sandbox_docker import DockerBackend
-    except Exception as exc:
-        pytest.skip(f"needs a Docker engine with {BUSYBOX} ({type(exc).__name__}: {exc})")
     sandbox = await Sandbox.create(
-        backend=DockerBackend(), image=BUSYBOX, labels={DOCKER_LABEL: DOCKER_RUN}
+        backend=_docker_backend(BUSYBOX), image=BUSYBOX, labels={DOCKER_LABEL: DOCKER_RUN}
     )
     try:
         kit = ToolKit(sandbox)
