@@ -34,7 +34,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic import Field, SecretStr
 
@@ -385,7 +385,6 @@ class E2BBackend(BaseBackend):
         from e2b.connection_config import KEEPALIVE_PING_HEADER, KEEPALIVE_PING_INTERVAL_SEC
         from e2b.envd.process import process_pb
         from e2b.envd.utils import authentication_header
-        from protobuf import Oneof
 
         argv = argv_of(command)
         handle = await self._handle(sandbox_id, "exec")
@@ -430,30 +429,30 @@ class E2BBackend(BaseBackend):
         try:
             async for message in stream:
                 event = message.event.event if message.event is not None else None
-                match event:
-                    case Oneof(field="data", value=data):
-                        match data.output:
-                            case Oneof(field="stdout", value=chunk) if chunk:
-                                yield ExecEvent(kind="stdout", data=bytes(chunk))
-                            case Oneof(field="stderr", value=chunk) if chunk:
-                                yield ExecEvent(kind="stderr", data=bytes(chunk))
-                    case Oneof(field="start", value=start):
-                        pid = start.pid
-                        if options.timeout is not None:
-                            watchdog = loop.call_later(options.timeout, on_timeout)
-                        if options.stdin is not None:
-                            feeder = loop.create_task(self._feed(handle, pid, options.stdin))
-                    case Oneof(field="end", value=end):
-                        finished = True
-                        if watchdog is not None:
-                            watchdog.cancel()
-                        if timed_out:
-                            break
-                        exit_code, sig = _exit_status(end)
-                        if feeder is not None:
-                            await _settle(feeder)
-                        yield ExecEvent(kind="exit", exit_code=exit_code, signal=sig)
-                        return
+                if event is None:
+                    continue
+                field, value = event.field, cast(Any, event.value)
+                if field == "data":
+                    output = value.output
+                    if output is not None and output.value and output.field in ("stdout", "stderr"):
+                        yield ExecEvent(kind=output.field, data=bytes(output.value))
+                elif field == "start":
+                    pid = int(value.pid)
+                    if options.timeout is not None:
+                        watchdog = loop.call_later(options.timeout, on_timeout)
+                    if options.stdin is not None:
+                        feeder = loop.create_task(self._feed(handle, pid, options.stdin))
+                elif field == "end":
+                    finished = True
+                    if watchdog is not None:
+                        watchdog.cancel()
+                    if timed_out:
+                        break
+                    exit_code, sig = _exit_status(value)
+                    if feeder is not None:
+                        await _settle(feeder)
+                    yield ExecEvent(kind="exit", exit_code=exit_code, signal=sig)
+                    return
             if not timed_out:
                 raise ProviderError(
                     "envd ended the command stream without an exit status",
@@ -482,16 +481,15 @@ class E2BBackend(BaseBackend):
 
     async def _feed(self, handle: _Handle, pid: int, data: bytes) -> None:
         from e2b.envd.process import process_pb
-        from protobuf import Oneof
 
-        selector = process_pb.ProcessSelector(selector=Oneof("pid", pid))
+        selector = process_pb.ProcessSelector(selector=_oneof("pid", pid))
         with contextlib.suppress(Exception):
             for start in range(0, len(data), STDIN_CHUNK):
                 await handle.rpc.send_input(
                     process_pb.SendInputRequest(
                         process=selector,
                         input=process_pb.ProcessInput(
-                            input=Oneof("stdin", data[start : start + STDIN_CHUNK])
+                            input=_oneof("stdin", data[start : start + STDIN_CHUNK])
                         ),
                     )
                 )
@@ -503,13 +501,12 @@ class E2BBackend(BaseBackend):
     ) -> None:
         """Kill every process carrying the command's mark, and the command itself."""
         from e2b.envd.process import process_pb
-        from protobuf import Oneof
 
         if pid is not None:
             with contextlib.suppress(Exception):
                 await handle.rpc.send_signal(
                     process_pb.SendSignalRequest(
-                        process=process_pb.ProcessSelector(selector=Oneof("pid", pid)),
+                        process=process_pb.ProcessSelector(selector=_oneof("pid", pid)),
                         signal=process_pb.Signal.SIGKILL,
                     )
                 )
@@ -582,6 +579,13 @@ class E2BBackend(BaseBackend):
         except Exception as exc:
             raise self._err(exc, "resume", sandbox_id) from exc
         self._remember(sbx, dict(info.metadata or {}).get(USER_LABEL))
+
+
+def _oneof(field: str, value: Any) -> Any:
+    """A protobuf oneof value (typed loosely: the generated stubs want literal field names)."""
+    from protobuf import Oneof
+
+    return Oneof(field, value)
 
 
 def _timeout(options: ExecOptions, sandbox_id: str) -> CommandTimeout:
