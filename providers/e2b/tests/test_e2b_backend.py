@@ -12,7 +12,7 @@ from agent_sandbox_e2b.backend import CREATE_KEY_LABEL, _exit_status
 from fake_e2b import FakeE2B
 
 from agent_sandbox import Sandbox
-from agent_sandbox.errors import CommandTimeout, ProviderError, Unsupported
+from agent_sandbox.errors import CommandTimeout, ConfigError, ProviderError, Unsupported
 from agent_sandbox.models import ExecOptions, NetworkPolicy, SandboxSpec
 
 pytestmark = pytest.mark.anyio
@@ -227,3 +227,30 @@ async def test_list_filters_by_labels(backend: E2BBackend, sandboxes: list[str])
     sandboxes.append(b.id)
     assert {i.id for i in await backend.list({"t": tag})} == {a.id, b.id}
     assert [i.id for i in await backend.list({"t": tag, "role": "a b&c=d"})] == [a.id]
+
+
+def _fake_options(fake: FakeE2B) -> dict[str, str]:
+    return {
+        "api_key": fake.api_key,
+        "api_url": fake.url,
+        "sandbox_url": fake.url,
+        "domain": "e2b.local",
+    }
+
+
+async def test_chosen_by_name_through_the_registry(fake_e2b: FakeE2B) -> None:
+    async with await Sandbox.create(provider="e2b", options=_fake_options(fake_e2b)) as sb:
+        assert sb.provider == "e2b"
+        assert isinstance(sb.backend, E2BBackend)
+        assert (await sb.exec(["echo", "by name"])).stdout == "by name\n"
+    with pytest.raises(ConfigError, match="no_such_option"):
+        await Sandbox.create(provider="e2b", options={"no_such_option": 1})
+
+
+def test_blocking_api(fake_e2b: FakeE2B) -> None:
+    from agent_sandbox.sync import Sandbox as SyncSandbox
+
+    with SyncSandbox.create(provider="e2b", options=_fake_options(fake_e2b)) as sb:
+        sb.write_file("/tmp/sync.txt", b"blocking")
+        assert sb.read_file("/tmp/sync.txt") == b"blocking"
+        assert sb.exec("cat /tmp/sync.txt").stdout == "blocking"
