@@ -69,6 +69,8 @@ if TYPE_CHECKING:
 NAME = "daytona"
 WORKDIR_LABEL = "agent-sandbox.workdir"
 LANGUAGE_LABEL = "code-toolbox-language"  # the SDK adds it to every sandbox; not ours to show
+EXIT_STATUS_GRACE = 30.0
+"""Seconds to wait, after a command's output ends, for the daemon to record its exit status."""
 STDOUT_PREFIX = b"\x01\x01\x01"
 STDERR_PREFIX = b"\x02\x02\x02"
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -372,12 +374,13 @@ class DaytonaBackend(BaseBackend):
         """Create a sandbox, retrying transient failures without leaving a duplicate behind."""
         self.check_spec(spec)
         client = self._sdk()
-        name = f"agent-sandbox-{uuid.uuid4().hex[:20]}"
-        params = self._params(spec, name)
+        self._params(spec, "check")  # raise Unsupported before anything is sent
         sb: AsyncSandbox | None = None
         for attempt in range(1, self.opts.create_attempts + 1):
+            # A new name per attempt: Daytona may hold a deleted sandbox's name for a while.
+            name = f"agent-sandbox-{uuid.uuid4().hex[:20]}"
             try:
-                sb = await client.create(params, timeout=self.opts.create_timeout)
+                sb = await client.create(self._params(spec, name), timeout=self.opts.create_timeout)
                 break
             except Exception as exc:
                 err = self._translate(exc, "create")
@@ -385,13 +388,11 @@ class DaytonaBackend(BaseBackend):
                 sb = await self._find_by_name(name)
                 if sb is not None and str(getattr(sb.state, "value", sb.state)) == "started":
                     break
-                if not err.retryable or attempt == self.opts.create_attempts:
-                    if sb is not None:
-                        await self._delete_quietly(sb)
-                    raise err from exc
-                if sb is not None:
+                if sb is not None:  # half-made: never leave it behind
                     await self._delete_quietly(sb)
                     sb = None
+                if not err.retryable or attempt == self.opts.create_attempts:
+                    raise err from exc
                 await asyncio.sleep(min(8.0, 0.5 * 2 ** (attempt - 1)))
         assert sb is not None
         self._cache[sb.id] = sb
@@ -591,6 +592,7 @@ class DaytonaBackend(BaseBackend):
         options: ExecOptions,
     ) -> int:
         delay = 0.01
+        give_up = time.monotonic() + EXIT_STATUS_GRACE
         while True:
             try:
                 cmd = await sb.process.get_session_command(session, cmd_id)
@@ -601,6 +603,13 @@ class DaytonaBackend(BaseBackend):
             # The stream ended just before the daemon recorded the status.
             if deadline is not None and time.monotonic() + delay > deadline:
                 raise self._timeout(options, sb.id)
+            if time.monotonic() > give_up:
+                raise ProviderError(
+                    "daytona ended the command's log stream but never reported its exit status",
+                    provider=NAME,
+                    op="exec",
+                    sandbox_id=sb.id,
+                )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
 

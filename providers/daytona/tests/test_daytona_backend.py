@@ -61,7 +61,7 @@ async def test_timeout_backstop_inside_the_sandbox(
             detached = fake_daytona.sandboxes[sb.id].detached
             assert len(detached) == 1
             with anyio.fail_after(20):
-                while not detached[0].done.is_set():  # set by the fake's own loop (thread)
+                while not detached[0].done.is_set():  # noqa: ASYNC110 - set by the fake's loop in another thread
                     await anyio.sleep(0.1)
     finally:
         fake_daytona.delete_kills_commands = True
