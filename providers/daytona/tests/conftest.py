@@ -90,6 +90,15 @@ def sandbox_backend(daytona_options: DaytonaOptions) -> DaytonaBackend:
 
 
 @pytest.fixture
+def egress_target(request: pytest.FixtureRequest) -> tuple[str, int] | None:
+    """Offline, fake sandboxes share this machine's loopback; Daytona's cloud cannot reach it."""
+    if live_mode():
+        return None
+    server = request.getfixturevalue("egress_server")
+    return ("127.0.0.1", int(server.port))
+
+
+@pytest.fixture
 def sandbox_spec() -> SandboxSpec:
     """The spec the conformance suite creates sandboxes from: Daytona's default snapshot."""
     return SandboxSpec(ttl_seconds=900)

@@ -733,6 +733,8 @@ class FakeDaytona:
         if isinstance(cmds, web.Response):
             return cmds
         body: SessionExecuteRequest = parse(SessionExecuteRequest, await request.json())
+        if not body.command.strip():
+            raise BadRequest("command cannot be empty")
         proc = await self._spawn(sb, body.command, {})
         cmds[proc.id] = proc
         if body.run_async or body.var_async:
