@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from daytona import (
     AsyncDaytona,
@@ -83,3 +85,29 @@ async def test_fake_rejects_what_daytona_rejects(fake_daytona: FakeDaytona) -> N
             fake_daytona.api_url + "/sandbox", headers={"Authorization": "Bearer nope"}
         ) as r:
             assert r.status == 401
+
+
+def test_sync_sdk_round_trip(fake_daytona: FakeDaytona) -> None:
+    """The sync client speaks through another HTTP stack (urllib3/httpx); the fake serves it too."""
+    from daytona import CreateSandboxFromSnapshotParams, Daytona
+
+    # The sync client has no close(): its pools go with the object.
+    daytona = Daytona(DaytonaConfig(api_key=fake_daytona.api_key, api_url=fake_daytona.api_url))
+    sb = daytona.create(CreateSandboxFromSnapshotParams(labels={"team": "sync"}), timeout=30)
+    try:
+        assert sb.process.exec("echo sync; exit 2", timeout=10).exit_code == 2
+        sb.fs.upload_file(b"\x00sync", "/tmp/s.bin")
+        assert sb.fs.download_file("/tmp/s.bin") == b"\x00sync"
+        sb.process.create_session("s")
+        started = sb.process.execute_session_command(
+            "s", SessionExecuteRequest(command="echo o; echo e >&2", run_async=True)
+        )
+        out: list[str] = []
+        err: list[str] = []
+        asyncio.run(
+            sb.process.get_session_command_logs_async("s", started.cmd_id, out.append, err.append)
+        )
+        assert ("".join(out), "".join(err)) == ("o\n", "e\n")
+        assert sb.process.get_session_command("s", started.cmd_id).exit_code == 0
+    finally:
+        daytona.delete(sb)
