@@ -18,6 +18,7 @@ from ..errors import (
     InvalidPath,
     IsADirectory,
     PermissionDenied,
+    PolicyDenied,
     SandboxError,
     SandboxNotFound,
 )
@@ -379,7 +380,11 @@ class ToolKit:
             known = ", ".join(self._tools)
             return ToolResult(f"unknown tool {name!r}; available tools: {known}", True), "deny"
         if self.policy is not None:
-            denial = self._check_policy(tool, arguments, call_id)
+            try:
+                denial = self._check_policy(tool, arguments, call_id)
+            except Exception as exc:  # a broken policy denies rather than lets through
+                log.exception("policy check of %s failed", name)
+                denial = f"the policy check failed ({type(exc).__name__}: {exc})"
             if denial is not None:
                 return ToolResult(f"denied by policy: {denial}", is_error=True), "deny"
         try:
@@ -392,6 +397,11 @@ class ToolKit:
             result = await tool.handler(parsed)
         except SandboxNotFound as exc:
             result = ToolResult(f"the sandbox is gone ({exc}); the tool cannot run", True)
+        except PolicyDenied as exc:  # raised by a policy-enforcing backend under the toolkit
+            message = str(exc)
+            if not message.startswith("denied by policy"):
+                message = f"denied by policy: {message}"
+            result = ToolResult(message, is_error=True)
         except SandboxError as exc:
             result = ToolResult(f"{name} failed: {exc} [{exc.code}]", is_error=True)
         except Exception as exc:
