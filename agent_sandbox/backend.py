@@ -17,8 +17,8 @@ import shlex
 import tarfile
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
