@@ -555,3 +555,16 @@ async def test_bash_reports_a_vanished_working_directory(sb: Sandbox) -> None:
     out = await run_ok(kit, "bash", {"command": "pwd"})
     assert "previous working directory" in out
     assert "doomed is gone" in out
+
+
+@pytest.mark.anyio
+async def test_cut_output_of_a_confined_toolkit_points_to_bash(sb: Sandbox) -> None:
+    kit = ToolKit(sb, workdir="project", output_budget=1_000)
+    result = await kit.run("bash", {"command": "seq 1 5000"})
+    assert result.truncated
+    assert result.full_output_path is not None
+    assert "(read it with grep/sed/tail in bash)" in result.content
+    tail = await run_ok(kit, "bash", {"command": f"tail -n 1 {result.full_output_path}"})
+    assert tail == "5000"
+    refused = await kit.run("read", {"file_path": result.full_output_path})
+    assert refused.is_error

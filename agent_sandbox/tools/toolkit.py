@@ -131,7 +131,7 @@ class ToolKit:
         workdir: when set, the file tools (read, write, edit, glob, grep) are confined to this
             directory: paths are resolved inside the sandbox (symlinks and ``..`` included) and
             refused when they land outside it. Relative paths and bash's first working directory
-            start here. ``bash`` itself is not confined by path, only by the sandbox.
+            start here; bash creates it when missing. ``bash`` itself is not confined by path, only by the sandbox.
         output_budget: most characters of output returned to the model per call; the rest is
             cut with a note naming the file in the sandbox that holds the whole output.
         policy: a :class:`~agent_sandbox.policy.Policy` asked before every call; a denial is an
@@ -173,6 +173,7 @@ class ToolKit:
         self._shell = ShellState(state_dir)
         self._shell_lock = anyio.Lock()
         self._root: str | None = None
+        self._workdir_ready = False
         self._saved = 0
         self._tools: dict[str, Tool] = {}
         for tool in (
@@ -307,7 +308,7 @@ class ToolKit:
                 ["sh", "-c", _python.LAUNCHER, _python.RUNNER],
                 stdin=payload,
                 timeout=seconds,
-                cwd=self.workdir,
+                cwd=await self._cwd(),
                 output_limit=CAPTURE_LIMIT,
             )
         except CommandTimeout:
@@ -454,12 +455,16 @@ class ToolKit:
             saved = target
         except Exception as exc:  # the cut still happens; the note says the save failed
             log.warning("could not save the full output of %s: %s", tool.name, exc)
-        where = (
-            f"the full output was saved to {saved} (read it with the read tool's view_range, "
-            "or with grep/sed/tail in bash)"
-            if saved
-            else "the full output could not be saved in the sandbox"
-        )
+        if saved is None:
+            where = "the full output could not be saved in the sandbox"
+        elif self.workdir is not None and not saved.startswith(self.workdir.rstrip("/") + "/"):
+            # the confined file tools cannot reach it; bash can
+            where = f"the full output was saved to {saved} (read it with grep/sed/tail in bash)"
+        else:
+            where = (
+                f"the full output was saved to {saved} (read it with the read tool's "
+                "view_range, or with grep/sed/tail in bash)"
+            )
         total = len(text)
         if tool.keep_tail:
 
@@ -537,6 +542,14 @@ class ToolKit:
     def _base(self) -> str:
         return self.workdir or self.sandbox.info.workdir
 
+    async def _cwd(self) -> str | None:
+        """The directory commands start in: the workdir (created on first use), else the
+        sandbox's default."""
+        if self.workdir is not None and not self._workdir_ready:
+            await self.sandbox.mkdir(self.workdir)
+            self._workdir_ready = True
+        return self.workdir
+
     async def _realpaths(self, *paths: str) -> list[str]:
         result = await self.sandbox.exec(["sh", "-c", _REALPATH, "sh", *paths], timeout=60)
         if not result.ok:
@@ -585,7 +598,7 @@ class ToolKit:
                     self._shell.argv(None if has_stdin else args.command),
                     stdin=args.command if has_stdin else None,
                     timeout=timeout_ms / 1000,
-                    cwd=self.workdir,
+                    cwd=await self._cwd(),
                     output_limit=CAPTURE_LIMIT,
                 )
             except CommandTimeout as exc:
