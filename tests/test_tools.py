@@ -568,3 +568,14 @@ async def test_cut_output_of_a_confined_toolkit_points_to_bash(sb: Sandbox) -> N
     assert tail == "5000"
     refused = await kit.run("read", {"file_path": result.full_output_path})
     assert refused.is_error
+
+
+@pytest.mark.anyio
+async def test_bash_timeout_is_capped_and_configurable(sb: Sandbox) -> None:
+    kit = ToolKit(sb, default_timeout_ms=1_000, max_timeout_ms=2_000)
+    assert "default 1000, at most 2000" in kit.get("bash").description
+    capped = await kit.run("bash", {"command": "echo quick", "timeout_ms": 60_000})
+    assert capped.content == "[timeout_ms lowered to the maximum, 2000]\nquick"
+    slow = await kit.run("bash", {"command": "sleep 20"})  # the default applies
+    assert slow.is_error
+    assert "timed out after 1000 ms" in slow.content

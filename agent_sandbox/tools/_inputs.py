@@ -19,7 +19,8 @@ class BashInput(_Input):
     timeout_ms: int | None = Field(
         default=None,
         gt=0,
-        description="Kill the command after this many milliseconds (default 120000).",
+        description="Kill the command after this many milliseconds (the tool's description gives "
+        "the default and the maximum).",
     )
     restart: bool | None = Field(
         default=None,

@@ -93,7 +93,8 @@ BASH_DESCRIPTION = """Run a shell command in the sandbox and return its combined
 
 The shell is persistent: the working directory, exported variables, shell variables and functions \
 carry over from one call to the next. Set restart to true to get a fresh shell. Commands run \
-non-interactively with no stdin; a command that runs longer than timeout_ms (default 120000) is \
+non-interactively with no stdin; a command that runs longer than timeout_ms (default {default}, \
+at most {maximum}) is \
 killed and the shell restarted. Long output is cut, and the whole output is saved to a file whose \
 path is given."""
 
@@ -177,7 +178,13 @@ class ToolKit:
         self._saved = 0
         self._tools: dict[str, Tool] = {}
         for tool in (
-            Tool("bash", BASH_DESCRIPTION, BashInput, self._bash, keep_tail=True),
+            Tool(
+                "bash",
+                BASH_DESCRIPTION.format(default=default_timeout_ms, maximum=max_timeout_ms),
+                BashInput,
+                self._bash,
+                keep_tail=True,
+            ),
             Tool("read", READ_DESCRIPTION, ReadInput, self._read),
             Tool("write", WRITE_DESCRIPTION, WriteInput, self._write),
             Tool("edit", EDIT_DESCRIPTION, EditInput, self._edit),
@@ -591,7 +598,10 @@ class ToolKit:
                 if args.restart:
                     return ToolResult(" ".join(notes))
                 return ToolResult("no command given (pass command, or restart: true)", True)
-            timeout_ms = min(args.timeout_ms or self.default_timeout_ms, self.max_timeout_ms)
+            timeout_ms = args.timeout_ms or self.default_timeout_ms
+            if timeout_ms > self.max_timeout_ms:
+                notes.append(f"[timeout_ms lowered to the maximum, {self.max_timeout_ms}]")
+                timeout_ms = self.max_timeout_ms
             try:
                 has_stdin = self.sandbox.backend.capabilities.stdin
                 result = await self.sandbox.exec(
