@@ -199,7 +199,8 @@ class E2BBackend(BaseBackend):
                 )
             # connect() only ever extends a running sandbox's lifetime: asking for what is left
             # keeps the TTL as it was.
-            left = (info.end_at - datetime.now(timezone.utc)).total_seconds()
+            end = info.end_at if info.end_at.tzinfo else info.end_at.replace(tzinfo=timezone.utc)
+            left = (end - datetime.now(timezone.utc)).total_seconds()
             sbx = await AsyncSandbox.connect(sandbox_id, timeout=max(1, int(left)), **self._api())
         except SandboxError:
             raise
@@ -555,7 +556,7 @@ class E2BBackend(BaseBackend):
         return str(info.snapshot_id)
 
     async def pause(self, sandbox_id: str) -> None:
-        """Pause (memory and filesystem kept); a paused sandbox does not age toward its TTL."""
+        """Pause (memory and filesystem kept). E2B does not kill a paused sandbox at its TTL."""
         from e2b import AsyncSandbox
 
         self._handles.pop(sandbox_id, None)
