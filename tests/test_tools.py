@@ -579,3 +579,28 @@ async def test_bash_timeout_is_capped_and_configurable(sb: Sandbox) -> None:
     slow = await kit.run("bash", {"command": "sleep 20"})  # the default applies
     assert slow.is_error
     assert "timed out after 1000 ms" in slow.content
+
+
+@pytest.mark.anyio
+async def test_read_of_a_file_too_large_to_load_selects_lines_in_the_sandbox(
+    any_sb: Sandbox,
+) -> None:
+    kit = ToolKit(any_sb, max_read_bytes=10_000, output_budget=2_000)
+    content = "".join(f"line {n}\n" for n in range(1, 5001))  # ~48 KB
+    await any_sb.write_file("big.log", content)
+    head = await run_ok(kit, "read", {"file_path": "big.log"})
+    first = head.splitlines()
+    assert first[0].startswith(f"[{any_sb.path('big.log')} is {len(content)} bytes")
+    assert "continue with view_range" in first[0]
+    assert first[1] == "     1\tline 1"
+    numbered = first[1:]
+    assert numbered == [f"{n:6}\tline {n}" for n in range(1, len(numbered) + 1)]
+    part = await run_ok(kit, "read", {"file_path": "big.log", "view_range": [4000, 4002]})
+    assert part.splitlines()[1:] == ["  4000\tline 4000", "  4001\tline 4001", "  4002\tline 4002"]
+    assert "continue with" not in part
+    tail = await run_ok(kit, "read", {"file_path": "big.log", "view_range": [4999, -1]})
+    assert tail.splitlines()[1:] == ["  4999\tline 4999", "  5000\tline 5000"]
+    past = await kit.run("read", {"file_path": "big.log", "view_range": [6000, -1]})
+    assert past.is_error
+    await any_sb.write_file("big.bin", b"\x00" * 20_000)
+    assert "binary file (20000 bytes)" in await run_ok(kit, "read", {"file_path": "big.bin"})

@@ -43,6 +43,9 @@ DEFAULT_BASH_TIMEOUT_MS = 120_000
 MAX_BASH_TIMEOUT_MS = 600_000
 CAPTURE_LIMIT = 8 * 1024 * 1024
 """Bytes of a command's output kept in memory; beyond that the output is cut at the source."""
+MAX_READ_BYTES = 16 * 1024 * 1024
+"""Files larger than this are not loaded whole by ``read``: the lines asked for are cut out in the
+sandbox."""
 MAX_LINE_CHARS = 2_000
 MAX_RESULTS = 1_000
 
@@ -143,6 +146,8 @@ class ToolKit:
         state_dir: directory in the sandbox where the persistent shell keeps its state (default
             ``agent-sandbox-shell`` under ``$TMPDIR``, else ``/tmp``).
         default_timeout_ms: bash's timeout when a call gives none; ``max_timeout_ms`` caps it.
+        max_read_bytes: files larger than this are not loaded whole by ``read``; the lines asked
+            for are selected in the sandbox instead.
 
     Every call goes through :meth:`run`, which never raises for a failed call: bad input, bad
     paths, timeouts, denials and a dead sandbox all come back as ``ToolResult(is_error=True)``.
@@ -160,6 +165,7 @@ class ToolKit:
         state_dir: str | None = None,
         default_timeout_ms: int = DEFAULT_BASH_TIMEOUT_MS,
         max_timeout_ms: int = MAX_BASH_TIMEOUT_MS,
+        max_read_bytes: int = MAX_READ_BYTES,
     ) -> None:
         if output_budget < 200:
             raise ValueError("output_budget must be at least 200 characters")
@@ -171,6 +177,7 @@ class ToolKit:
         self.outputs_dir = (outputs_dir.rstrip("/") or "/") if outputs_dir else None
         self.default_timeout_ms = default_timeout_ms
         self.max_timeout_ms = max_timeout_ms
+        self.max_read_bytes = max_read_bytes
         self._shell = ShellState(state_dir)
         self._shell_lock = anyio.Lock()
         self._root: str | None = None
@@ -624,6 +631,16 @@ class ToolKit:
     async def _read(self, args: ReadInput) -> ToolResult:
         path = await self._resolve(args.file_path)
         try:
+            info = await self.sandbox.stat(path)
+        except FileNotFound:
+            return ToolResult(f"file not found: {path}", is_error=True)
+        if info.type == "dir":
+            return ToolResult(
+                f"{path} is a directory, not a file; use glob, or ls in bash, to list it", True
+            )
+        if info.type == "file" and info.size > self.max_read_bytes:
+            return await self._read_large(path, info.size, args.view_range)
+        try:
             data = await self.sandbox.read_file(path)
         except FileNotFound:
             return ToolResult(f"file not found: {path}", is_error=True)
@@ -657,6 +674,45 @@ class ToolKit:
         if args.view_range is not None and (start > 1 or end < len(lines)):
             body = f"[lines {start}-{end} of {len(lines)}]\n" + body
         return ToolResult(body)
+
+    async def _read_large(self, path: str, size: int, view_range: list[int] | None) -> ToolResult:
+        """Show part of a file too large to load whole: ``sed`` picks the lines in the sandbox
+        and at most one budget's worth of bytes travels back."""
+        start, end = view_range if view_range is not None else (1, -1)
+        script = f"{start},$p" if end == -1 else f"{start},{end}p;{end}q"
+        limit = self.output_budget
+        result = await self.sandbox.exec(
+            ["sh", "-c", 'sed -n "$1" "$2" | head -c "$3"', "sh", script, path, str(limit)],
+            timeout=120,
+            output_limit=limit,
+        )
+        if not result.ok and not result.stdout_bytes:
+            detail = result.stderr.strip() or f"exit status {result.exit_code}"
+            return ToolResult(f"cannot read {path}: {detail}", is_error=True)
+        data = result.stdout_bytes
+        if b"\x00" in data[:8192]:
+            return ToolResult(f"{path} is a binary file ({size} bytes); its content is not shown.")
+        if not data:
+            return ToolResult(f"view_range starts at line {start}, past the end of {path}", True)
+        lines = data.decode("utf-8", errors="replace").splitlines()
+        whole = len(data) < limit  # everything asked for arrived
+        if not whole and len(lines) > 1:
+            lines = lines[:-1]  # the last line may be cut mid-way
+        shown: list[str] = []
+        room = self.output_budget - 300 - len(path)
+        for number, line in enumerate(lines, start=start):
+            row = f"{number:6}\t{_cut_line(line)}"
+            if shown and room - len(row) - 1 < 0:
+                whole = False
+                break
+            shown.append(row)
+            room -= len(row) + 1
+        last = start + len(shown) - 1
+        body = "\n".join(shown)
+        header = f"[{path} is {size} bytes, too large to read whole; lines {start}-{last}"
+        if not whole:
+            header += f"; continue with view_range [{last + 1}, ...]"
+        return ToolResult(header + "]\n" + body)
 
     async def _write(self, args: WriteInput) -> ToolResult:
         path = await self._resolve(args.file_path)
