@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -599,3 +600,86 @@ async def test_upload_download_through_the_archive_api(sb: Sandbox, tmp_path: An
         await sb.download("/tmp/new/place/a.txt", tmp_path / "never")
     with pytest.raises(FileNotFound):
         await sb.upload(tmp_path / "missing-local", "/tmp/x")
+
+
+class _TcpToUnix:
+    """A TCP listener on 127.0.0.1 relaying each connection to the engine's unix socket, so the
+    backend can be pointed at ``tcp://127.0.0.1:<port>`` like a remote engine."""
+
+    def __init__(self, unix_path: str) -> None:
+        import socket
+        import threading
+
+        self._unix_path = unix_path
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._socks: list[Any] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                continue
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(self._unix_path)
+            self._socks += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                t = threading.Thread(target=self._pump, args=(src, dst), daemon=True)
+                t.start()
+                self._threads.append(t)
+
+    @staticmethod
+    def _pump(src: Any, dst: Any) -> None:
+        import socket
+
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)  # pass half-closes through (exec stdin EOF)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        import socket
+
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._listener.close()
+        for sock in self._socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        for t in self._threads:
+            t.join(timeout=5)
+
+
+async def test_engine_over_tcp_base_url(docker_label: str) -> None:
+    from docker_testkit import LabelledDockerBackend
+
+    relay = _TcpToUnix("/var/run/docker.sock")
+    backend = LabelledDockerBackend(DockerOptions(base_url=f"tcp://127.0.0.1:{relay.port}"))
+    backend.run_label = docker_label
+    try:
+        sandbox = await make(backend)
+        try:
+            result = await sandbox.exec("cat; echo err >&2", stdin=b"over tcp")
+            assert (result.stdout, result.stderr) == ("over tcp", "err\n")
+            with pytest.raises(CommandTimeout):
+                await sandbox.exec("sleep 305", timeout=0.5)
+            await sandbox.write_file("/tmp/t", b"tcp")
+            assert await sandbox.read_file("/tmp/t") == b"tcp"
+            assert sandbox.info.metadata["engine"] == f"tcp://127.0.0.1:{relay.port}"
+        finally:
+            await sandbox.destroy()
+    finally:
+        await backend.aclose()
+        relay.close()
