@@ -509,7 +509,13 @@ class DockerBackend(BaseBackend):
                     if not data:
                         continue
                 yield ExecEvent(kind="stdout" if kind == _wire.STDOUT else "stderr", data=data)
-            if conn.timed_out:
+            code: int | None = None
+            if not conn.timed_out:
+                leftover = marker.flush()
+                if leftover:
+                    yield ExecEvent(kind="stderr", data=leftover)
+                code = await self._wait_exit(sandbox_id, conn.exec_id, deadline)
+            if conn.timed_out or code is None:
                 early = await conn.read_marker(marker, 5.0)
                 await self._kill_group(sandbox_id, marker.pgid)
                 tail = early + await conn.drain(2.0)
@@ -528,20 +534,7 @@ class DockerBackend(BaseBackend):
                     op="exec",
                     sandbox_id=sandbox_id,
                 )
-            leftover = marker.flush()
-            if leftover:
-                yield ExecEvent(kind="stderr", data=leftover)
-            code = await self._call(
-                "exec", lambda api: _exit_code(api, conn.exec_id), sandbox_id=sandbox_id
-            )
             finished = True
-            if code is None:
-                raise SandboxNotFound(
-                    f"sandbox {sandbox_id} ended while the command ran",
-                    provider=PROVIDER,
-                    op="exec",
-                    sandbox_id=sandbox_id,
-                )
             signal = code - 128 if 128 < code < 128 + 65 else None
             if code == 137:
                 note = await self._oom_note(sandbox_id)
@@ -558,6 +551,25 @@ class DockerBackend(BaseBackend):
                     conn.close()
                     await self._kill_group(sandbox_id, marker.pgid)
             conn.close()
+
+    async def _wait_exit(self, sandbox_id: str, exec_id: str, deadline: float | None) -> int | None:
+        """The exit code once the command has ended; ``None`` when ``deadline`` passes first.
+
+        The output stream usually ends with the process, but a command that closed its stdout
+        and stderr keeps running after it: poll (with backoff) until the engine reports an exit.
+        """
+        delay = 0.002
+        while True:
+            info: dict[str, Any] = await self._call(
+                "exec", lambda api: api.exec_inspect(exec_id), sandbox_id=sandbox_id
+            )
+            if not info.get("Running") and info.get("ExitCode") is not None:
+                return int(info["ExitCode"])
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            pause = delay if deadline is None else min(delay, max(deadline - time.monotonic(), 0))
+            await anyio.sleep(pause)
+            delay = min(delay * 2, 0.25)
 
     async def _kill_group(self, sandbox_id: str, pgid: int | None) -> None:
         """Kill a command's process group from inside the container (best effort)."""
@@ -790,16 +802,6 @@ def _user_labels(labels: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in labels.items() if k not in (LABEL_PROVIDER, LABEL_WORKDIR)}
 
 
-def _exit_code(api: docker.APIClient, exec_id: str) -> int | None:
-    """The exit code of a finished exec (the engine may lag the stream's end by a moment)."""
-    for attempt in range(200):
-        info = api.exec_inspect(exec_id)
-        if not info.get("Running") and info.get("ExitCode") is not None:
-            return int(info["ExitCode"])
-        time.sleep(0.002 if attempt < 50 else 0.02)
-    return None
-
-
 def _run_quick(api: docker.APIClient, container: str, argv: list[str]) -> str:
     ex = api.exec_create(container, argv, user="0")
     out = api.exec_start(ex["Id"])
@@ -947,6 +949,16 @@ class _ExecConnection:
         self._writer.start()
 
     async def _recv(self) -> bytes:
+        try:
+            return await self._recv_raw()
+        except OSError as exc:
+            raise ProviderUnavailable(
+                f"the command's output stream from the Docker engine broke: {exc}",
+                provider=PROVIDER,
+                op="exec",
+            ) from exc
+
+    async def _recv_raw(self) -> bytes:
         if self._head:
             data, self._head = self._head, b""
             return data

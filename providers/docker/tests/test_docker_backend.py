@@ -273,6 +273,18 @@ async def test_timeout_kills_process_tree_inside_container(sb: Sandbox) -> None:
     assert (await sb.exec(["true"])).exit_code == 0
 
 
+async def test_command_that_closes_its_output_is_still_waited_for(sb: Sandbox) -> None:
+    result = await sb.exec("echo bye; exec >&- 2>&-; sleep 4; exit 5")
+    assert (result.stdout, result.exit_code) == ("bye\n", 5)
+    with pytest.raises(CommandTimeout):
+        await sb.exec("exec >&- 2>&-; sleep 306", timeout=1)
+
+    async def gone() -> bool:
+        return "sleep 306" not in (await sb.exec(PROCS)).stdout
+
+    assert await wait_until(gone, 10)
+
+
 async def test_leaving_the_stream_early_kills_the_command(sb: Sandbox) -> None:
     stream = sb.exec_stream("echo go; sleep 302")
     first = await stream.__anext__()
