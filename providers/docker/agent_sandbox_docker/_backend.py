@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -173,7 +174,8 @@ class DockerBackend(BaseBackend):
             kwargs: dict[str, Any] = kwargs_from_env()
             if self.opts.base_url:
                 kwargs["base_url"] = self.opts.base_url
-                kwargs.pop("tls", None) if self.opts.base_url.startswith("unix:") else None
+                if self.opts.base_url.startswith("unix:"):
+                    kwargs.pop("tls", None)
             try:
                 api = docker.APIClient(
                     version="auto",
@@ -250,7 +252,15 @@ class DockerBackend(BaseBackend):
         """
         self.check_spec(spec)
         image = spec.snapshot or spec.image or self.opts.default_image
-        ttl = max(1, math.ceil(spec.ttl_seconds))
+        expires = _labels.expires_at(spec.labels)
+
+        def ttl() -> str:
+            # count down to the stamped expiry, so time spent pulling is not added on top
+            if expires is None:
+                return str(max(1, math.ceil(spec.ttl_seconds)))
+            left = (expires - datetime.now(timezone.utc)).total_seconds()
+            return str(max(1, math.ceil(left)))
+
         labels = {**spec.labels, LABEL_PROVIDER: PROVIDER}
         workdir = spec.workdir
         if workdir is None:
@@ -275,7 +285,7 @@ class DockerBackend(BaseBackend):
             kwargs: dict[str, Any] = {
                 "image": image,
                 "entrypoint": ["sleep"],
-                "command": [str(ttl)],
+                "command": [ttl()],
                 "labels": labels,
                 "environment": dict(spec.env) or None,
                 "working_dir": workdir,
@@ -293,7 +303,7 @@ class DockerBackend(BaseBackend):
                         f"snapshot {spec.snapshot} not found", provider=PROVIDER, op="create"
                     ) from None
                 self._pull_blocking(api, image)
-                created = api.create_container(**kwargs)
+                created = api.create_container(**{**kwargs, "command": [ttl()]})
             cid: str = created["Id"]
             try:
                 api.start(cid)

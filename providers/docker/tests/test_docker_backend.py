@@ -86,7 +86,7 @@ async def test_create_sets_labels_limits_and_main_process(
         assert host["PidsLimit"] == 4096
         assert host["AutoRemove"] is True
         assert attrs["Config"]["Entrypoint"] == ["sleep"]
-        assert attrs["Config"]["Cmd"] == ["900"]
+        assert 890 <= int(attrs["Config"]["Cmd"][0]) <= 900
         assert sandbox.info.workdir == "/workspace"
         assert sandbox.info.expires_at is not None
     finally:
@@ -177,20 +177,46 @@ async def test_dead_man_switch_survives_sigkilled_client(
     assert await wait_until(gone, 40), "container still present long after its 5 s TTL"
 
 
-async def test_sweep_removes_expired_by_label(backend: DockerBackend, docker_label: str) -> None:
+async def test_sweep_removes_expired_by_label(
+    backend: DockerBackend, docker_label: str, docker_api: Any
+) -> None:
+    # a leftover whose own switch did not fire (say it was paused): expired by its label only
     past = datetime.now(timezone.utc) - timedelta(hours=2)
-    spec = stamp(SandboxSpec(image=IMAGE, ttl_seconds=60), "tester", now=past)
-    expired = await backend.create(spec)
+    labels = stamp(SandboxSpec(ttl_seconds=60), "tester", now=past).labels
+    leftover = docker_api.create_container(
+        IMAGE,
+        entrypoint=["sleep"],
+        command=["900"],
+        labels={**labels, "agent-sandbox.provider": "docker", RUN_LABEL: docker_label},
+        host_config=docker_api.create_host_config(auto_remove=True),
+    )["Id"]
+    docker_api.start(leftover)
     fresh = await make(backend)
     try:
         removed = await backend.sweep()
-        assert expired.id in removed
+        assert leftover in removed
         assert fresh.id not in removed
         ids = {i.id for i in await backend.list({RUN_LABEL: docker_label})}
         assert ids == {fresh.id}
     finally:
-        await backend.destroy(expired.id)
+        await backend.destroy(leftover)
         await fresh.destroy()
+
+
+async def test_ttl_counts_down_to_the_stamped_expiry(backend: DockerBackend) -> None:
+    """A spec stamped long ago (say, a slow pull) gets only the time left, here none."""
+    past = datetime.now(timezone.utc) - timedelta(seconds=600)
+    spec = stamp(SandboxSpec(image=IMAGE, ttl_seconds=60), "tester", now=past)
+    info = await backend.create(spec)
+
+    async def gone() -> bool:
+        try:
+            await backend.connect(info.id)
+        except SandboxNotFound:
+            return True
+        return False
+
+    assert await wait_until(gone, 30)
 
 
 async def test_busybox_image_without_python(backend: DockerBackend) -> None:
