@@ -1,0 +1,234 @@
+"""Allow or deny an operation before it runs.
+
+A :class:`Policy` looks at an :class:`Action` — a tool call, a command, a file access, a create or
+destroy — and returns a :class:`Decision`. Rules are checked in a fixed order and the first denial
+wins: denied tools, denied command patterns, denied paths, then the allow lists (tools, paths),
+then the ``check`` callable for anything the rules cannot express. A denial's ``reason`` names the
+rule that fired, so an agent reading it (and a person reading the audit log) knows why.
+
+Example::
+
+    policy = Policy(
+        deny_tools=["write"],
+        deny_commands=[r"\\brm\\s+-rf\\s+/", r"curl .*\\|\\s*sh"],
+        allow_paths=["/workspace"],
+    )
+    policy.decide(Action(op="exec", command="rm -rf /")).allowed  # False
+
+Path rules see the path as given, normalised (``..`` folded away); they cannot see symlinks
+inside the sandbox, so confine file tools to a working directory as well where that matters.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import PolicyDenied
+
+__all__ = ["Action", "Decision", "Policy", "PolicyDenied"]
+
+
+@dataclass(frozen=True)
+class Action:
+    """One operation awaiting a decision.
+
+    Attributes:
+        op: ``"create"``, ``"connect"``, ``"exec"``, ``"read_file"``, ``"write_file"``,
+            ``"list_dir"``, ``"stat"``, ``"remove"``, ``"mkdir"``, ``"upload"``, ``"download"``,
+            ``"destroy"``, ``"tool_call"``, ...
+        sandbox_id: the sandbox concerned, when there is one yet.
+        tool: the tool name of a ``tool_call``.
+        call_id: the model's tool-call id, when known.
+        input: the tool input or the operation's arguments.
+        command: the command of an ``exec`` (or of a ``bash`` tool call): a shell string or argv.
+        path: the absolute path a file operation touches.
+    """
+
+    op: str
+    sandbox_id: str | None = None
+    tool: str | None = None
+    call_id: str | None = None
+    input: Mapping[str, Any] | None = None
+    command: str | Sequence[str] | None = None
+    path: str | None = None
+
+    @property
+    def command_text(self) -> str | None:
+        """The command as one string: a shell string as is, argv joined with spaces.
+
+        Falls back to ``input["command"]`` when no ``command`` was given.
+        """
+        command: Any = self.command
+        if command is None and self.input is not None:
+            command = self.input.get("command")
+        if isinstance(command, str):
+            return command
+        if isinstance(command, Sequence) and all(isinstance(a, str) for a in command):
+            return " ".join(command)
+        return None
+
+    @property
+    def target_path(self) -> str | None:
+        """The path, normalised; falls back to ``input["file_path"]`` or ``input["path"]``."""
+        path: Any = self.path
+        if path is None and self.input is not None:
+            path = self.input.get("file_path", self.input.get("path"))
+        if not isinstance(path, str) or not path:
+            return None
+        return posixpath.normpath(path)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The answer of a policy: ``allowed``, and why not (the rule that denied) when not."""
+
+    allowed: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+ALLOW = Decision(True)
+
+Check = Callable[[Action], "Decision | bool | None"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Rules deciding allow/deny; the default policy allows everything.
+
+    Args:
+        allow_tools: when given, only these tool names (``fnmatch`` patterns) may be called.
+        deny_tools: tool names (``fnmatch`` patterns) that may never be called.
+        deny_commands: regular expressions searched (``re.search``) in the command of an exec or
+            a ``bash`` tool call — the shell string as is, or the argv joined with spaces.
+        allow_paths: when given, file operations must touch a path matching one of these globs.
+        deny_paths: globs no file operation may touch.
+        check: a callable for anything else: returns a :class:`Decision`, ``True``/``False``, or
+            ``None`` for "no opinion" (allowed). It runs only when no rule denied.
+
+    Glob rules: ``*`` matches across ``/`` (``fnmatch``), and a pattern also covers everything
+    below it, so ``"/workspace"`` allows ``/workspace/src/a.py``. Paths are compared after
+    normalisation, so ``/workspace/../etc/passwd`` is ``/etc/passwd``; a relative path matches
+    only relative patterns.
+
+    Raises:
+        ValueError: for an invalid regular expression in ``deny_commands``.
+    """
+
+    allow_tools: Iterable[str] | None = None
+    deny_tools: Iterable[str] = ()
+    deny_commands: Iterable[str | re.Pattern[str]] = ()
+    allow_paths: Iterable[str] | None = None
+    deny_paths: Iterable[str] = ()
+    check: Check | None = None
+    _compiled: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Freeze the iterables so a generator argument is not consumed by the first decision.
+        set_ = object.__setattr__
+        if self.allow_tools is not None:
+            set_(self, "allow_tools", tuple(self.allow_tools))
+        set_(self, "deny_tools", tuple(self.deny_tools))
+        if self.allow_paths is not None:
+            set_(self, "allow_paths", tuple(self.allow_paths))
+        set_(self, "deny_paths", tuple(self.deny_paths))
+        patterns = []
+        for pattern in self.deny_commands:
+            try:
+                patterns.append(pattern if isinstance(pattern, re.Pattern) else re.compile(pattern))
+            except re.error as exc:
+                raise ValueError(f"invalid deny_commands pattern {pattern!r}: {exc}") from exc
+        set_(self, "deny_commands", tuple(p.pattern for p in patterns))
+        set_(self, "_compiled", tuple(patterns))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Policy:
+        """Build a policy from plain data (e.g. a parsed TOML or JSON file).
+
+        Keys: ``allow_tools``, ``deny_tools``, ``deny_commands``, ``allow_paths``, ``deny_paths``.
+        Unknown keys raise ``ValueError`` naming them.
+        """
+        known = {"allow_tools", "deny_tools", "deny_commands", "allow_paths", "deny_paths"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown policy key(s): {', '.join(unknown)}")
+        kwargs: dict[str, Any] = {}
+        for key in known & set(data):
+            value = data[key]
+            if isinstance(value, str) or not isinstance(value, Iterable):
+                raise ValueError(f"policy key {key!r} must be a list of strings")
+            kwargs[key] = [str(v) for v in value]
+        return cls(**kwargs)
+
+    def decide(self, action: Action) -> Decision:
+        """Allow or deny ``action``; the first rule that denies gives the reason."""
+        tool = action.tool
+        if tool is not None:
+            for pattern in self.deny_tools:
+                if fnmatch.fnmatchcase(tool, pattern):
+                    return Decision(False, f"tool {tool!r} is denied (deny_tools: {pattern!r})")
+        command = action.command_text
+        if command is not None:
+            for regex in self._compiled:
+                if regex.search(command):
+                    return Decision(
+                        False,
+                        f"command matches a denied pattern (deny_commands: {regex.pattern!r})",
+                    )
+        path = action.target_path
+        if path is not None:
+            for pattern in self.deny_paths:
+                if _path_matches(path, pattern):
+                    return Decision(False, f"path {path!r} is denied (deny_paths: {pattern!r})")
+        if (
+            tool is not None
+            and self.allow_tools is not None
+            and not any(fnmatch.fnmatchcase(tool, p) for p in self.allow_tools)
+        ):
+            return Decision(False, f"tool {tool!r} is not in allow_tools")
+        if (
+            path is not None
+            and self.allow_paths is not None
+            and not any(_path_matches(path, p) for p in self.allow_paths)
+        ):
+            return Decision(False, f"path {path!r} is outside allow_paths")
+        if self.check is not None:
+            verdict = self.check(action)
+            if isinstance(verdict, Decision):
+                if not verdict.allowed and not verdict.reason:
+                    return Decision(False, "denied by the policy's check")
+                return verdict
+            if verdict is False:
+                return Decision(False, "denied by the policy's check")
+            if verdict is not None and verdict is not True:
+                raise TypeError(
+                    f"a policy check must return Decision, bool or None, not {type(verdict).__name__}"
+                )
+        return ALLOW
+
+    def enforce(self, action: Action, *, provider: str | None = None) -> None:
+        """Raise :class:`~agent_sandbox.errors.PolicyDenied` when ``action`` is denied."""
+        decision = self.decide(action)
+        if not decision.allowed:
+            raise PolicyDenied(
+                f"denied by policy: {decision.reason}",
+                provider=provider,
+                op=action.op,
+                sandbox_id=action.sandbox_id,
+            )
+
+
+def _path_matches(path: str, pattern: str) -> bool:
+    pattern = posixpath.normpath(pattern) if pattern else pattern
+    if fnmatch.fnmatchcase(path, pattern):
+        return True
+    # A pattern covers what lies below it: "/workspace" covers "/workspace/a/b".
+    below = "/*" if pattern != "/" else "*"
+    return fnmatch.fnmatchcase(path, pattern + below)
