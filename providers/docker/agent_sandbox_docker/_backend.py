@@ -18,6 +18,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -51,7 +52,7 @@ from agent_sandbox.models import (
     SandboxState,
 )
 
-from . import _wire
+from . import _egress, _wire
 from ._errors import PROVIDER, translate, unreachable
 
 if TYPE_CHECKING:
@@ -63,6 +64,8 @@ T = TypeVar("T")
 LABEL_PROVIDER = "agent-sandbox.provider"
 LABEL_WORKDIR = "agent-sandbox.workdir"
 LABEL_SNAPSHOT_OF = "agent-sandbox.snapshot-of"
+LABEL_EGRESS = "agent-sandbox.egress"
+LABEL_ROLE = "agent-sandbox.role"
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 
 # The exec wrapper: report our process id (= process group and session id: the engine starts each
@@ -98,6 +101,8 @@ class DockerOptions(ProviderOptions):
             pquota); without it a ``disk_mib`` in the spec raises ``Unsupported``.
         init: run the engine's tiny init (tini) as PID 1, reaping orphaned processes.
         api_timeout: seconds to wait for an ordinary API answer.
+        egress_proxy_image: image of the egress proxy behind network policy ``allowlist`` (needs
+            ``python3``; pulled on first use like any image).
     """
 
     provider: Literal["docker"] = "docker"
@@ -109,6 +114,7 @@ class DockerOptions(ProviderOptions):
     disk_quota: bool = False
     init: bool = True
     api_timeout: float = 120.0
+    egress_proxy_image: str = "python:3.12-slim"
 
 
 class DockerBackend(BaseBackend):
@@ -122,7 +128,7 @@ class DockerBackend(BaseBackend):
     Options = DockerOptions
     capabilities = Capabilities(
         network_none=True,
-        network_allowlist=False,
+        network_allowlist=True,
         expose_port=True,
         snapshot=True,
         pause=True,
@@ -266,6 +272,16 @@ class DockerBackend(BaseBackend):
         if workdir is None:
             workdir = await self._image_workdir(image, pull=spec.snapshot is None)
         labels[LABEL_WORKDIR] = workdir
+        env = dict(spec.env)
+        network_mode = "none" if spec.network.mode == "none" else None
+        egress_key = None
+        if spec.network.mode == "allowlist":
+            egress_key = uuid.uuid4().hex[:12]
+            labels[LABEL_EGRESS] = egress_key
+            env = {**_egress.proxy_env(), **env}
+            network_mode = await self._call(
+                "create", lambda api: self._start_egress(api, egress_key, spec, ttl())
+            )
 
         def run(api: docker.APIClient) -> str:
             import docker.errors  # type: ignore[import-untyped,unused-ignore]
@@ -273,7 +289,7 @@ class DockerBackend(BaseBackend):
             host_config = api.create_host_config(
                 auto_remove=True,
                 init=self.opts.init or None,
-                network_mode="none" if spec.network.mode == "none" else None,
+                network_mode=network_mode,
                 nano_cpus=int(spec.cpus * 1e9) if spec.cpus is not None else None,
                 mem_limit=f"{spec.memory_mib}m" if spec.memory_mib is not None else None,
                 memswap_limit=f"{spec.memory_mib}m" if spec.memory_mib is not None else None,
@@ -287,7 +303,7 @@ class DockerBackend(BaseBackend):
                 "entrypoint": ["sleep"],
                 "command": [ttl()],
                 "labels": labels,
-                "environment": dict(spec.env) or None,
+                "environment": env or None,
                 "working_dir": workdir,
                 "user": spec.user,
                 "ports": list(spec.ports) or None,
@@ -315,7 +331,13 @@ class DockerBackend(BaseBackend):
                 raise
             return cid
 
-        cid = await self._call("create", run)
+        try:
+            cid = await self._call("create", run)
+        except BaseException:
+            if egress_key is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._call("create", lambda api: _remove_egress(api, egress_key))
+            raise
         return SandboxInfo(
             id=cid,
             provider=PROVIDER,
@@ -397,6 +419,45 @@ class DockerBackend(BaseBackend):
                 f"cannot pull image {image!r}: {text}", provider=PROVIDER, op="pull"
             ) from exc
         log.info("pulled image %s", image)
+
+    def _start_egress(self, api: docker.APIClient, key: str, spec: SandboxSpec, ttl: str) -> str:
+        """Create the internal network and start its egress proxy; returns the network name."""
+        import docker.errors  # type: ignore[import-untyped,unused-ignore]
+
+        network = f"agent-sandbox-egress-{key}"
+        labels = {k: v for k, v in spec.labels.items() if k != LABEL_PROVIDER}
+        labels[LABEL_EGRESS] = key
+        api.create_network(network, driver="bridge", internal=True, labels=labels)
+        try:
+            kwargs: dict[str, Any] = {
+                "image": self.opts.egress_proxy_image,
+                "entrypoint": ["python3", "-c", _egress.PROXY_SCRIPT],
+                "command": [str(_egress.PROXY_PORT), ttl, *spec.network.allow],
+                "labels": {**labels, LABEL_ROLE: "egress-proxy"},
+                "host_config": api.create_host_config(
+                    auto_remove=True, init=True, pids_limit=512, mem_limit="256m"
+                ),
+                "detach": True,
+            }
+            try:
+                proxy = api.create_container(**kwargs)
+            except docker.errors.ImageNotFound:
+                self._pull_blocking(api, self.opts.egress_proxy_image)
+                proxy = api.create_container(**kwargs)
+            api.connect_container_to_network(proxy["Id"], network, aliases=[_egress.PROXY_ALIAS])
+            api.start(proxy["Id"])
+        except BaseException:
+            _remove_egress(api, key)
+            raise
+        return network
+
+    async def sweep(self, *, now: datetime | None = None) -> builtins.list[str]:
+        """Destroy expired sandboxes (see :class:`BaseBackend`), then expired egress networks
+        and proxies of allowlist sandboxes."""
+        removed = await super().sweep(now=now)
+        moment = now or datetime.now(timezone.utc)
+        await self._call("sweep", lambda api: _sweep_egress(api, moment))
+        return removed
 
     async def connect(self, sandbox_id: str) -> SandboxInfo:
         """Describe a running sandbox. Raises ``SandboxNotFound`` when gone or ended."""
@@ -481,13 +542,19 @@ class DockerBackend(BaseBackend):
             import docker.errors  # type: ignore[import-untyped,unused-ignore]
 
             try:
-                api.remove_container(sandbox_id, force=True)
+                labels = api.inspect_container(sandbox_id)["Config"].get("Labels") or {}
             except docker.errors.NotFound:
                 return
+            try:
+                api.remove_container(sandbox_id, force=True)
+            except docker.errors.NotFound:
+                pass
             except docker.errors.APIError as exc:
-                if exc.status_code == 409 and "already in progress" in str(exc.explanation):
-                    return  # auto-remove got there first
-                raise
+                if exc.status_code != 409 or "already in progress" not in str(exc.explanation):
+                    raise
+                # auto-remove got there first
+            if labels.get(LABEL_EGRESS):
+                _remove_egress(api, labels[LABEL_EGRESS])
 
         await self._call("destroy", run, sandbox_id=sandbox_id)
 
@@ -809,7 +876,35 @@ def _split_image(image: str) -> tuple[str, str | None]:
 
 
 def _user_labels(labels: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in labels.items() if k not in (LABEL_PROVIDER, LABEL_WORKDIR)}
+    hidden = (LABEL_PROVIDER, LABEL_WORKDIR, LABEL_EGRESS)
+    return {k: v for k, v in labels.items() if k not in hidden}
+
+
+def _remove_egress(api: docker.APIClient, key: str) -> None:
+    """Remove the egress proxy and internal network of one allowlist sandbox (gone is fine)."""
+    import docker.errors  # type: ignore[import-untyped,unused-ignore]
+
+    for row in api.containers(all=True, filters={"label": f"{LABEL_EGRESS}={key}"}):
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            api.remove_container(row["Id"], force=True)
+    for attempt in range(50):
+        try:
+            api.remove_network(f"agent-sandbox-egress-{key}")
+            return
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if "active endpoints" not in str(exc.explanation) or attempt == 49:
+                raise
+            time.sleep(0.1)  # a removal in progress still holds its endpoint
+
+
+def _sweep_egress(api: docker.APIClient, now: datetime) -> None:
+    for network in api.networks(filters={"label": LABEL_EGRESS}):
+        labels = network.get("Labels") or {}
+        expires = _labels.expires_at(labels)
+        if expires is not None and expires <= now:
+            _remove_egress(api, labels[LABEL_EGRESS])
 
 
 def _run_quick(api: docker.APIClient, container: str, argv: list[str]) -> str:

@@ -60,6 +60,9 @@ def remove_labelled(label: str) -> int:
     for row in rows:
         with contextlib.suppress(Exception):
             _ENGINE.remove_container(row["Id"], force=True)
+    for network in _ENGINE.networks(filters={"label": label}):
+        with contextlib.suppress(Exception):
+            _ENGINE.remove_network(network["Id"])
     return len(rows)
 
 

@@ -388,18 +388,22 @@ async def test_written_files_belong_to_the_sandbox_user(backend: DockerBackend) 
 # -- network, ports, resources ----------------------------------------------------------------
 
 
-@pytest.fixture
-def test_server(docker_api: Any, docker_label: str) -> Any:
-    """An HTTP server in a container of our own on the default bridge: the only egress target."""
-    container = docker_api.create_container(
+def _start_server(api: Any, label: str, token: str) -> str:
+    container = api.create_container(
         BUSYBOX,
-        entrypoint=["sh", "-c", "echo egress-ok > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"],
-        labels={RUN_LABEL: docker_label},
-        host_config=docker_api.create_host_config(auto_remove=True),
+        entrypoint=["sh", "-c", f"echo {token} > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"],
+        labels={RUN_LABEL: label},
+        host_config=api.create_host_config(auto_remove=True),
     )
-    docker_api.start(container["Id"])
-    ip = docker_api.inspect_container(container["Id"])["NetworkSettings"]["IPAddress"]
+    api.start(container["Id"])
+    ip = api.inspect_container(container["Id"])["NetworkSettings"]["IPAddress"]
     return f"http://{ip}:8080/index.html"
+
+
+@pytest.fixture
+def test_server(docker_api: Any, docker_label: str) -> str:
+    """An HTTP server in a container of our own on the default bridge: the only egress target."""
+    return _start_server(docker_api, docker_label, "egress-ok")
 
 
 FETCH = (
@@ -426,13 +430,41 @@ async def test_network_open_and_none(backend: DockerBackend, test_server: str) -
         await closed.destroy()
 
 
-async def test_allowlist_is_declared_unsupported(backend: DockerBackend) -> None:
-    assert backend.capabilities.network_allowlist is False
-    policy = NetworkPolicy(mode="allowlist", allow=("10.0.0.1",))
-    with pytest.raises(Unsupported):
-        await make(backend, network=policy)
-    with pytest.raises(Unsupported):  # the backend refuses even when called directly
-        await backend.create(SandboxSpec(image=IMAGE, network=policy))
+async def test_allowlist_through_the_egress_proxy(docker_api: Any, docker_label: str) -> None:
+    from docker_testkit import LabelledDockerBackend
+
+    allowed = _start_server(docker_api, docker_label, "allowed-ok")
+    other = _start_server(docker_api, docker_label, "other-ok")
+    allowed_ip = allowed.split("//")[1].split(":")[0]
+    backend = LabelledDockerBackend(DockerOptions(egress_proxy_image=IMAGE))
+    backend.run_label = docker_label
+    assert backend.capabilities.network_allowlist
+    try:
+        sandbox = await make(
+            backend, network=NetworkPolicy(mode="allowlist", allow=(f"{allowed_ip}/32",))
+        )
+        key = docker_api.inspect_container(sandbox.id)["Config"]["Labels"]["agent-sandbox.egress"]
+        try:
+
+            async def through_proxy() -> bool:
+                result = await sandbox.exec(["python3", "-c", FETCH, allowed])
+                return result.stdout.strip() == "allowed-ok"
+
+            assert await wait_until(through_proxy, 20)  # the proxy may still be starting
+            denied = await sandbox.exec(["python3", "-c", FETCH, other])
+            assert denied.stdout.startswith("blocked HTTPError"), denied
+            direct = await sandbox.exec(
+                ["python3", "-c", FETCH, allowed], env={"HTTP_PROXY": "", "http_proxy": ""}
+            )
+            assert direct.stdout.startswith("blocked"), direct  # no route but the proxy
+        finally:
+            await sandbox.destroy()
+        assert docker_api.networks(filters={"label": f"agent-sandbox.egress={key}"}) == []
+        assert (
+            docker_api.containers(all=True, filters={"label": f"agent-sandbox.egress={key}"}) == []
+        )
+    finally:
+        await backend.aclose()
 
 
 async def test_expose_port(backend: DockerBackend) -> None:
