@@ -4,6 +4,7 @@ The public API lives here; import from ``agent_sandbox`` (and ``agent_sandbox.sy
 blocking twin), not from submodules.
 """
 
+from .audit import AuditingBackend, AuditLog, JsonlSink, LoggingSink, OtelSink, verify_chain
 from .backend import BaseBackend, ProviderOptions, SandboxBackend
 from .errors import (
     AuthenticationError,
@@ -36,17 +37,23 @@ from .models import (
     SandboxInfo,
     SandboxSpec,
 )
+from .policy import Action, Decision, Policy
 from .sandbox import Sandbox
+from .tools import ToolKit, ToolResult
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Action",
+    "AuditLog",
+    "AuditingBackend",
     "AuthenticationError",
     "BaseBackend",
     "Capabilities",
     "Command",
     "CommandTimeout",
     "ConfigError",
+    "Decision",
     "ExecEvent",
     "ExecOptions",
     "ExecResult",
@@ -54,9 +61,13 @@ __all__ = [
     "FileNotFound",
     "InvalidPath",
     "IsADirectory",
+    "JsonlSink",
+    "LoggingSink",
     "NetworkPolicy",
     "OperationTimeout",
+    "OtelSink",
     "PermissionDenied",
+    "Policy",
     "PolicyDenied",
     "ProviderError",
     "ProviderNotInstalled",
@@ -71,6 +82,9 @@ __all__ = [
     "SandboxInfo",
     "SandboxNotFound",
     "SandboxSpec",
+    "ToolKit",
+    "ToolResult",
     "Unsupported",
     "__version__",
+    "verify_chain",
 ]

@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 
+from .audit import AuditingBackend, AuditLog
 from .backend import BaseBackend, close_stream
 from .errors import ConfigError, InvalidPath, SandboxError
 from .labels import default_owner, stamp
@@ -26,6 +27,7 @@ from .models import (
     SandboxInfo,
     SandboxSpec,
 )
+from .policy import Policy
 
 log = logging.getLogger("agent_sandbox")
 
@@ -37,6 +39,14 @@ def _backend_for(
 
     resolved = resolve(provider, options, owner=owner)
     return resolved.make_backend(), resolved.owner
+
+
+def _guarded(backend: BaseBackend, audit: AuditLog | None, policy: Policy | None) -> BaseBackend:
+    """``backend`` wrapped to ask ``policy`` and record to ``audit``, when either is given."""
+    if audit is None and policy is None:
+        return backend
+
+    return AuditingBackend(backend, audit, policy)
 
 
 class Sandbox:
@@ -70,6 +80,8 @@ class Sandbox:
         options: Mapping[str, Any] | None = None,
         backend: BaseBackend | None = None,
         owner: str | None = None,
+        audit: AuditLog | None = None,
+        policy: Policy | None = None,
         image: str | None = None,
         env: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
@@ -88,6 +100,8 @@ class Sandbox:
             backend: an existing backend instance to use instead of ``provider``/``options``;
                 the handle then does not close it.
             owner: value of the owner label (default ``user@host`` or configured).
+            audit: record every operation of this handle (create, exec, files, destroy) there.
+            policy: decide before every operation; a denial raises ``PolicyDenied``.
 
         Raises:
             ConfigError, ProviderNotInstalled, Unsupported, and the provider's typed errors.
@@ -117,6 +131,7 @@ class Sandbox:
             owner = owner or resolved_owner
         elif owner is None:
             owner = default_owner()
+        backend = _guarded(backend, audit, policy)
         try:
             backend.check_spec(final)
             info = await backend.create(stamp(final, owner))
@@ -134,11 +149,17 @@ class Sandbox:
         provider: str | None = None,
         options: Mapping[str, Any] | None = None,
         backend: BaseBackend | None = None,
+        audit: AuditLog | None = None,
+        policy: Policy | None = None,
     ) -> Sandbox:
-        """Attach to an existing sandbox by id. Raises ``SandboxNotFound``."""
+        """Attach to an existing sandbox by id (``audit``/``policy`` as in :meth:`create`).
+
+        Raises ``SandboxNotFound``.
+        """
         owns = backend is None
         if backend is None:
             backend, _ = _backend_for(provider, options)
+        backend = _guarded(backend, audit, policy)
         try:
             info = await backend.connect(sandbox_id)
         except BaseException:
