@@ -36,12 +36,26 @@ def resolve(host, port):
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:
-        return None
-    for family, kind, proto, _, addr in infos:
-        ip = ipaddress.ip_address(addr[0])
-        if by_name or any(ip in net for net in nets):
-            return family, addr
-    return None
+        return []
+    return [
+        (family, addr)
+        for family, _, _, _, addr in infos
+        if by_name or any(ipaddress.ip_address(addr[0].split("%")[0]) in net for net in nets)
+    ]
+
+def dial(candidates):
+    error = OSError("no address")
+    for family, addr in candidates:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(15)
+            sock.connect(addr)
+            sock.settimeout(None)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error
 
 def relay(a, b):
     socks = [a, b]
@@ -81,16 +95,17 @@ def handle(client):
             host, port = url.hostname or "", url.port or 80
             path = (url.path or "/") + ("?" + url.query if url.query else "")
         found = resolve(host, port)
-        if found is None:
+        if not found:
             print("egress denied:", method, target, file=sys.stderr, flush=True)
             client.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n"
                            b"Connection: close\r\n\r\nagent-sandbox: host not in the allowlist\n")
             return
-        family, addr = found
-        upstream = socket.socket(family, socket.SOCK_STREAM)
-        upstream.settimeout(15)
-        upstream.connect(addr)
-        upstream.settimeout(None)
+        try:
+            upstream = dial(found)
+        except OSError as exc:
+            client.sendall(b"HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\n\r\n"
+                           + str(exc).encode() + b"\n")
+            return
         client.settimeout(None)
         if method == "CONNECT":
             client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
