@@ -1,0 +1,623 @@
+"""The MCP server: one sandbox's :class:`~agent_sandbox.tools.ToolKit` over stdio or streamable HTTP.
+
+Library use::
+
+    async with SandboxMCPServer(provider="docker", spec=SandboxSpec(image="python:3.12")) as srv:
+        await srv.serve_stdio()          # or: await srv.serve_http(port=8765, token=...)
+
+Command line: ``agent-sandbox mcp --provider docker --image python:3.12`` (see ``--help``).
+
+The sandbox is created when the server starts and destroyed when it stops — on end of input,
+SIGTERM, SIGINT or SIGHUP too. With ``lifetime="session"`` each MCP session gets its own sandbox
+instead (HTTP then runs stateful, keyed by ``Mcp-Session-Id``; on stdio the process is the
+session). HTTP runs the SDK's streamable HTTP transport (stateless by default) behind a Host
+allowlist (DNS-rebinding protection) and, when a token is set, bearer-token authentication —
+required whenever the server listens on anything but loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import mcp_types as types
+from mcp.server import Server
+from mcp.server.context import ServerRequestContext
+from mcp.server.stdio import stdio_server
+from mcp.server.transport_security import TransportSecuritySettings
+
+from ..audit import AuditingBackend, AuditLog, JsonlSink
+from ..backend import BaseBackend
+from ..errors import ConfigError, SandboxError
+from ..models import SandboxSpec
+from ..policy import Policy
+from ..sandbox import Sandbox
+from ..tools import ToolKit
+
+__all__ = ["SandboxMCPServer", "create_server", "main"]
+
+log = logging.getLogger(__name__)
+
+Lifetime = Literal["server", "session"]
+ToolKitSource = ToolKit | Callable[[str | None], Awaitable[ToolKit]]
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+LOOPBACK_NAMES = ("localhost",)
+
+
+def create_server(toolkit: ToolKitSource, *, name: str = "agent-sandbox") -> Server[Any]:
+    """An ``mcp`` SDK low-level :class:`~mcp.server.Server` exposing a toolkit's tools.
+
+    Args:
+        toolkit: the :class:`ToolKit` to serve, or an async callable mapping the MCP session id
+            (``None`` on stdio and stateless HTTP) to the toolkit of that session.
+        name: the server name announced to clients.
+
+    A tool that fails returns an MCP result with ``isError`` true and the message as text, never
+    a protocol error, so the model reads it.
+    """
+
+    async def resolve(ctx: ServerRequestContext[Any, Any]) -> ToolKit:
+        if isinstance(toolkit, ToolKit):
+            return toolkit
+        return await toolkit(_session_id(ctx))
+
+    async def list_tools(
+        ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        kit = await resolve(ctx)
+        tools = [types.Tool.model_validate(tool) for tool in kit.mcp_tools()]
+        return types.ListToolsResult(tools=tools)
+
+    async def call_tool(
+        ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        try:
+            kit = await resolve(ctx)
+        except SandboxError as exc:
+            return types.CallToolResult(
+                content=[types.TextContent(type="text", text=f"no sandbox: {exc} [{exc.code}]")],
+                is_error=True,
+            )
+        result = await kit.run(params.name, dict(params.arguments or {}))
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text=result.content)],
+            is_error=result.is_error,
+        )
+
+    return Server(
+        name,
+        instructions=(
+            "Tools that run inside an isolated sandbox: bash (a persistent shell), read, write, "
+            "edit, glob, grep."
+        ),
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+    )
+
+
+def _session_id(ctx: ServerRequestContext[Any, Any]) -> str | None:
+    """The MCP session of a request: the ``Mcp-Session-Id`` header on stateful HTTP, else None."""
+    connection = getattr(ctx.session, "_connection", None)
+    session_id = getattr(connection, "session_id", None)
+    if isinstance(session_id, str):
+        return session_id
+    request = ctx.request
+    headers = getattr(request, "headers", None)
+    if headers is not None:
+        value = headers.get("mcp-session-id")
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class BearerAuth:
+    """ASGI middleware answering 401 unless ``Authorization: Bearer <token>`` matches."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        if not token:
+            raise ConfigError("the bearer token cannot be empty")
+        self.app = app
+        self._token = token.encode("utf-8")
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            header = b""
+            for key, value in scope.get("headers", ()):
+                if key.lower() == b"authorization":
+                    header = value
+                    break
+            scheme, _, given = header.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._token):
+                body = json.dumps({"error": "unauthorized", "detail": "a bearer token is required"})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"www-authenticate", b'Bearer realm="agent-sandbox"'),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body.encode()})
+                return
+        await self.app(scope, receive, send)
+
+
+def _allowed_hosts(host: str, port: int, extra: Sequence[str]) -> list[str]:
+    hosts = list(extra)
+    if is_loopback(host) or not extra:
+        hosts += ["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost"]
+    if host not in ("0.0.0.0", "::", ""):
+        shown = f"[{host}]" if ":" in host else host
+        hosts += [f"{shown}:{port}", shown]
+    # A name given without a port also matches it with any port.
+    hosts += [f"{h}:*" for h in extra if ":" not in h.replace("[", "").split("]")[-1]]
+    return hosts
+
+
+class SandboxMCPServer:
+    """Owns a sandbox (or one per MCP session) and serves its toolkit over MCP.
+
+    Args:
+        provider, options: which backend to create the sandbox with (as ``Sandbox.create``);
+            ignored when ``backend`` is given.
+        backend: an existing backend instance (not closed by the server).
+        spec: the sandbox to create (image, env, TTL, network, ...).
+        lifetime: ``"server"`` — one sandbox for the server's life; ``"session"`` — one per MCP
+            session (on stdio the same thing).
+        workdir: confine the file tools to this directory inside the sandbox.
+        output_budget: characters of output per tool call (the toolkit's default when ``None``).
+        audit: records every tool call and every sandbox operation.
+        policy: asked before every tool call; a denial is an ``isError`` result.
+        name: the MCP server name.
+
+    Use as an async context manager (or call :meth:`start` and :meth:`aclose`): every sandbox it
+    created is destroyed on exit, whatever ends it.
+    """
+
+    def __init__(
+        self,
+        *,
+        provider: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        backend: BaseBackend | None = None,
+        spec: SandboxSpec | None = None,
+        lifetime: Lifetime = "server",
+        workdir: str | None = None,
+        output_budget: int | None = None,
+        audit: AuditLog | None = None,
+        policy: Policy | None = None,
+        name: str = "agent-sandbox",
+    ) -> None:
+        if lifetime not in ("server", "session"):
+            raise ConfigError(f"lifetime must be 'server' or 'session', not {lifetime!r}")
+        self.provider = provider
+        self.options = dict(options or {})
+        self.spec = spec or SandboxSpec()
+        self.lifetime: Lifetime = lifetime
+        self.workdir = workdir
+        self.output_budget = output_budget
+        self.audit = audit
+        self.policy = policy
+        self._given_backend = backend
+        self._backend: BaseBackend | None = None
+        self._owner: str | None = None
+        self._owns_backend = backend is None
+        self._toolkits: dict[str | None, ToolKit] = {}
+        self._lock = anyio.Lock()
+        self._stop = anyio.Event()
+        self._uvicorn: Any = None
+        self.server = create_server(self.toolkit, name=name)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Prepare the backend and, with server lifetime, create the sandbox now."""
+        if self._backend is None:
+            if self._given_backend is not None:
+                backend = self._given_backend
+            else:
+                from ..config import resolve
+
+                resolved = resolve(self.provider, self.options)
+                backend = resolved.make_backend()
+                self._owner = resolved.owner
+            if self.audit is not None:
+                backend = AuditingBackend(backend, self.audit)
+            self._backend = backend
+        if self.lifetime == "server":
+            await self.toolkit(None)
+
+    async def toolkit(self, session_id: str | None) -> ToolKit:
+        """The toolkit of ``session_id`` (the single one with server lifetime), creating its
+        sandbox when needed."""
+        key = None if self.lifetime == "server" else session_id
+        kit = self._toolkits.get(key)
+        if kit is not None:
+            return kit
+        async with self._lock:
+            kit = self._toolkits.get(key)
+            if kit is not None:
+                return kit
+            if self._backend is None:
+                await self.start()
+            assert self._backend is not None
+            sandbox = await Sandbox.create(self.spec, backend=self._backend, owner=self._owner)
+            log.info("sandbox %s created (%s)", sandbox.id, sandbox.provider)
+            extra: dict[str, Any] = {}
+            if self.output_budget is not None:
+                extra["output_budget"] = self.output_budget
+            kit = ToolKit(
+                sandbox, workdir=self.workdir, policy=self.policy, audit=self.audit, **extra
+            )
+            self._toolkits[key] = kit
+            return kit
+
+    @property
+    def sandbox_ids(self) -> list[str]:
+        """Ids of the sandboxes alive now."""
+        return [kit.sandbox.id for kit in self._toolkits.values()]
+
+    async def end_session(self, session_id: str | None) -> None:
+        """Destroy the sandbox of one session (no-op when it has none)."""
+        kit = self._toolkits.pop(session_id, None)
+        if kit is not None:
+            await _destroy(kit)
+
+    async def aclose(self) -> None:
+        """Destroy every sandbox this server created and release the backend."""
+        with anyio.CancelScope(shield=True):
+            while self._toolkits:
+                _, kit = self._toolkits.popitem()
+                await _destroy(kit)
+            if self._backend is not None and self._owns_backend:
+                with contextlib.suppress(Exception):
+                    await self._backend.aclose()
+            self._backend = None
+
+    async def __aenter__(self) -> SandboxMCPServer:
+        try:
+            await self.start()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def stop(self) -> None:
+        """Ask a running :meth:`serve_stdio` / :meth:`serve_http` to return (signal-safe)."""
+        self._stop.set()
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+
+    # -- transports ---------------------------------------------------------------------------
+
+    async def serve_stdio(self) -> None:
+        """Serve one client over stdin/stdout until it closes the input or :meth:`stop`."""
+        async with anyio.create_task_group() as tg:
+
+            async def serve() -> None:
+                async with stdio_server() as (read_stream, write_stream):
+                    await self.server.run(
+                        read_stream, write_stream, self.server.create_initialization_options()
+                    )
+                tg.cancel_scope.cancel()
+
+            async def watch() -> None:
+                await self._stop.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(serve)
+            tg.start_soon(watch)
+
+    def http_app(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8765,
+        path: str = "/mcp",
+        token: str | None = None,
+        allowed_hosts: Sequence[str] = (),
+    ) -> ASGIApp:
+        """The ASGI application of the streamable HTTP transport.
+
+        Stateless unless the lifetime is ``"session"``. Requests whose ``Host`` is not allowed
+        get 421; with ``token``, requests without ``Authorization: Bearer <token>`` get 401.
+
+        Raises:
+            ConfigError: ``host`` is not loopback and no token is given.
+        """
+        if not is_loopback(host) and not token:
+            raise ConfigError(
+                f"refusing to serve MCP on {host} without authentication: "
+                "give a bearer token (--token or --token-env)"
+            )
+        if host in ("0.0.0.0", "::", "") and not allowed_hosts:
+            raise ConfigError(
+                f"serving on all interfaces ({host or '*'}): name the Host values clients use "
+                "with --allowed-host (DNS-rebinding protection)"
+            )
+        hosts = _allowed_hosts(host, port, allowed_hosts)
+        security = TransportSecuritySettings(
+            enable_dns_rebinding_protection=True,
+            allowed_hosts=hosts,
+            allowed_origins=[f"http://{h}" for h in hosts] + [f"https://{h}" for h in hosts],
+        )
+        app: ASGIApp = self.server.streamable_http_app(
+            streamable_http_path=path,
+            stateless_http=self.lifetime == "server",
+            json_response=True,
+            transport_security=security,
+            host=host,
+        )
+        if token:
+            app = BearerAuth(app, token)
+        return app
+
+    async def serve_http(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8765,
+        path: str = "/mcp",
+        token: str | None = None,
+        allowed_hosts: Sequence[str] = (),
+    ) -> None:
+        """Serve streamable HTTP with uvicorn until :meth:`stop` (see :meth:`http_app`)."""
+        import uvicorn
+
+        app = self.http_app(
+            host=host, port=port, path=path, token=token, allowed_hosts=allowed_hosts
+        )
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+        server = _QuietUvicorn(config)
+        self._uvicorn = server
+        async with anyio.create_task_group() as tg:
+            if self.lifetime == "session":
+                tg.start_soon(self._reap_sessions)
+            try:
+                if self._stop.is_set():
+                    return
+                await server.serve()
+            finally:
+                self._uvicorn = None
+                tg.cancel_scope.cancel()
+
+    async def _reap_sessions(self) -> None:
+        """Destroy the sandboxes of HTTP sessions that ended (DELETE, idle timeout)."""
+        while True:
+            await anyio.sleep(2.0)
+            try:
+                manager = self.server.session_manager
+            except RuntimeError:
+                continue
+            live = getattr(manager, "_server_instances", None)
+            if live is None:  # an SDK without the table: sandboxes end with the server
+                return
+            for key in [k for k in self._toolkits if k is not None and k not in live]:
+                await self.end_session(key)
+
+
+try:
+    import uvicorn as _uvicorn_mod
+
+    class _QuietUvicorn(_uvicorn_mod.Server):
+        """uvicorn without its own signal handlers: the caller decides when to stop."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            yield
+
+except ImportError:  # pragma: no cover - uvicorn comes with the mcp extra
+    _QuietUvicorn = None  # type: ignore[assignment,misc]
+
+
+async def _destroy(kit: ToolKit) -> None:
+    try:
+        await kit.sandbox.destroy()
+        log.info("sandbox %s destroyed", kit.sandbox.id)
+    except Exception:
+        log.exception("destroying sandbox %s failed", kit.sandbox.id)
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``agent-sandbox mcp`` argument parser."""
+    p = argparse.ArgumentParser(
+        prog="agent-sandbox mcp",
+        description="Serve a sandbox's agent tools (bash, read, write, edit, glob, grep) over MCP.",
+    )
+    p.add_argument("--provider", help="sandbox provider (default: the configured one)")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="provider option (repeatable)",
+    )
+    p.add_argument("--image", help="image or template of the sandbox")
+    p.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="sandbox env variable"
+    )
+    p.add_argument("--ttl", type=float, help="seconds before the sandbox ends by itself")
+    p.add_argument(
+        "--network", choices=["none", "open"], help="the sandbox's network (default: provider's)"
+    )
+    p.add_argument("--transport", choices=["stdio", "http"], default="stdio")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765, help="HTTP port (default 8765)")
+    p.add_argument("--path", default="/mcp", help="HTTP endpoint path (default /mcp)")
+    p.add_argument("--lifetime", choices=["server", "session"], default="server")
+    p.add_argument("--token", help="bearer token clients must send (HTTP)")
+    p.add_argument("--token-env", metavar="NAME", help="read the bearer token from this variable")
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="Host header value to accept (repeatable; loopback names are always accepted "
+        "when bound to loopback)",
+    )
+    p.add_argument("--workdir", help="confine the file tools to this directory in the sandbox")
+    p.add_argument("--output-budget", type=int, help="characters of output per tool call")
+    p.add_argument("--audit", metavar="FILE", help="append a hash-chained audit log to FILE")
+    p.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="JSON or TOML policy: allow_tools, deny_tools, deny_commands, allow_paths, deny_paths",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
+    return p
+
+
+def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{what} must look like KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _load_policy(path: str) -> Policy:
+    raw = Path(path).read_bytes()
+    if path.endswith(".toml"):
+        import tomllib  # type: ignore[import-not-found,unused-ignore]
+
+        data: Any = tomllib.loads(raw.decode("utf-8"))
+        data = data.get("policy", data)
+    else:
+        data = json.loads(raw)
+    if not isinstance(data, dict):
+        raise ConfigError(f"policy file {path} must hold an object")
+    try:
+        return Policy.from_dict(data)
+    except ValueError as exc:
+        raise ConfigError(f"policy file {path}: {exc}") from exc
+
+
+def server_from_args(args: argparse.Namespace) -> SandboxMCPServer:
+    """A :class:`SandboxMCPServer` configured from parsed command-line arguments."""
+    spec_fields: dict[str, Any] = {}
+    if args.image:
+        spec_fields["image"] = args.image
+    if args.env:
+        spec_fields["env"] = _pairs(args.env, "--env")
+    if args.ttl:
+        spec_fields["ttl_seconds"] = args.ttl
+    if args.network:
+        spec_fields["network"] = {"mode": args.network}
+    audit = None
+    if args.audit:
+        secrets = list(spec_fields.get("env", {}))
+        audit = AuditLog(JsonlSink(args.audit), secret_values=_secret_values(spec_fields, secrets))
+    return SandboxMCPServer(
+        provider=args.provider,
+        options=_pairs(args.option, "--option"),
+        spec=SandboxSpec.model_validate(spec_fields),
+        lifetime=args.lifetime,
+        workdir=args.workdir,
+        output_budget=args.output_budget,
+        audit=audit,
+        policy=_load_policy(args.policy) if args.policy else None,
+    )
+
+
+def _secret_values(spec_fields: Mapping[str, Any], names: Sequence[str]) -> list[str]:
+    from ..audit import looks_secret
+
+    env = spec_fields.get("env", {})
+    return [env[n] for n in names if looks_secret(n) and env.get(n)]
+
+
+async def _serve(args: argparse.Namespace, token: str | None) -> None:
+    srv = server_from_args(args)
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                async for signum in signals:
+                    log.info("signal %s: shutting down", signum)
+                    srv.stop()
+                    return
+
+            tg.start_soon(watch)
+            try:
+                async with srv:
+                    if args.transport == "http":
+                        print(
+                            f"agent-sandbox mcp: serving {', '.join(srv.sandbox_ids) or 'sandboxes'}"
+                            f" on http://{args.host}:{args.port}{args.path}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                        await srv.serve_http(
+                            host=args.host,
+                            port=args.port,
+                            path=args.path,
+                            token=token,
+                            allowed_hosts=args.allowed_host,
+                        )
+                    else:
+                        await srv.serve_stdio()
+            finally:
+                tg.cancel_scope.cancel()
+
+
+def main(argv: Sequence[str]) -> int:
+    """Entry point of ``agent-sandbox mcp``; returns the exit status (2 on a config error)."""
+    args = build_parser().parse_args(list(argv))
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    token = args.token
+    if args.token_env:
+        token = os.environ.get(args.token_env)
+        if not token:
+            print(f"agent-sandbox mcp: ${args.token_env} is not set or empty", file=sys.stderr)
+            return 2
+    if args.transport == "http" and not is_loopback(args.host) and not token:
+        print(
+            f"agent-sandbox mcp: refusing to listen on {args.host} without a bearer token "
+            "(--token or --token-env)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        anyio.run(_serve, args, token)
+    except SandboxError as exc:
+        print(f"agent-sandbox mcp: {exc.code}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"agent-sandbox mcp: {exc}", file=sys.stderr)
+        return 2
+    return 0
