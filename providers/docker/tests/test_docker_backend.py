@@ -467,6 +467,30 @@ async def test_allowlist_through_the_egress_proxy(docker_api: Any, docker_label:
         await backend.aclose()
 
 
+async def test_sweep_removes_expired_egress_networks(docker_api: Any, docker_label: str) -> None:
+    from docker_testkit import LabelledDockerBackend
+
+    backend = LabelledDockerBackend(DockerOptions(egress_proxy_image=IMAGE))
+    backend.run_label = docker_label
+    try:
+        sandbox = await make(
+            backend, network=NetworkPolicy(mode="allowlist", allow=("10.0.0.0/8",))
+        )
+        key = docker_api.inspect_container(sandbox.id)["Config"]["Labels"]["agent-sandbox.egress"]
+        # as if the TTL had run out with no client left: the containers end, the network stays
+        for row in docker_api.containers(
+            all=True, filters={"label": f"agent-sandbox.egress={key}"}
+        ):
+            docker_api.remove_container(row["Id"], force=True)
+        assert len(docker_api.networks(filters={"label": f"agent-sandbox.egress={key}"})) == 1
+        await backend.sweep()  # not expired yet: kept
+        assert len(docker_api.networks(filters={"label": f"agent-sandbox.egress={key}"})) == 1
+        await backend.sweep(now=datetime.now(timezone.utc) + timedelta(hours=2))
+        assert docker_api.networks(filters={"label": f"agent-sandbox.egress={key}"}) == []
+    finally:
+        await backend.aclose()
+
+
 async def test_expose_port(backend: DockerBackend) -> None:
     sandbox = await make(backend, ports=(8000,))
     try:
