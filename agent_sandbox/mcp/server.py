@@ -26,7 +26,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -321,10 +321,11 @@ class SandboxMCPServer:
         async with anyio.create_task_group() as tg:
 
             async def serve() -> None:
-                async with stdio_server() as (read_stream, write_stream):
-                    await self.server.run(
-                        read_stream, write_stream, self.server.create_initialization_options()
-                    )
+                with _claimed_stdin() as stdin:
+                    async with stdio_server(stdin=stdin) as (read_stream, write_stream):
+                        await self.server.run(
+                            read_stream, write_stream, self.server.create_initialization_options()
+                        )
                 tg.cancel_scope.cancel()
 
             async def watch() -> None:
@@ -434,6 +435,54 @@ try:
 
 except ImportError:  # pragma: no cover - uvicorn comes with the mcp extra
     _QuietUvicorn = None  # type: ignore[assignment,misc]
+
+
+class _StdinLines:
+    """Lines of a pipe or terminal read without a worker thread, so a signal can cancel the
+    wait (the SDK's default reader blocks a thread in ``readline`` until the client writes)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buffer = b""
+        self._eof = False
+
+    def __aiter__(self) -> _StdinLines:
+        return self
+
+    async def __anext__(self) -> str:
+        while True:
+            newline = self._buffer.find(b"\n")
+            if newline >= 0:
+                line, self._buffer = self._buffer[: newline + 1], self._buffer[newline + 1 :]
+                return line.decode("utf-8", errors="replace")
+            if self._eof:
+                if self._buffer:
+                    line, self._buffer = self._buffer, b""
+                    return line.decode("utf-8", errors="replace")
+                raise StopAsyncIteration
+            await anyio.wait_readable(self.fd)
+            chunk = os.read(self.fd, 65536)
+            if chunk:
+                self._buffer += chunk
+            else:
+                self._eof = True
+
+
+@contextlib.contextmanager
+def _claimed_stdin() -> Iterator[Any]:
+    """Serve the wire from a private duplicate of fd 0 and point fd 0 at the null device, so
+    commands started meanwhile cannot read the protocol stream."""
+    private = os.dup(0)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    try:
+        os.dup2(devnull, 0)
+    finally:
+        os.close(devnull)
+    try:
+        yield _StdinLines(private)
+    finally:
+        os.dup2(private, 0)
+        os.close(private)
 
 
 async def _destroy(kit: ToolKit) -> None:
