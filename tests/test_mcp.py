@@ -1,3 +1,5 @@
+# The polling loops watch another process's effects (sandbox state on disk): no event to await.
+# ruff: noqa: ASYNC110, ASYNC240
 """The MCP server, end to end: the real ``mcp`` SDK client over stdio and streamable HTTP against
 ``agent-sandbox mcp`` running as a subprocess on the local backend.
 
@@ -7,12 +9,13 @@ checked by listing that directory's sandboxes through the local backend.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,15 +26,15 @@ import pytest
 
 pytest.importorskip("mcp", reason="the MCP server needs the mcp extra")
 
-import httpx2  # noqa: E402  (the mcp SDK's HTTP client)
-from mcp import Client  # noqa: E402
-from mcp.client.stdio import StdioServerParameters  # noqa: E402
-from mcp.client.streamable_http import streamable_http_client  # noqa: E402
+import httpx2
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 
-from agent_sandbox.audit import verify_chain  # noqa: E402
-from agent_sandbox.local import LocalBackend, LocalOptions  # noqa: E402
-from agent_sandbox.mcp import SandboxMCPServer  # noqa: E402
-from agent_sandbox.mcp.server import main as mcp_main  # noqa: E402
+from agent_sandbox.audit import verify_chain
+from agent_sandbox.local import LocalBackend, LocalOptions
+from agent_sandbox.mcp import SandboxMCPServer
+from agent_sandbox.mcp.server import main as mcp_main
 
 pytestmark = pytest.mark.anyio
 
@@ -110,7 +113,8 @@ async def exercise(client: Client) -> None:
     assert not wrote.is_error, text(wrote)
     read = await client.call_tool("read", {"file_path": "notes.txt"})
     assert not read.is_error
-    assert "alpha" in text(read) and "beta" in text(read)
+    assert "alpha" in text(read)
+    assert "beta" in text(read)
 
     edit = await client.call_tool(
         "edit", {"file_path": "notes.txt", "old_string": "gamma", "new_string": "delta"}
@@ -200,9 +204,11 @@ async def http_server(root: Path, *extra: str) -> AsyncIterator[tuple[str, Any]]
 @asynccontextmanager
 async def http_client(url: str, token: str | None = TOKEN) -> AsyncIterator[Client]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with httpx2.AsyncClient(headers=headers, timeout=60) as http:
-        async with Client(streamable_http_client(url, http_client=http)) as client:
-            yield client
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=60) as http,
+        Client(streamable_http_client(url, http_client=http)) as client,
+    ):
+        yield client
 
 
 async def test_http_end_to_end_auth_host_check_audit_and_sigterm(
@@ -243,12 +249,12 @@ async def test_http_end_to_end_auth_host_check_audit_and_sigterm(
 
     report = verify_chain(audit_file)
     assert report.ok, report
-    import json
-
     events = [json.loads(line) for line in audit_file.read_text().splitlines()]
     tools = [e["tool"] for e in events if e["op"] == "tool_call"]
-    assert tools.count("bash") >= 4 and "edit" in tools
-    assert events[0]["op"] == "create" and events[-1]["op"] == "destroy"
+    assert tools.count("bash") >= 4
+    assert "edit" in tools
+    assert events[0]["op"] == "create"
+    assert events[-1]["op"] == "destroy"
     failed_edit = next(e for e in events if e["tool"] == "edit")
     assert failed_edit["result"]["is_error"] is True
 
@@ -288,8 +294,12 @@ def test_http_app_refuses_all_interfaces_without_allowed_hosts() -> None:
 
 
 @pytest.fixture
-def local_backend(root: Path) -> Iterator[LocalBackend]:
-    yield LocalBackend(LocalOptions(root=root))
+async def local_backend(root: Path) -> AsyncIterator[LocalBackend]:
+    backend = LocalBackend(LocalOptions(root=root))
+    try:
+        yield backend
+    finally:
+        await backend.aclose()
 
 
 async def test_in_process_session_lifetime_gives_each_session_its_own_sandbox(
@@ -305,7 +315,6 @@ async def test_in_process_session_lifetime_gives_each_session_its_own_sandbox(
         await srv.end_session("session-1")
         assert set(await sandboxes(root)) == {two.sandbox.id}
     assert await sandboxes(root) == []
-    await local_backend.aclose()
 
 
 async def test_in_process_client_and_tool_error_is_a_result(
@@ -318,9 +327,9 @@ async def test_in_process_client_and_tool_error_is_a_result(
         outside = await client.call_tool("read", {"file_path": "/etc/passwd"})
         assert outside.is_error
         unknown = await client.call_tool("no-such-tool", {})
-        assert unknown.is_error and "unknown tool" in text(unknown)
+        assert unknown.is_error
+        assert "unknown tool" in text(unknown)
     assert await sandboxes(root) == []
-    await local_backend.aclose()
 
 
 def test_cli_help_names_the_options() -> None:
