@@ -19,7 +19,14 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+)
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
@@ -968,6 +975,12 @@ def _read_archive(api: docker.APIClient, container: str, path: str) -> tuple[str
         res.close()
 
 
+# anyio >= 4.7 names it wait_readable; older 4.x only has wait_socket_readable
+_wait_readable: Callable[[socket.socket], Awaitable[None]] = (
+    getattr(anyio, "wait_readable", None) or anyio.wait_socket_readable
+)
+
+
 class _ExecConnection:
     """One exec's hijacked attach connection, read without blocking the event loop."""
 
@@ -1072,7 +1085,7 @@ class _ExecConnection:
                 try:
                     return bytes(self._sock.recv(1 << 16))
                 except BlockingIOError:
-                    await anyio.wait_readable(self._sock)
+                    await _wait_readable(self._sock)
         recv = self._sock.recv
         data = await anyio.to_thread.run_sync(recv, 1 << 16, abandon_on_cancel=True)
         return bytes(data)
