@@ -295,7 +295,8 @@ class DaytonaBackend(BaseBackend):
         labels = {k: v for k, v in (sb.labels or {}).items() if k != LANGUAGE_LABEL}
         state = str(getattr(sb.state, "value", sb.state) or "unknown")
         build = getattr(sb, "build_info", None)
-        image = getattr(build, "image_ref", None) if build is not None else None
+        dockerfile = getattr(build, "dockerfile_content", None) or ""
+        image = next(iter(re.findall(r"^FROM\s+(\S+)", dockerfile, re.M)), None)
         workdir = workdir or labels.get(WORKDIR_LABEL) or self._workdirs.get(sb.id) or "/"
         metadata = {"target": str(sb.target), "state": state, "name": str(sb.name)}
         if sb.snapshot:
@@ -676,7 +677,11 @@ class DaytonaBackend(BaseBackend):
         try:
             await sb.pause()
         except Exception as exc:
-            raise self._translate(exc, "pause", sandbox_id) from exc
+            err = self._translate(exc, "pause", sandbox_id)
+            if isinstance(err, ConfigError) and "support" in str(err).lower():
+                # Only some Daytona sandbox classes can pause; the API says so with a 400.
+                raise self._unsupported(f"pause for this sandbox class ({err})") from exc
+            raise err from exc
 
     async def resume(self, sandbox_id: str) -> None:
         """Start a paused sandbox again."""

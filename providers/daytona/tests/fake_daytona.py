@@ -473,9 +473,10 @@ class FakeDaytona:
         ).to_json()  # fmt: skip
         dto = json.loads(dto)
         if image:
+            digest = uuid.uuid5(uuid.NAMESPACE_URL, body.build_info.dockerfile_content).hex
             dto["buildInfo"] = {"dockerfileContent": body.build_info.dockerfile_content,
-                                "imageRef": image, "createdAt": now, "updatedAt": now,
-                                "snapshotRef": image}  # fmt: skip
+                                "createdAt": now, "updatedAt": now,
+                                "snapshotRef": f"registry.local/daytona/{digest}:daytona"}  # fmt: skip
         self.sandboxes[sid] = FakeSandbox(dto=dto, root=root)
         if ttl:  # Daytona destroys the sandbox when its TTL elapses, whatever its state
             asyncio.get_running_loop().call_later(ttl * 60, self._expire, sid)
@@ -484,6 +485,9 @@ class FakeDaytona:
     def _full(self, sb: FakeSandbox) -> str:
         dto = SandboxDto.from_dict({k: v for k, v in sb.dto.items() if not k.startswith("_")})
         assert dto is not None
+        # Nothing outside Daytona's published model goes out.
+        assert not dto.additional_properties
+        assert dto.build_info is None or not dto.build_info.additional_properties
         return dto.to_json()
 
     async def get_sandbox(self, request: web.Request) -> web.Response:

@@ -96,6 +96,7 @@ async def test_spec_maps_to_create_params(
         assert body["domainAllowList"] == "pypi.org"
         assert body["buildInfo"]["dockerfileContent"].startswith("FROM python:3.12-slim")
         assert info.labels["team"] == "x"
+        assert info.image == "python:3.12-slim"
         assert info.expires_at is not None
         assert (await backend.exec(info.id, "echo $K", _opts())).stdout == "v\n"
     finally:

@@ -18,6 +18,7 @@ from agent_sandbox.errors import (
     RateLimited,
     SandboxError,
     SandboxNotFound,
+    Unsupported,
 )
 from agent_sandbox.models import ExecOptions, SandboxSpec
 
@@ -168,3 +169,12 @@ async def test_no_vendor_exception_leaks(
             await backend.connect(info.id)
         assert type(caught.value).__module__ == "agent_sandbox.errors", status
         assert caught.value.__cause__ is not None
+
+
+async def test_pause_refused_by_the_sandbox_class(
+    backend: DaytonaBackend, fake_daytona: FakeDaytona
+) -> None:
+    info = await backend.create(SPEC)
+    fake_daytona.fail("POST", r"/pause$", 400, message="Sandbox class does not support pausing")
+    with pytest.raises(Unsupported):
+        await backend.pause(info.id)
