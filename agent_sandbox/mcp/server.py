@@ -558,7 +558,10 @@ def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
 def _load_policy(path: str) -> Policy:
     raw = Path(path).read_bytes()
     if path.endswith(".toml"):
-        import tomllib  # type: ignore[import-not-found,unused-ignore]
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
 
         data: Any = tomllib.loads(raw.decode("utf-8"))
         data = data.get("policy", data)
