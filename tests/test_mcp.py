@@ -342,3 +342,33 @@ def test_cli_help_names_the_options() -> None:
     ).stdout
     for option in ("--transport", "--token-env", "--allowed-host", "--lifetime", "--audit"):
         assert option in out
+
+
+async def test_policy_file_denials_reach_the_client_as_errors(
+    tmp_path: Path, root: Path, local_backend: LocalBackend
+) -> None:
+    from agent_sandbox.mcp.server import build_parser, server_from_args
+
+    toml = tmp_path / "policy.toml"
+    toml.write_text("[policy]\ndeny_tools = [\"write\"]\ndeny_commands = ['\\bshutdown\\b']\n")
+    srv = server_from_args(build_parser().parse_args(["--policy", str(toml)]))
+    assert srv.policy is not None
+    assert srv.policy.deny_tools == ("write",)
+
+    as_json = tmp_path / "policy.json"
+    as_json.write_text(json.dumps({"allow_paths": ["/workspace"]}))
+    srv = server_from_args(build_parser().parse_args(["--policy", str(as_json)]))
+    assert srv.policy is not None
+    assert srv.policy.allow_paths == ("/workspace",)
+
+    denied_policy = server_from_args(build_parser().parse_args(["--policy", str(toml)])).policy
+    async with (
+        SandboxMCPServer(backend=local_backend, policy=denied_policy) as served,
+        Client(served.server) as client,
+    ):
+        wrote = await client.call_tool("write", {"file_path": "a.txt", "content": "x"})
+        assert wrote.is_error
+        assert "deny_tools" in text(wrote)
+        ran = await client.call_tool("bash", {"command": "shutdown now"})
+        assert ran.is_error
+        assert "deny_commands" in text(ran)

@@ -558,10 +558,10 @@ def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
 def _load_policy(path: str) -> Policy:
     raw = Path(path).read_bytes()
     if path.endswith(".toml"):
-        try:
+        if sys.version_info >= (3, 11):
             import tomllib
-        except ImportError:  # Python 3.10
-            import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
+        else:  # pragma: no cover - exercised on 3.10 only
+            import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
         data: Any = tomllib.loads(raw.decode("utf-8"))
         data = data.get("policy", data)
