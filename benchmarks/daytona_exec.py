@@ -4,6 +4,7 @@ Three ways to run ``true`` in the same sandbox, interleaved so machine noise hit
 median of N runs each:
 
 * ``ours``: ``Sandbox.exec(["true"])`` through ``DaytonaBackend``;
+* ``ours-timeout``: the same with ``timeout=30`` (adds the in-sandbox ``timeout`` backstop);
 * ``sdk-session``: the daytona SDK called directly, doing what a caller needs for separate,
   streamed stdout/stderr and a real exit code (create_session, execute_session_command with
   run_async, get_session_command_logs_async, get_session_command, delete_session) — the baseline;
@@ -48,6 +49,11 @@ async def main(runs: int) -> None:
             raw = await daytona.get(sb.id)
 
             async def ours() -> None:
+                result = await sb.exec(["true"])
+                assert result.exit_code == 0
+
+            async def ours_timeout() -> None:
+                # With a timeout the command also runs under the in-sandbox backstop.
                 result = await sb.exec(["true"], timeout=30)
                 assert result.exit_code == 0
 
@@ -71,7 +77,12 @@ async def main(runs: int) -> None:
                 response = await raw.process.exec("true", timeout=30)
                 assert response.exit_code == 0
 
-            cases = {"ours": ours, "sdk-session": sdk_session, "sdk-exec": sdk_exec}
+            cases = {
+                "ours": ours,
+                "ours-timeout": ours_timeout,
+                "sdk-session": sdk_session,
+                "sdk-exec": sdk_exec,
+            }
             samples: dict[str, list[float]] = {name: [] for name in cases}
             for func in cases.values():  # warm up connections
                 for _ in range(5):
@@ -86,6 +97,10 @@ async def main(runs: int) -> None:
         print(f"{name:12s} median {value:7.2f} ms over {runs} runs")
     print(
         f"ratio ours/sdk-session: {medians['ours'] / medians['sdk-session']:.2f}  (target <= 1.10)"
+    )
+    print(
+        f"ratio ours-timeout/sdk-session: {medians['ours-timeout'] / medians['sdk-session']:.2f}"
+        "  (the SDK calls enforce no timeout; ours adds the in-sandbox kill backstop)"
     )
     print(
         f"ratio ours/sdk-exec:    {medians['ours'] / medians['sdk-exec']:.2f}  (merged output, no streams)"

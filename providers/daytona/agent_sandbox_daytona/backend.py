@@ -105,6 +105,10 @@ class DaytonaOptions(ProviderOptions):
     """Tries of a create that failed transiently (network, 5xx, rate limit)."""
     preview_expiry_seconds: int = Field(default=3600, ge=1, le=86400)
     """Lifetime of the signed URL ``expose_port`` returns."""
+    timeout_backstop: bool = True
+    """Also run a command that has a timeout under GNU ``timeout -s KILL`` (when the image has
+    it), so its whole process group dies even where deleting the session does not kill it.
+    Costs one extra process per command with a timeout."""
 
 
 class _Demux:
@@ -476,7 +480,7 @@ class DaytonaBackend(BaseBackend):
                 raise ConfigError(f"invalid environment variable name: {key!r}", provider=NAME)
             parts.append(f"export {key}={shlex.quote(value)}")
         line = shlex.join(argv)
-        if options.timeout:
+        if options.timeout and self.opts.timeout_backstop:
             # Backstop inside the sandbox: GNU timeout kills the command's whole process group
             # a second after our client-side deadline, whatever the daemon's session deletion
             # does to grandchildren (older daemons kill only the session's shell).

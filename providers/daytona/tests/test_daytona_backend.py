@@ -184,3 +184,17 @@ def test_sync_handle(fake_daytona: FakeDaytona) -> None:
     options = {"api_key": fake_daytona.api_key, "api_url": fake_daytona.api_url}
     with sync.Sandbox.create(provider="daytona", options=options) as sb:
         assert sb.exec("echo sync").stdout == "sync\n"
+
+
+def test_command_line_prologue() -> None:
+    from agent_sandbox.models import ExecOptions
+
+    on = DaytonaBackend(DaytonaOptions(api_key="k"))
+    off = DaytonaBackend(DaytonaOptions(api_key="k", timeout_backstop=False))
+    opts = ExecOptions(cwd="/w d", env={"A": "x y"}, timeout=2.5)
+    line = on._command_line(["printf", "%s", "a b"], opts, "/tmp/in")
+    assert line.startswith("{ rm -f -- /tmp/in && cd -- '/w d' && export A='x y' && ")
+    assert "timeout -s KILL 4 printf %s 'a b'" in line
+    assert line.endswith("; } < /tmp/in")
+    assert "timeout" not in off._command_line(["true"], opts, None)
+    assert off._command_line(["true"], ExecOptions(), None) == "{ true; } < /dev/null"
