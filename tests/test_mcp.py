@@ -202,11 +202,13 @@ async def http_server(root: Path, *extra: str) -> AsyncIterator[tuple[str, Any]]
 
 
 @asynccontextmanager
-async def http_client(url: str, token: str | None = TOKEN) -> AsyncIterator[Client]:
+async def http_client(
+    url: str, token: str | None = TOKEN, mode: str = "auto"
+) -> AsyncIterator[Client]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with (
         httpx2.AsyncClient(headers=headers, timeout=60) as http,
-        Client(streamable_http_client(url, http_client=http)) as client,
+        Client(streamable_http_client(url, http_client=http), mode=mode) as client,
     ):
         yield client
 
@@ -372,3 +374,23 @@ async def test_policy_file_denials_reach_the_client_as_errors(
         ran = await client.call_tool("bash", {"command": "shutdown now"})
         assert ran.is_error
         assert "deny_commands" in text(ran)
+
+
+async def test_http_session_lifetime_one_sandbox_per_session(root: Path) -> None:
+    async with http_server(root, "--lifetime", "session", "--token", TOKEN) as (url, _):
+        # Sessions exist in the handshake-era protocol (2025 revisions); 2026-07-28 is sessionless.
+        async with http_client(url, mode="legacy") as first:
+            await first.call_tool("write", {"file_path": "mine.txt", "content": "first"})
+            async with http_client(url, mode="legacy") as second:
+                seen = await second.call_tool("read", {"file_path": "mine.txt"})
+                assert seen.is_error  # another session, another sandbox
+                assert len(await sandboxes(root)) == 2
+            mine = await first.call_tool("read", {"file_path": "mine.txt"})
+            assert "first" in text(mine)
+            # The second client closed its session (DELETE): its sandbox goes.
+            with anyio.fail_after(20):
+                while len(await sandboxes(root)) != 1:
+                    await anyio.sleep(0.2)
+        with anyio.fail_after(20):
+            while await sandboxes(root):
+                await anyio.sleep(0.2)

@@ -95,8 +95,11 @@ def create_server(toolkit: ToolKitSource, *, name: str = "agent-sandbox") -> Ser
             is_error=result.is_error,
         )
 
+    from .. import __version__
+
     return Server(
         name,
+        version=__version__,
         instructions=(
             "Tools that run inside an isolated sandbox: bash (a persistent shell), read, write, "
             "edit, glob, grep."
