@@ -394,3 +394,50 @@ async def test_http_session_lifetime_one_sandbox_per_session(root: Path) -> None
         with anyio.fail_after(20):
             while await sandboxes(root):
                 await anyio.sleep(0.2)
+
+
+DOCKER_IMAGE = "agent-sandbox/debian-python:bookworm"
+
+
+def _docker_client() -> Any:
+    docker = pytest.importorskip("docker", reason="docker-py is not installed")
+    pytest.importorskip("agent_sandbox_docker", reason="the docker provider is not installed")
+    try:
+        client = docker.from_env()
+        client.images.get(DOCKER_IMAGE)
+    except Exception as exc:
+        pytest.skip(f"no Docker engine with {DOCKER_IMAGE} here: {exc}")
+    return client
+
+
+async def test_stdio_on_docker_end_to_end_and_container_removed() -> None:
+    import uuid
+
+    client = _docker_client()
+    owner = f"mcp-test-{uuid.uuid4().hex[:12]}"
+    label = {"label": f"agent-sandbox.owner={owner}"}
+    argv = [
+        sys.executable,
+        "-m",
+        "agent_sandbox.cli",
+        "mcp",
+        "--provider",
+        "docker",
+        "--image",
+        DOCKER_IMAGE,
+    ]
+    params = StdioServerParameters(
+        command=argv[0], args=argv[1:], env={"AGENT_SANDBOX_OWNER": owner}
+    )
+    try:
+        async with Client(params) as mcp_client:
+            await exercise(mcp_client)
+            running = client.containers.list(all=True, filters=label)
+            assert len(running) == 1
+        with anyio.fail_after(30):
+            while client.containers.list(all=True, filters=label):
+                await anyio.sleep(0.2)
+    finally:
+        for container in client.containers.list(all=True, filters=label):
+            container.remove(force=True)
+        client.close()
