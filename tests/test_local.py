@@ -30,11 +30,22 @@ import pytest
 
 import agent_sandbox as asb
 from agent_sandbox.local import LocalBackend, LocalOptions
+from agent_sandbox.local._jail import probe
 
 pytestmark = pytest.mark.anyio
 
-HAVE_BWRAP = shutil.which("bwrap") is not None
-needs_bwrap = pytest.mark.skipif(not HAVE_BWRAP, reason="bubblewrap (bwrap) is not installed")
+
+def _bwrap_problem() -> str | None:
+    found = shutil.which("bwrap")
+    if found is None:
+        return "bubblewrap (bwrap) is not installed on this machine"
+    problem = probe(found)
+    return f"bwrap cannot build a jail here: {problem}" if problem else None
+
+
+BWRAP_PROBLEM = _bwrap_problem()
+HAVE_BWRAP = BWRAP_PROBLEM is None
+needs_bwrap = pytest.mark.skipif(not HAVE_BWRAP, reason=BWRAP_PROBLEM or "")
 MODES = [pytest.param("bwrap", marks=needs_bwrap), "none"]
 
 
@@ -465,6 +476,7 @@ async def test_destroy_kills_running_commands(root: Path, mode: str) -> None:
 _OTHER_PROCESS = """
 import asyncio, sys
 from agent_sandbox.local import LocalBackend, LocalOptions
+from agent_sandbox.local._jail import probe
 from agent_sandbox.models import ExecOptions
 
 async def main():

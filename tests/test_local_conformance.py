@@ -9,11 +9,21 @@ from pathlib import Path
 import pytest
 
 from agent_sandbox.local import LocalBackend, LocalOptions
+from agent_sandbox.local._jail import probe
 from agent_sandbox.testing import ConformanceSuite
 
-needs_bwrap = pytest.mark.skipif(
-    shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed on this machine"
-)
+
+def _bwrap_problem() -> str | None:
+    found = shutil.which("bwrap")
+    if found is None:
+        return "bubblewrap (bwrap) is not installed on this machine"
+    problem = probe(found)
+    return f"bwrap cannot build a jail here: {problem}" if problem else None
+
+
+BWRAP_PROBLEM = _bwrap_problem()
+HAVE_BWRAP = BWRAP_PROBLEM is None
+needs_bwrap = pytest.mark.skipif(not HAVE_BWRAP, reason=BWRAP_PROBLEM or "")
 
 
 @pytest.fixture
