@@ -12,6 +12,7 @@ import struct
 import tarfile
 from datetime import datetime, timezone
 
+import pytest
 from agent_sandbox_docker import _wire
 from hypothesis import given
 from hypothesis import strategies as st
@@ -166,3 +167,29 @@ def test_parse_time_offsets_and_created() -> None:
     assert created.year == 2026
     assert _wire.parse_created(0) == datetime(1970, 1, 1, tzinfo=timezone.utc)
     assert _wire.parse_created(None) is None
+
+
+@pytest.mark.anyio
+async def test_group_line_is_not_lost_when_the_consumer_leaves_early() -> None:
+    """stdout and the wrapper's stderr line can arrive in one read; leaving after the stdout
+    frame must not drop the stderr frame that carries the process group."""
+    import socket
+
+    from agent_sandbox_docker._exec import ExecConnection
+
+    ours, engine = socket.socketpair()
+    ours.setblocking(False)
+    conn = ExecConnection("exec-id", None, ours, b"")
+    try:
+        engine.sendall(frame(1, b"first\n") + frame(2, b"77\n") + frame(2, b"err"))
+        frames = conn.frames(None)
+        assert await frames.__anext__() == ("stdout", b"first\n")
+        await frames.aclose()
+        marker = _wire.MarkerSplitter()
+        rest = await conn.read_marker(marker, 5.0)
+        assert marker.pgid == 77
+        engine.close()
+        assert rest + await conn.drain(5.0) == [("stderr", b"err")]
+    finally:
+        conn.close()
+        engine.close()
