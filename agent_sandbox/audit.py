@@ -232,7 +232,13 @@ class AuditRecord:
 
 @runtime_checkable
 class Sink(Protocol):
-    """Where events go. ``emit`` gets the finished event (a JSON-ready dict)."""
+    """Where events go. ``emit`` gets the finished event (a JSON-ready dict).
+
+    A sink may also define ``begin(record, *, current)``, a context manager entered when an
+    operation of :meth:`AuditLog.span` starts and left when it ends (how :class:`OtelSink` makes
+    its span current); such a sink is not sent ``emit`` for those operations, only for one-shot
+    :meth:`AuditLog.record` events.
+    """
 
     def emit(self, event: dict[str, Any]) -> None:
         """Store or forward one event."""
@@ -288,6 +294,8 @@ class AuditLog:
         trace_id: str | None,
     ) -> AuditRecord:
         now = time.time()
+        if not self.sinks:  # nobody listens: skip the digest and the redaction
+            arguments = None
         secrets = tuple(secrets)
         return AuditRecord(
             op=op,
