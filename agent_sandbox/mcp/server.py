@@ -31,15 +31,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
-import mcp_types as types
-from mcp.server import Server
-from mcp.server.context import ServerRequestContext
-from mcp.server.stdio import stdio_server
-from mcp.server.transport_security import TransportSecuritySettings
+
+from ..errors import ConfigError, ProviderNotInstalled, SandboxError
+
+try:
+    import mcp_types as types
+    from mcp.server import Server
+    from mcp.server.context import ServerRequestContext
+    from mcp.server.stdio import stdio_server
+    from mcp.server.transport_security import TransportSecuritySettings
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ProviderNotInstalled(
+        f'the MCP server needs the mcp extra ({exc}): pip install "agent-sandbox[mcp]"'
+    ) from exc
 
 from ..audit import AuditingBackend, AuditLog, JsonlSink
 from ..backend import BaseBackend
-from ..errors import ConfigError, SandboxError
 from ..models import SandboxSpec
 from ..policy import Policy
 from ..sandbox import Sandbox
