@@ -125,6 +125,8 @@ class Fault:
     after_effect: bool = False
     """Fail after the request took effect (the sandbox exists, the answer is lost)."""
     headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    """Seconds to wait (after the effect, when ``after_effect``) before answering."""
 
 
 class FakeE2B:
@@ -175,7 +177,12 @@ class FakeE2B:
         port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         config = uvicorn.Config(
-            self.app(), log_level="warning", lifespan="off", access_log=False, http="auto"
+            self.app(),
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            http="auto",
+            timeout_graceful_shutdown=2,
         )
         self._server = uvicorn.Server(config)
         ready = threading.Event()
@@ -235,13 +242,14 @@ class FakeE2B:
         message: str = "injected failure",
         after_effect: bool = False,
         headers: dict[str, str] | None = None,
+        delay: float = 0.0,
     ) -> None:
         """Make the next ``count`` matching requests fail with ``status``.
 
         ``path`` matches as a prefix ("/v2/sandboxes").
         """
         self.faults.append(
-            Fault(method.upper(), path, status, count, message, after_effect, headers or {})
+            Fault(method.upper(), path, status, count, message, after_effect, headers or {}, delay)
         )
 
     def run(self, coro: Any) -> Any:
@@ -323,6 +331,7 @@ class FakeE2B:
             return None
 
         await rest(scope, receive, swallow)
+        await asyncio.sleep(fault.delay)
         await self._fault_response(fault, scope, receive, send)
 
     def _check_sandbox_traffic(self, headers: dict[str, str]) -> Response | None:

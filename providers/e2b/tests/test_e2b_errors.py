@@ -3,6 +3,7 @@ without leaving a sandbox behind. Faults are injected into the fake E2B."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 
@@ -191,3 +192,21 @@ def test_translate_every_sdk_exception(
     assert type(translated) is error
     assert translated.retryable is retryable
     assert (translated.provider, translated.op, translated.sandbox_id) == ("e2b", "exec", "sb-1")
+
+
+async def test_a_cancelled_create_does_not_orphan(fake: FakeE2B, e2b_options: E2BOptions) -> None:
+    """Cancelled while E2B is still answering (the sandbox already exists): it is killed."""
+    backend = _backend(e2b_options)
+    start = len(fake.create_bodies)
+    fake.fail_next("POST", "/v2/sandboxes", 503, after_effect=True, delay=3)
+    task = asyncio.ensure_future(backend.create(SandboxSpec()))
+    for _ in range(200):
+        if len(fake.create_bodies) > start:
+            break
+        await asyncio.sleep(0.02)
+    (key,) = _keys(fake, start)
+    assert len(_owned_by(fake, key)) == 1  # made, answer not yet sent
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert _owned_by(fake, key) == []
