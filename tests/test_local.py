@@ -642,3 +642,17 @@ async def test_destroy_removes_what_commands_locked_down(sandbox: asb.Sandbox) -
     directory = Path(sandbox.info.metadata["path"])
     await sandbox.destroy()
     assert not directory.exists()
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_root_reached_through_a_symlink(tmp_path: Path, mode: str) -> None:
+    real = tmp_path / "real-root"
+    real.mkdir()
+    (tmp_path / "link-root").symlink_to(real)
+    backend = make_backend(tmp_path / "link-root", mode)
+    async with await asb.Sandbox.create(backend=backend) as sb:
+        await sb.write_file("a/b.txt", b"through a link")
+        assert await sb.read_file("a/b.txt") == b"through a link"
+        assert [e.name for e in await sb.list_dir("a")] == ["b.txt"]
+        again = make_backend(tmp_path / "link-root", mode)
+        assert (await again.connect(sb.id)).id == sb.id

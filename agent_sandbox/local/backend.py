@@ -179,7 +179,9 @@ class LocalBackend(BaseBackend):
         opts = self.options
         if not isinstance(opts, LocalOptions):
             raise ConfigError("LocalBackend needs LocalOptions", provider=self.name)
-        self.root = Path(opts.root if opts.root is not None else default_root()).expanduser()
+        root = Path(opts.root if opts.root is not None else default_root()).expanduser()
+        # Real path: the jail's file operations compare opened files' real paths against it.
+        self.root = Path(os.path.realpath(root))
         self._boxes: dict[str, _Box] = {}
         self._warned = False
         self.bwrap: str | None = None
