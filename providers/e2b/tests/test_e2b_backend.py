@@ -245,12 +245,3 @@ async def test_chosen_by_name_through_the_registry(fake_e2b: FakeE2B) -> None:
         assert (await sb.exec(["echo", "by name"])).stdout == "by name\n"
     with pytest.raises(ConfigError, match="no_such_option"):
         await Sandbox.create(provider="e2b", options={"no_such_option": 1})
-
-
-def test_blocking_api(fake_e2b: FakeE2B) -> None:
-    from agent_sandbox.sync import Sandbox as SyncSandbox
-
-    with SyncSandbox.create(provider="e2b", options=_fake_options(fake_e2b)) as sb:
-        sb.write_file("/tmp/sync.txt", b"blocking")
-        assert sb.read_file("/tmp/sync.txt") == b"blocking"
-        assert sb.exec("cat /tmp/sync.txt").stdout == "blocking"
