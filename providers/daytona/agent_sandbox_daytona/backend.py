@@ -537,6 +537,7 @@ class DaytonaBackend(BaseBackend):
         options: ExecOptions,
     ) -> AsyncIterator[ExecEvent]:
         import aiohttp
+        from daytona.common.pty import WS_KEEPALIVE_INTERVAL_SECONDS
 
         # The SDK's get_session_command_logs_async decodes output to str (lossy for binary
         # data), so read the same WebSocket it would, as bytes, through the SDK's own session.
@@ -553,7 +554,10 @@ class DaytonaBackend(BaseBackend):
         url = re.sub(r"^http", "ws", url)
         demux = _Demux()
         try:
-            ws = await api.api_client.http_session.ws_connect(url, headers=headers)
+            # Keepalive pings as the SDK sends them: proxies drop silent WebSockets.
+            ws = await api.api_client.http_session.ws_connect(
+                url, headers=headers, heartbeat=WS_KEEPALIVE_INTERVAL_SECONDS
+            )
         except Exception as exc:
             raise self._translate(exc, "exec", sb.id) from exc
         try:
