@@ -529,3 +529,25 @@ async def test_toolkit_calls_are_audited_with_policy_decisions(tmp_path: Path) -
     ]
     assert events[1]["result"]["is_error"] is True
     assert verify_chain(path).ok
+
+
+def test_concurrent_processes_keep_one_chain(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "audit.jsonl"
+    script = (
+        "import sys\n"
+        "from agent_sandbox.audit import AuditLog, JsonlSink\n"
+        "sink = JsonlSink(sys.argv[1])\n"
+        "log = AuditLog(sink)\n"
+        "for i in range(150):\n"
+        "    log.record('exec', arguments={'proc': sys.argv[2], 'i': i})\n"
+        "sink.close()\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(path), str(n)]) for n in range(3)]
+    for proc in procs:
+        assert proc.wait(timeout=60) == 0
+    report = verify_chain(path)
+    assert report.ok, report
+    assert report.records == 450
