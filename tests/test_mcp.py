@@ -270,7 +270,10 @@ async def test_http_without_token_on_loopback_is_open(root: Path) -> None:
 def test_refuses_non_loopback_without_token(capsys: pytest.CaptureFixture[str]) -> None:
     code = mcp_main(["--provider", "local", "--transport", "http", "--host", "0.0.0.0"])
     assert code == 2
-    assert "without a bearer token" in capsys.readouterr().err
+    assert "without authentication" in capsys.readouterr().err
+    code = mcp_main(["--transport", "http", "--host", "0.0.0.0", "--token", TOKEN])
+    assert code == 2
+    assert "--allowed-host" in capsys.readouterr().err
 
 
 def test_token_env_must_be_set(

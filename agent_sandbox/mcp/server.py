@@ -175,6 +175,25 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
+def check_exposure(host: str, token: str | None, allowed_hosts: Sequence[str]) -> None:
+    """Refuse HTTP settings that would expose the sandbox: a non-loopback bind without a token,
+    or an all-interfaces bind without an explicit Host allowlist.
+
+    Raises:
+        ConfigError: naming what to add.
+    """
+    if not is_loopback(host) and not token:
+        raise ConfigError(
+            f"refusing to serve MCP on {host} without authentication: "
+            "give a bearer token (--token or --token-env)"
+        )
+    if host in ("0.0.0.0", "::", "") and not allowed_hosts:
+        raise ConfigError(
+            f"serving on all interfaces ({host or '*'}): name the Host values clients use "
+            "with --allowed-host (DNS-rebinding protection)"
+        )
+
+
 def _allowed_hosts(host: str, port: int, extra: Sequence[str]) -> list[str]:
     hosts = list(extra)
     if is_loopback(host) or not extra:
@@ -362,16 +381,7 @@ class SandboxMCPServer:
         Raises:
             ConfigError: ``host`` is not loopback and no token is given.
         """
-        if not is_loopback(host) and not token:
-            raise ConfigError(
-                f"refusing to serve MCP on {host} without authentication: "
-                "give a bearer token (--token or --token-env)"
-            )
-        if host in ("0.0.0.0", "::", "") and not allowed_hosts:
-            raise ConfigError(
-                f"serving on all interfaces ({host or '*'}): name the Host values clients use "
-                "with --allowed-host (DNS-rebinding protection)"
-            )
+        check_exposure(host, token, allowed_hosts)
         hosts = _allowed_hosts(host, port, allowed_hosts)
         security = TransportSecuritySettings(
             enable_dns_rebinding_protection=True,
@@ -667,13 +677,12 @@ def main(argv: Sequence[str]) -> int:
         if not token:
             print(f"agent-sandbox mcp: ${args.token_env} is not set or empty", file=sys.stderr)
             return 2
-    if args.transport == "http" and not is_loopback(args.host) and not token:
-        print(
-            f"agent-sandbox mcp: refusing to listen on {args.host} without a bearer token "
-            "(--token or --token-env)",
-            file=sys.stderr,
-        )
-        return 2
+    if args.transport == "http":
+        try:  # before any sandbox exists
+            check_exposure(args.host, token, args.allowed_host)
+        except ConfigError as exc:
+            print(f"agent-sandbox mcp: {exc}", file=sys.stderr)
+            return 2
     try:
         anyio.run(_serve, args, token)
     except SandboxError as exc:
