@@ -15,6 +15,7 @@ import os
 import select
 import signal
 import subprocess
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Literal
 
@@ -24,6 +25,7 @@ _WAIT_FLAGS = os.WEXITED | os.WNOHANG | os.WNOWAIT
 _POLL_INTERVAL = 0.02
 _DRAIN_LIMIT = 4 * 1024 * 1024
 _EXIT_GRACE_MS = 1
+QUICK_WAIT = 0.002
 
 Kind = Literal["stdout", "stderr"]
 
@@ -213,8 +215,46 @@ async def pump(
     timer = loop.call_at(deadline, expire) if deadline is not None else None
     # A command just spawned has not written or exited yet: start by waiting.
     fresh = True
+    done = False
     try:
-        while True:
+        if child.pidfd is not None and child.in_fd is None:
+            # Quick path: most commands an agent runs end within a moment of starting. Waiting
+            # for them with a blocking poll bounded to QUICK_WAIT seconds (the order of the
+            # spawn itself, which holds the event loop too) saves the event loop's machinery;
+            # a command still running after that is waited for through the loop.
+            quick_end = time.monotonic() + QUICK_WAIT
+            if deadline is not None:
+                quick_end = min(quick_end, deadline)
+            quick = select.poll()
+            for fd in (child.out_fd, child.err_fd, child.pidfd):
+                quick.register(fd, select.POLLIN)
+            while not done:
+                left = quick_end - time.monotonic()
+                if left <= 0:
+                    break
+                ready = quick.poll(left * 1000)
+                if not ready:
+                    break
+                for fd, _events in ready:
+                    if fd == child.pidfd:
+                        done = True
+                        continue
+                    kind = open_fds.get(fd)
+                    if kind is None:
+                        continue
+                    try:
+                        data = os.read(fd, CHUNK)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data = b""
+                    if data:
+                        yield kind, data
+                    else:
+                        del open_fds[fd]
+                        quick.unregister(fd)
+            fresh = not done and open_fds == {child.out_fd: "stdout", child.err_fd: "stderr"}
+        while not done:
             progressed = False
             for fd, kind in () if fresh else list(open_fds.items()):
                 try:
