@@ -1,9 +1,10 @@
 """Create-to-first-command: ``Sandbox.create`` + ``exec(["true"])`` against docker-py's own
 ``create_container`` + ``start`` + ``exec_run(["true"])`` with the same image, interleaved, median
-of N runs. Removal is not timed (both remove with one force-remove).
+of N runs; then the removal of each: ``Sandbox.destroy()`` against docker-py's
+``remove_container(force=True)``.
 
 Run: ``uv run --all-extras python benchmarks/docker_create.py [--runs N]``.
-Target: ours / docker-py <= 1.15.
+Target: ours / docker-py <= 1.15 (create + first exec); destroy: no graceful 10 s stop.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ async def main(runs: int) -> None:
     client = docker.DockerClient(version="auto")
     backend = DockerBackend()
     ids: list[str] = []
+    mine: list[Sandbox] = []
     try:
 
         async def ours() -> None:
             sb = await Sandbox.create(
                 backend=backend, image=IMAGE, labels={BENCH_LABEL: RUN_ID}, ttl_seconds=600
             )
-            ids.append(sb.id)
+            mine.append(sb)
             assert (await sb.exec(["true"])).exit_code == 0
 
         def raw() -> None:
@@ -41,14 +43,27 @@ async def main(runs: int) -> None:
             container.start()
             assert container.exec_run(["true"]).exit_code == 0
 
-        def remove_all() -> None:
+        removal: dict[str, list[float]] = {
+            "docker-py remove_container(force)": [],
+            "Sandbox.destroy": [],
+        }
+
+        async def remove_all(record: bool = True) -> None:
             while ids:
-                api.remove_container(ids.pop(), force=True)
+                cid = ids.pop()
+                took = timed_sync(lambda cid=cid: api.remove_container(cid, force=True))
+                if record:
+                    removal["docker-py remove_container(force)"].append(took)
+            while mine:
+                sb = mine.pop()
+                took = await timed(sb.destroy)
+                if record:
+                    removal["Sandbox.destroy"].append(took)
 
         for _ in range(3):
             await ours()
             raw()
-            remove_all()
+            await remove_all(record=False)
         samples: dict[str, list[float]] = {
             "docker-py create+start+exec_run": [],
             "Sandbox.create+exec": [],
@@ -60,8 +75,9 @@ async def main(runs: int) -> None:
             else:
                 samples["Sandbox.create+exec"].append(await timed(ours))
                 samples["docker-py create+start+exec_run"].append(timed_sync(raw))
-            remove_all()
+            await remove_all()
         report("create + first exec", samples, "docker-py create+start+exec_run")
+        report("destroy (kill + remove)", removal, "docker-py remove_container(force)")
     finally:
         await backend.aclose()
         client.close()
