@@ -7,7 +7,7 @@ Every method has the async one's arguments, return value and errors::
     with Sandbox.create() as sb:
         print(sb.exec("echo hi").stdout)
 
-Calls run on one background event-loop thread shared by the process. Do not call these from
+Calls run on one background event-loop thread (a daemon) shared by the process. Do not call these from
 inside a running event loop: use the async API there.
 """
 
@@ -16,12 +16,12 @@ from __future__ import annotations
 import builtins
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from anyio.from_thread import BlockingPortal, start_blocking_portal
+import anyio
+from anyio.from_thread import BlockingPortal
 
 from .backend import close_stream
 from .models import DEFAULT_OUTPUT_LIMIT, Command, ExecEvent, ExecResult, FileInfo, SandboxInfo
@@ -30,18 +30,36 @@ from .sandbox import Sandbox as AsyncSandbox
 T = TypeVar("T")
 
 _portal: BlockingPortal | None = None
-_portal_manager: AbstractContextManager[BlockingPortal] | None = None
 _portal_lock = threading.Lock()
 
 
+def _serve_portal(ready: threading.Event, holder: list[BlockingPortal]) -> None:
+    async def serve() -> None:
+        async with BlockingPortal() as portal:
+            holder.append(portal)
+            ready.set()
+            await portal.sleep_until_stopped()
+
+    anyio.run(serve)
+
+
 def _get_portal() -> BlockingPortal:
-    global _portal, _portal_manager
+    """The process's event-loop thread, started on first use.
+
+    A daemon thread of our own (not anyio's ``start_blocking_portal``, whose worker thread is
+    joined at interpreter exit and would keep the process alive forever).
+    """
+    global _portal
     with _portal_lock:
         if _portal is None:
-            # The manager is kept: garbage-collecting it would exit it and stop the portal.
-            # The portal then lives as long as the process; its thread is a daemon.
-            _portal_manager = start_blocking_portal()
-            _portal = _portal_manager.__enter__()
+            ready = threading.Event()
+            holder: list[BlockingPortal] = []
+            thread = threading.Thread(
+                target=_serve_portal, args=(ready, holder), name="agent-sandbox-sync", daemon=True
+            )
+            thread.start()
+            ready.wait()
+            _portal = holder[0]
         return _portal
 
 
