@@ -417,10 +417,10 @@ def _tar_directory(source: Path) -> bytes:
 def _untar_into(archive: bytes, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r") as tar:
-        _safe_extract(tar, target)
+        safe_extract(tar, target)
 
 
-def _safe_extract(tar: tarfile.TarFile, target: Path) -> None:
+def safe_extract(tar: tarfile.TarFile, target: Path) -> None:
     """Extract refusing absolute paths, ``..`` and links pointing outside ``target``."""
     root = target.resolve()
     for member in tar.getmembers():

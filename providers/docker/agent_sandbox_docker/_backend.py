@@ -31,7 +31,7 @@ import anyio
 import anyio.to_thread
 
 from agent_sandbox import labels as _labels
-from agent_sandbox.backend import BaseBackend, ProviderOptions, _safe_extract, argv_of
+from agent_sandbox.backend import BaseBackend, ProviderOptions, argv_of, safe_extract
 from agent_sandbox.errors import (
     CommandTimeout,
     ConfigError,
@@ -809,7 +809,7 @@ class DockerBackend(BaseBackend):
                     spool.seek(0)
                     target.mkdir(parents=True, exist_ok=True)
                     with tarfile.open(fileobj=spool, mode="r") as tar:
-                        _safe_extract(tar, target)
+                        safe_extract(tar, target)
                 return True
             finally:
                 res.close()
