@@ -48,7 +48,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def types(session: nox.Session) -> None:
-    """mypy --strict on the core package."""
+    """mypy --strict on the core package and the providers."""
     _sync(session)
     session.run("mypy")
 
