@@ -18,6 +18,10 @@ What it serves, one port for both (the SDK is pointed at it with ``E2B_API_URL``
 
 Sandboxes expire at their timeout (killed, or paused with ``autoPause``), like E2B's. Faults can be
 injected (:meth:`FakeE2B.fail_next`) to test error translation and retries.
+
+Known gaps: network ``allowOut`` lists are recorded but not enforced (only "no egress at all" is:
+a loopback-only network namespace); no PTYs, no reattaching to a running command (``Connect``),
+no filesystem RPC service (``/filesystem.Filesystem``), no gzip transfers.
 """
 
 from __future__ import annotations
@@ -961,7 +965,16 @@ class FakeProcessService(process_connect.Process):
             deadline = asyncio.get_running_loop().call_later(
                 max(timeout_ms, 0) / 1000, lambda: _kill_quietly(proc)
             )
-        rc = await proc.wait()
+        # Not proc.wait() alone: asyncio's wait() also waits for the pipes to close, which
+        # orphaned children holding them can delay forever. The exit status comes first.
+        open_readers = set(readers)
+        while proc.returncode is None:
+            if not open_readers:
+                await proc.wait()
+                break
+            _, open_readers = await asyncio.wait(open_readers, timeout=0.02)
+        rc = proc.returncode
+        assert rc is not None
         if deadline is not None:
             deadline.cancel()
         # Like envd (Go's cmd.Wait closes the pipes once the command exits), output still held

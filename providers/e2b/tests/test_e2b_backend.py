@@ -165,9 +165,12 @@ async def test_timeout_raises_with_partial_output(
 ) -> None:
     info = await backend.create(SandboxSpec())
     sandboxes.append(info.id)
-    nap = f"30.{uuid.uuid4().int % 10**9}"  # a sleep no other process on this machine runs
+    nap = f"300.{uuid.uuid4().int % 10**9}"  # a sleep no other process on this machine runs
     with pytest.raises(CommandTimeout) as caught:
-        await backend.exec(info.id, f"echo before; sleep {nap} & wait", ExecOptions(timeout=1))
+        # a child in a session of its own still dies: the kill goes by the command's env mark
+        await backend.exec(
+            info.id, f"echo before; setsid sleep {nap} & sleep {nap}", ExecOptions(timeout=1)
+        )
     assert caught.value.stdout == b"before\n"
     assert caught.value.provider == "e2b"
     left = await backend.exec(info.id, ["pgrep", "-f", f"sleep {nap}"], ExecOptions())
