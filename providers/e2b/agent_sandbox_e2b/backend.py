@@ -647,6 +647,8 @@ def translate(exc: BaseException, *, op: str, sandbox_id: str | None = None) -> 
     message = str(exc) or type(exc).__name__
     lower = message.lower()
     if isinstance(exc, e.AuthenticationException):
+        if any(s in lower for s in ("unknown user", "invalid username", "looking up user")):
+            return ConfigError(f"no such user in the sandbox: {message}", **where)
         return AuthenticationError(f"E2B rejected the credentials: {message}", **where)
     if isinstance(exc, e.RateLimitException):
         return RateLimited(f"E2B rate limit: {message}", **where)

@@ -157,6 +157,8 @@ async def test_file_and_sandbox_errors(fake: FakeE2B, e2b_options: E2BOptions) -
             await backend.write_file(info.id, "/usr/asb-not-writable", b"x")
         with pytest.raises(FileNotFound):
             await backend.exec(info.id, ["true"], ExecOptions(cwd="/no/such/dir"))
+        with pytest.raises(ConfigError, match="no such user"):
+            await backend.exec(info.id, ["true"], ExecOptions(user="nobody-here"))
     finally:
         await backend.destroy(info.id)
     await backend.destroy(info.id)  # gone already: fine
