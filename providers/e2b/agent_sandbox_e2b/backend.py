@@ -525,10 +525,13 @@ class E2BBackend(BaseBackend):
         """Whole content of a file, through envd's ``/files``."""
         handle = await self._handle(sandbox_id, "read_file")
         try:
-            data = await handle.sandbox.files.read(path, format="bytes", user=handle.user)
+            # streamed: one copy of the content in memory, not three (body, bytearray, bytes)
+            stream = await handle.sandbox.files.read(path, format="stream", user=handle.user)
+            async with stream:
+                chunks = [chunk async for chunk in stream]
         except Exception as exc:
             raise self._err(exc, "read_file", sandbox_id) from exc
-        return bytes(data)
+        return b"".join(chunks)
 
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
         """Create or replace a file (parents created by envd), streamed as octet-stream."""
