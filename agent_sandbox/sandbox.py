@@ -101,7 +101,10 @@ class Sandbox:
                 the handle then does not close it.
             owner: value of the owner label (default ``user@host`` or configured).
             audit: record every operation of this handle (create, exec, files, destroy) there.
-            policy: decide before every operation; a denial raises ``PolicyDenied``.
+            policy: decide before every operation of the sandbox (exec, file access, ...); a
+                denial raises ``PolicyDenied``. It sees every command, including those a
+                ``ToolKit`` runs for its own bookkeeping under ``/tmp``: rules about tools
+                belong on ``ToolKit(policy=...)``.
 
         Raises:
             ConfigError, ProviderNotInstalled, Unsupported, and the provider's typed errors.
