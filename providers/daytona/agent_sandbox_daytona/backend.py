@@ -501,32 +501,47 @@ class DaytonaBackend(BaseBackend):
         if options.user is not None:
             raise self._unsupported("running a command as another user")
         argv = argv_of(command)
+        stdin_path = None
+        if options.stdin is not None:
+            stdin_path = f"/tmp/.agent-sandbox-stdin-{uuid.uuid4().hex}"
+        line = self._command_line(argv, options, stdin_path)  # validates before any call
         sb = await self._sandbox(sandbox_id, "exec")
         session = f"agent-sandbox-{uuid.uuid4().hex}"
         deadline = time.monotonic() + options.timeout if options.timeout else None
-        stdin_path = None
-        created = False
+        created = started = False
+
+        async def start() -> str:
+            nonlocal created, started
+            if stdin_path is not None:
+                await sb.fs.upload_file(options.stdin or b"", stdin_path)
+            await sb.process.create_session(session)
+            created = True
+            request = SessionExecuteRequest(command=line, run_async=True)
+            response = await sb.process.execute_session_command(session, request)
+            started = True
+            return str(response.cmd_id)
+
         try:
             try:
-                if options.stdin is not None:
-                    stdin_path = f"/tmp/.agent-sandbox-stdin-{uuid.uuid4().hex}"
-                    await sb.fs.upload_file(options.stdin, stdin_path)
-                await sb.process.create_session(session)
-                created = True
-                request = SessionExecuteRequest(
-                    command=self._command_line(argv, options, stdin_path), run_async=True
+                # The deadline covers the set-up calls too, not only the command.
+                cmd_id = await asyncio.wait_for(
+                    start(), None if deadline is None else max(0.0, deadline - time.monotonic())
                 )
-                started = await sb.process.execute_session_command(session, request)
+            except asyncio.TimeoutError:
+                raise self._timeout(options, sandbox_id) from None
             except SandboxError:
                 raise
             except Exception as exc:
                 raise self._translate(exc, "exec", sandbox_id) from exc
-            async for event in self._follow(sb, session, started.cmd_id, deadline, options):
+            async for event in self._follow(sb, session, cmd_id, deadline, options):
                 yield event
         finally:
             if created:
                 with contextlib.suppress(Exception):
                     await sb.process.delete_session(session)  # kills what still runs
+            if stdin_path is not None and not started:  # the command never consumed it
+                with contextlib.suppress(Exception):
+                    await sb.fs.delete_file(stdin_path)
 
     async def _follow(
         self,

@@ -155,8 +155,15 @@ async def test_toolbox_errors_are_typed(backend: DaytonaBackend, fake_daytona: F
         await backend.read_file(info.id, "/home/daytona/missing")
     fake_daytona.fail("POST", r"/process/session$", 500, message="daemon crashed")
     with pytest.raises(ProviderUnavailable):
-        await backend.exec(info.id, "true", ExecOptions(timeout=5))
+        await backend.exec(info.id, "cat", ExecOptions(timeout=5, stdin=b"data"))
     assert info.id in fake_daytona.sandboxes
+    # The staged stdin was removed again, since no command consumed it.
+    assert list((fake_daytona.sandboxes[info.id].root / "tmp").iterdir()) == []
+    before = len(fake_daytona.requests)
+    with pytest.raises(ConfigError):
+        await backend.exec(info.id, "true", ExecOptions(env={"BAD-NAME": "x"}))
+    sent = [r for r in fake_daytona.requests[before:] if "socket.io" not in r[1]]
+    assert sent == []  # refused before anything was sent (the SDK's event socket aside)
 
 
 async def test_no_vendor_exception_leaks(
