@@ -13,9 +13,11 @@ from agent_sandbox.errors import (
     AuthenticationError,
     ConfigError,
     FileNotFound,
+    OperationTimeout,
     ProviderUnavailable,
     QuotaExceeded,
     RateLimited,
+    SandboxConflict,
     SandboxError,
     SandboxNotFound,
     Unsupported,
@@ -185,3 +187,32 @@ async def test_pause_refused_by_the_sandbox_class(
     fake_daytona.fail("POST", r"/pause$", 400, message="Sandbox class does not support pausing")
     with pytest.raises(Unsupported):
         await backend.pause(info.id)
+
+
+@pytest.mark.parametrize(
+    ("status", "expected", "retryable"),
+    [
+        (400, ConfigError, False),
+        (401, AuthenticationError, False),
+        (404, SandboxNotFound, False),
+        (408, OperationTimeout, True),
+        (409, SandboxConflict, False),
+        (429, RateLimited, True),
+        (500, ProviderUnavailable, True),
+        (502, ProviderUnavailable, True),
+        (503, ProviderUnavailable, True),
+        (504, OperationTimeout, True),
+    ],
+)
+async def test_status_mapping(
+    backend: DaytonaBackend,
+    fake_daytona: FakeDaytona,
+    status: int,
+    expected: type[SandboxError],
+    retryable: bool,
+) -> None:
+    gone = "11111111-0000-4000-8000-000000000000"
+    fake_daytona.fail("GET", rf"^/api/sandbox/{gone}$", status)
+    with pytest.raises(expected) as caught:
+        await backend.connect(gone)
+    assert caught.value.retryable is retryable
