@@ -37,7 +37,8 @@ async def test_every_operation_of_the_handle_is_audited(tmp_path: Path) -> None:
         sink.close()
         await backend.aclose()
     ops = [e["op"] for e in _events(log_path)]
-    assert ops[0] == "create" and ops[-1] == "destroy"
+    assert ops[0] == "create"
+    assert ops[-1] == "destroy"
     assert {"exec", "write_file", "read_file"} <= set(ops)
     assert verify_chain(log_path).ok
 
