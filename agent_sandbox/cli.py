@@ -86,8 +86,7 @@ def _command(args: argparse.Namespace) -> str | list[str]:
         return str(args.shell)
     if not args.argv:
         raise ConfigError("no command: give an argv after -- or --shell STRING")
-    argv = list(args.argv)
-    return argv[1:] if argv[0] == "--" else argv
+    return list(args.argv)
 
 
 async def _run_command(sb: Sandbox, args: argparse.Namespace) -> int:
@@ -290,7 +289,7 @@ def _exec_args(parser: argparse.ArgumentParser) -> None:
         "--stdin", action="store_true", help="feed this process's stdin to the command"
     )
     parser.add_argument("--shell", "-c", metavar="STRING", help="run STRING with sh -c")
-    parser.add_argument("argv", nargs=argparse.REMAINDER, help="command argv (after --)")
+    parser.epilog = "The command's argv goes after --, e.g.: agent-sandbox exec ID -- ls -la"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -382,7 +381,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if delegated is not None:
         return delegated
     parser = build_parser()
-    args = parser.parse_args(args_list)
+    # Everything after the first `--` is the command's argv, never our options.
+    split = args_list.index("--") if "--" in args_list else len(args_list)
+    args = parser.parse_args(args_list[:split])
+    args.argv = args_list[split + 1 :]
+    if args.argv and args.command not in ("run", "exec"):
+        parser.error(f"'--' and a command go only with run and exec, not {args.command}")
     if getattr(args, "func", None) is None:
         parser.error(
             f"unknown use of {args.command!r}; try: agent-sandbox {args.command} verify FILE"
