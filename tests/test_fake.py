@@ -129,12 +129,75 @@ async def test_unknown_command(sb: Sandbox) -> None:
         ("echo first | { read a; echo got $a; }", "got first\n"),
         ("# a comment\necho after-comment # trailing", "after-comment\n"),
         ("/bin/echo via-path", "via-path\n"),
+        ('x=$(echo "a  b"); echo "$x" $(printf "%s" c)`echo d`', "a  b cd\n"),
+        ("x=$(false); echo $?; x=$(true); echo $?", "1\n0\n"),
+        ("echo $((1 + 2 * 3)) $((7 / 2)) $((-7 % 3)) $((2 ** 4 > 10))", "7 3 -1 1\n"),
+        ("i=0; while [ $i -lt 3 ]; do i=$((i+1)); done; echo $i", "3\n"),
+        (
+            "v=path/to/file.tar.gz; echo ${v%.*} ${v%%.*} ${v#*/} ${v##*/} ${#v}",
+            "path/to/file.tar path/to/file to/file.tar.gz file.tar.gz 19\n",
+        ),
+        ("echo ${unset-dflt} ${unset:+alt} ${e:=set}; echo $e", "dflt set\nset\n"),
+        (
+            'w="one two  three"; for x in $w; do printf "<%s>" "$x"; done; echo',
+            "<one><two><three>\n",
+        ),
+        ('w="one two"; for x in "$w"; do printf "<%s>" "$x"; done; echo', "<one two>\n"),
+        (
+            "case abc.py in *.txt) echo text;; *.py|*.pyw) echo python;; *) echo other;; esac",
+            "python\n",
+        ),
+        ("case x in y) echo no;; esac; echo $?", "0\n"),
+        ('f() { echo "in f: $1 $#"; return 3; }; f a b; echo $?', "in f: a 2\n3\n"),
+        ("add() { echo $(( $1 + $2 )); }; add 2 3", "5\n"),
+        (
+            "touch b.txt a.txt c.md; echo *.txt; echo nomatch*; echo '*.txt'",
+            "a.txt b.txt\nnomatch*\n*.txt\n",
+        ),
+        ("mkdir -p d/e; touch d/e/x.py d/y.py; ls d/*.py d/*/*.py", "d/y.py\nd/e/x.py\n"),
+        ("eval 'a=1; echo $a'; cmd='echo hi'; eval $cmd", "1\nhi\n"),
+        ("echo 'v=42' > env.sh; . ./env.sh; echo $v", "42\n"),
+        ("trap 'echo bye' EXIT; echo hi", "hi\nbye\n"),
+        ("sh -c 'trap \"echo cleanup\" EXIT; exit 4'; echo $?", "cleanup\n4\n"),
+        ("set -- x y z; echo $#; shift; echo $@", "3\ny z\n"),
+        ("for i in 1 2 3 4; do [ $i = 3 ] && break; echo $i; done", "1\n2\n"),
+        ("for i in 1 2 3; do [ $i = 2 ] && continue; echo $i; done", "1\n3\n"),
+        ("export A=1; B=2; sh -c 'echo ${A:-none} ${B:-none}'", "1 none\n"),
+        ("exec 2>&1; echo to-err >&2", "to-err\n"),
+        ("printf 'b\\na\\nb\\n' | sort | uniq -c", "      1 a\n      2 b\n"),
+        ("printf 'x10\\nx9\\n' | sort -r; printf '10\\n9\\n' | sort -n", "x9\nx10\n9\n10\n"),
+        ("echo Hello | tr a-z A-Z; echo 'a-b' | tr -d -", "HELLO\nab\n"),
+        ("echo hi | tee t1 > /dev/null; cat t1", "hi\n"),
+        ("realpath -m ./x/../y; readlink -f /a//b", "/workspace/y\n/a/b\n"),
+        (
+            "printf 'l\\nIN\\n' > g.txt; grep -n in g.txt; grep -ci IN g.txt; grep -q zz g.txt || echo none",
+            "1\nnone\n",
+        ),
     ],
 )
 async def test_shell_subset(sb: Sandbox, script: str, expected: str) -> None:
     code, out, err = await run(sb, script)
     assert (out, err) == (expected, "")
     assert code == 0
+
+
+async def test_find_and_grep(sb: Sandbox) -> None:
+    await sb.write_file("p/a.py", "import os\nprint('x')\n")
+    await sb.write_file("p/sub/b.py", "print('y')\n")
+    await sb.write_file("p/.git/config", "print\n")
+    await sb.write_file("p/bin.dat", b"print\x00")
+    r = await sb.exec("find p -name .git -prune -o \\( -type f -o -type l \\) -print0")
+    assert sorted(r.stdout.split("\0")[:-1]) == ["p/a.py", "p/bin.dat", "p/sub/b.py"]
+    assert (await sb.exec("find p -maxdepth 1 -type d")).stdout == "p\np/.git\np/sub\n"
+    assert (
+        await sb.exec("find p -name '*.py' -exec cat {} +")
+    ).stdout == "import os\nprint('x')\nprint('y')\n"
+    r = await sb.exec(["grep", "-rnHIEZ", "--exclude-dir=.git", "-s", "-e", "pr.nt", "--", "p"])
+    assert r.stdout == "p/a.py\x002:print('x')\np/sub/b.py\x001:print('y')\n"
+    r = await sb.exec("grep -rl print p | sort")
+    assert r.stdout == "p/.git/config\np/a.py\np/bin.dat\np/sub/b.py\n"
+    assert (await sb.exec("grep nothing p/a.py")).exit_code == 1
+    assert (await sb.exec("grep x missing.txt")).exit_code == 2
 
 
 async def test_scripts_from_files(sb: Sandbox) -> None:
@@ -145,9 +208,9 @@ async def test_scripts_from_files(sb: Sandbox) -> None:
 
 
 async def test_unsupported_syntax_is_a_clear_error(sb: Sandbox) -> None:
-    code, _, err = await run(sb, "echo $(date)")
+    code, _, err = await run(sb, "cat <<EOF\nx\nEOF")
     assert code == 2
-    assert "command substitution is not supported" in err
+    assert "here-documents are not supported" in err
     code, _, err = await run(sb, "if true; then echo")
     assert code == 2
     assert "fi" in err
@@ -240,3 +303,33 @@ async def test_user_is_unsupported(sb: Sandbox) -> None:
 
     with pytest.raises(Unsupported):
         await sb.exec("id", user="nobody")
+
+
+# -- the agent toolkit runs on the fake -------------------------------------------------------
+
+
+async def test_toolkit_runs_on_the_fake(sb: Sandbox) -> None:
+    """Agent code using ToolKit can be tested against FakeBackend: every tool works."""
+    from agent_sandbox.tools import ToolKit
+
+    tk = ToolKit(sb)
+    first = await tk.run("bash", {"command": "echo hello; cd /tmp; export FOO=bar"})
+    assert (first.content, first.is_error) == ("hello", False)
+    second = await tk.run("bash", {"command": "pwd; echo $FOO"})
+    assert second.content == "/tmp\nbar"
+    wrote = await tk.run("write", {"file_path": "src/a.py", "content": "print('hi')\nx = 1\n"})
+    assert not wrote.is_error
+    edited = await tk.run(
+        "edit", {"file_path": "src/a.py", "old_string": "x = 1", "new_string": "x = 2"}
+    )
+    assert not edited.is_error
+    assert await sb.read_text("src/a.py") == "print('hi')\nx = 2\n"
+    read = await tk.run("read", {"file_path": "src/a.py"})
+    assert "x = 2" in str(read.content)
+    found = await tk.run("glob", {"pattern": "**/*.py"})
+    assert found.content == sb.path("src/a.py")
+    grep = await tk.run("grep", {"pattern": "pr.nt"})
+    assert grep.content == sb.path("src/a.py") + ":1:print('hi')"
+    late = await tk.run("bash", {"command": "sleep 30", "timeout_ms": 200})
+    assert late.is_error
+    assert "timed out" in str(late.content)

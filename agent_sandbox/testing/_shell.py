@@ -1,17 +1,16 @@
-"""A small POSIX-shell interpreter for :class:`~agent_sandbox.testing.FakeBackend`.
+"""The parser of the small POSIX shell inside :class:`~agent_sandbox.testing.FakeBackend`.
 
-It runs no host process: every command is interpreted here, against the fake's in-memory
-filesystem. It understands what agent code and the conformance suite usually send: quoting,
-``$VAR``/``${VAR:-x}``/``$$``/``$?``/``$!``/``$@`` expansion, ``;`` ``&&`` ``||`` ``|`` ``&``,
-redirections (``>``, ``>>``, ``<``, ``2>&1``, ``>&2``), ``( )`` and ``{ }`` groups, ``if``, ``while``,
-``until`` and ``for``. Not supported (a parse error, exit status 2): command substitution,
-globbing, here-documents, functions and ``case``.
+It runs no host process: :mod:`agent_sandbox.testing.fake` interprets the tree built here against
+the fake's in-memory filesystem. Understood: quoting; ``$VAR``, ``${VAR:-x}`` and the other
+parameter expansions, ``$(...)`` and backquotes, ``$((...))``; ``;`` ``&&`` ``||`` ``|`` ``&``;
+redirections (``>``, ``>>``, ``<``, ``2>&1``, ``>&2``); ``( )`` and ``{ }`` groups, ``if``,
+``while``, ``until``, ``for``, ``case`` and functions. Not supported (a syntax error, exit
+status 2): here-documents, ``<<<``, arrays and other bash extensions.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -23,7 +22,6 @@ __all__ = [
     "ShellSyntaxError",
     "Simple",
     "Word",
-    "expand_text",
     "parse",
 ]
 
@@ -32,13 +30,16 @@ class ShellSyntaxError(Exception):
     """The command line is not something the fake shell understands."""
 
 
-# A word is a list of segments: (expand, text). ``expand`` False for single-quoted or escaped
-# text. ``quoted`` records whether any part was quoted (reserved words must be bare).
 @dataclass
 class Word:
-    """One shell word before expansion."""
+    """One shell word before expansion: a list of ``(kind, text)`` segments.
 
-    segments: list[tuple[bool, str]] = field(default_factory=list)
+    Kinds: ``lit`` (single-quoted or escaped: taken as is), ``dq`` (double-quoted: expanded, not
+    split), ``bare`` (expanded, split, globbed), ``cmd``/``dqcmd`` (command substitution, bare or
+    quoted), ``arith`` (``$((...))``).
+    """
+
+    segments: list[tuple[str, str]] = field(default_factory=list)
     quoted: bool = False
 
     @property
@@ -67,13 +68,14 @@ class Simple:
 
 @dataclass
 class Compound:
-    """``if``/``while``/``until``/``for``/``( )``/``{ }`` with its redirections."""
+    """``if``/``while``/``until``/``for``/``case``/``( )``/``{ }``/function, with redirections."""
 
     kind: str
     parts: list[ListNode]
     redirs: list[Redir] = field(default_factory=list)
     name: str = ""
     items: list[Word] | None = None
+    patterns: list[list[Word]] = field(default_factory=list)
 
 
 Command = Simple | Compound
@@ -102,7 +104,7 @@ class ListNode:
     items: list[tuple[AndOr, bool]]
 
 
-_OPERATORS = ("&&", "||", ">>", ">&", ";;", ";", "&", "|", "(", ")", "<", ">", "\n")
+_OPERATORS = ("&&", "||", ">>", ">&", ";;", "<<", ";", "&", "|", "(", ")", "<", ">", "\n")
 _RESERVED = {
     "if",
     "then",
@@ -115,13 +117,63 @@ _RESERVED = {
     "done",
     "for",
     "in",
+    "case",
+    "esac",
     "{",
     "}",
     "!",
 }
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 Token = tuple[str, object]  # ("op", str) | ("word", Word) | ("io", int)
+
+
+def _matching(src: str, i: int, open_: str, close: str) -> int:
+    """Index just past the ``close`` matching the ``open_`` at ``src[i]`` (quotes respected)."""
+    depth = 0
+    n = len(src)
+    while i < n:
+        c = src[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "'":
+            end = src.find("'", i + 1)
+            if end < 0:
+                raise ShellSyntaxError("unterminated single quote")
+            i = end + 1
+            continue
+        if c == '"':
+            i += 1
+            while i < n and src[i] != '"':
+                i += 2 if src[i] == "\\" else 1
+            i += 1
+            continue
+        if c == open_:
+            depth += 1
+        elif c == close:
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    raise ShellSyntaxError(f"unterminated {open_!r}")
+
+
+def _substitution(src: str, i: int) -> tuple[str, str, int]:
+    """At ``$(``, ``$((`` or a backquote: (kind, inner source, index after it)."""
+    if src.startswith("$((", i):
+        end = _matching(src, i + 1, "(", ")")
+        if src[end - 2 : end] == "))":
+            return "arith", src[i + 3 : end - 2], end
+    if src.startswith("$(", i):
+        end = _matching(src, i + 1, "(", ")")
+        return "cmd", src[i + 2 : end - 1], end
+    j = i + 1
+    while j < len(src) and src[j] != "`":
+        j += 2 if src[j] == "\\" else 1
+    if j >= len(src):
+        raise ShellSyntaxError("unterminated backquote")
+    return "cmd", src[i + 1 : j].replace("\\`", "`"), j + 1
 
 
 def _tokenize(src: str) -> list[Token]:
@@ -129,18 +181,17 @@ def _tokenize(src: str) -> list[Token]:
     i, n = 0, len(src)
     word: Word | None = None
     buf: list[str] = []
-    buf_expand = True
 
-    def flush_seg(expand: bool) -> None:
+    def flush() -> None:
         nonlocal buf
         if buf and word is not None:
-            word.segments.append((expand, "".join(buf)))
+            word.segments.append(("bare", "".join(buf)))
         buf = []
 
     def end_word() -> None:
         nonlocal word
         if word is not None:
-            flush_seg(buf_expand)
+            flush()
             tokens.append(("word", word))
             word = None
 
@@ -162,11 +213,12 @@ def _tokenize(src: str) -> list[Token]:
             continue
         op = next((o for o in _OPERATORS if src.startswith(o, i)), None)
         if op is not None:
+            if op == "<<":
+                raise ShellSyntaxError("here-documents are not supported by the fake shell")
             if (
                 word is not None
                 and op in ("<", ">", ">>", ">&")
-                and not word.quoted
-                and len(word.segments) == 0
+                and not word.segments
                 and "".join(buf).isdigit()
             ):
                 fd = int("".join(buf))
@@ -175,28 +227,32 @@ def _tokenize(src: str) -> list[Token]:
                 tokens.append(("io", fd))
             else:
                 end_word()
-            if op == ";;":
-                raise ShellSyntaxError("'case' is not supported by the fake shell")
             tokens.append(("op", op))
             i += len(op)
             continue
         if word is None:
             word = Word()
-            buf_expand = True
         if c == "'":
-            flush_seg(buf_expand)
+            flush()
             end = src.find("'", i + 1)
             if end < 0:
                 raise ShellSyntaxError("unterminated single quote")
-            word.segments.append((False, src[i + 1 : end]))
+            word.segments.append(("lit", src[i + 1 : end]))
             word.quoted = True
             i = end + 1
             continue
         if c == '"':
-            flush_seg(buf_expand)
+            flush()
             word.quoted = True
             i += 1
             part: list[str] = []
+            dq = word
+
+            def flush_dq(dq: Word = dq, part: list[str] = part) -> None:
+                if part:
+                    dq.segments.append(("dq", "".join(part)))
+                    part.clear()
+
             while True:
                 if i >= n:
                     raise ShellSyntaxError("unterminated double quote")
@@ -205,36 +261,43 @@ def _tokenize(src: str) -> list[Token]:
                     i += 1
                     break
                 if d == "\\" and i + 1 < n and src[i + 1] in '$`"\\\n':
+                    flush_dq()
                     if src[i + 1] != "\n":
-                        # keep escaped $ from expanding: close the part, add a literal segment
-                        word.segments.append((True, "".join(part)))
-                        part = []
-                        word.segments.append((False, src[i + 1]))
+                        word.segments.append(("lit", src[i + 1]))
                     i += 2
                     continue
                 if d == "`" or src.startswith("$(", i):
-                    raise ShellSyntaxError(
-                        "command substitution is not supported by the fake shell"
-                    )
+                    flush_dq()
+                    kind, inner, i = _substitution(src, i)
+                    word.segments.append(("arith" if kind == "arith" else "dqcmd", inner))
+                    continue
+                if src.startswith("${", i):
+                    end = _matching(src, i + 1, "{", "}")
+                    part.append(src[i:end])
+                    i = end
+                    continue
                 part.append(d)
                 i += 1
-            word.segments.append((True, "".join(part)))
+            flush_dq()
+            if not word.segments or word.segments[-1][0] not in ("dq", "lit"):
+                word.segments.append(("dq", ""))  # "" is an (empty) word of its own
             continue
         if c == "\\":
-            flush_seg(buf_expand)
+            flush()
             if i + 1 < n:
-                word.segments.append((False, src[i + 1]))
+                word.segments.append(("lit", src[i + 1]))
                 word.quoted = True
             i += 2
             continue
         if c == "`" or src.startswith("$(", i):
-            raise ShellSyntaxError("command substitution is not supported by the fake shell")
-        if c == "$" and src.startswith("${", i):
-            end = src.find("}", i)
-            if end < 0:
-                raise ShellSyntaxError("unterminated ${")
-            buf.append(src[i : end + 1])
-            i = end + 1
+            flush()
+            kind, inner, i = _substitution(src, i)
+            word.segments.append((kind, inner))
+            continue
+        if src.startswith("${", i):
+            end = _matching(src, i + 1, "{", "}")
+            buf.append(src[i:end])
+            i = end
             continue
         buf.append(c)
         i += 1
@@ -247,8 +310,9 @@ class _Parser:
         self.tokens = tokens
         self.pos = 0
 
-    def peek(self) -> Token | None:
-        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+    def peek(self, ahead: int = 0) -> Token | None:
+        at = self.pos + ahead
+        return self.tokens[at] if at < len(self.tokens) else None
 
     def peek_reserved(self) -> str | None:
         tok = self.peek()
@@ -265,15 +329,15 @@ class _Parser:
 
     def take_op(self, op: str) -> None:
         if not self.is_op(op):
-            raise ShellSyntaxError(f"expected {op!r} near {self._where()}")
+            raise ShellSyntaxError(f"expected {op!r} near {self.where()}")
         self.pos += 1
 
     def take_reserved(self, name: str) -> None:
         if self.peek_reserved() != name:
-            raise ShellSyntaxError(f"expected {name!r} near {self._where()}")
+            raise ShellSyntaxError(f"expected {name!r} near {self.where()}")
         self.pos += 1
 
-    def _where(self) -> str:
+    def where(self) -> str:
         tok = self.peek()
         if tok is None:
             return "end of input"
@@ -287,8 +351,7 @@ class _Parser:
         items: list[tuple[AndOr, bool]] = []
         while True:
             self.skip_newlines()
-            tok = self.peek()
-            if tok is None or self.is_op(")") or (self.peek_reserved() in stop):
+            if self.peek() is None or self.is_op(")", ";;") or self.peek_reserved() in stop:
                 break
             node = self.parse_and_or()
             background = False
@@ -297,10 +360,12 @@ class _Parser:
                 background = True
             elif self.is_op(";", "\n"):
                 self.pos += 1
-            else:
-                tok = self.peek()
-                if tok is not None and not self.is_op(")") and self.peek_reserved() not in stop:
-                    raise ShellSyntaxError(f"syntax error near {self._where()}")
+            elif (
+                self.peek() is not None
+                and not self.is_op(")", ";;")
+                and self.peek_reserved() not in stop
+            ):
+                raise ShellSyntaxError(f"syntax error near {self.where()}")
             items.append((node, background))
         return ListNode(items)
 
@@ -331,7 +396,8 @@ class _Parser:
         tok = self.peek()
         fd: int | None = None
         if tok is not None and tok[0] == "io":
-            fd = int(tok[1])  # type: ignore[call-overload]
+            assert isinstance(tok[1], int)
+            fd = tok[1]
             self.pos += 1
             tok = self.peek()
         if tok is not None and tok[0] == "op" and tok[1] in ("<", ">", ">>", ">&"):
@@ -348,6 +414,14 @@ class _Parser:
         if fd is not None:
             raise ShellSyntaxError("descriptor number without a redirection")
         return False
+
+    def word_token(self) -> Word:
+        tok = self.peek()
+        if tok is None or tok[0] != "word":
+            raise ShellSyntaxError(f"expected a word near {self.where()}")
+        self.pos += 1
+        assert isinstance(tok[1], Word)
+        return tok[1]
 
     def parse_command(self) -> Command:
         reserved = self.peek_reserved()
@@ -385,23 +459,14 @@ class _Parser:
             return self._finish(Compound(reserved, [cond, body]))
         if reserved == "for":
             self.pos += 1
-            tok = self.peek()
-            if tok is None or tok[0] != "word":
-                raise ShellSyntaxError("expected a name after 'for'")
-            assert isinstance(tok[1], Word)
-            name = tok[1].raw
-            self.pos += 1
+            name = self.word_token().raw
             items: list[Word] | None = None
             self.skip_newlines()
             if self.peek_reserved() == "in":
                 self.pos += 1
                 items = []
                 while (tok := self.peek()) is not None and tok[0] == "word":
-                    if self.peek_reserved() == "do":
-                        break
-                    assert isinstance(tok[1], Word)
-                    items.append(tok[1])
-                    self.pos += 1
+                    items.append(self.word_token())
             if self.is_op(";", "\n"):
                 self.pos += 1
             self.skip_newlines()
@@ -409,8 +474,46 @@ class _Parser:
             body = self.parse_list({"done"})
             self.take_reserved("done")
             return self._finish(Compound("for", [body], name=name, items=items))
+        if reserved == "case":
+            self.pos += 1
+            subject = self.word_token()
+            self.skip_newlines()
+            self.take_reserved("in")
+            node = Compound("case", [], items=[subject])
+            while True:
+                self.skip_newlines()
+                if self.peek_reserved() == "esac":
+                    self.pos += 1
+                    break
+                if self.is_op("("):
+                    self.pos += 1
+                patterns = [self.word_token()]
+                while self.is_op("|"):
+                    self.pos += 1
+                    patterns.append(self.word_token())
+                self.take_op(")")
+                node.patterns.append(patterns)
+                node.parts.append(self.parse_list({"esac"}))
+                if self.is_op(";;"):
+                    self.pos += 1
+            return self._finish(node)
         if reserved is not None and reserved not in ("{", "}", "!", "in"):
-            raise ShellSyntaxError(f"unexpected {reserved!r}")
+            raise ShellSyntaxError(f"syntax error near {reserved!r}")
+        tok, after, closing = self.peek(), self.peek(1), self.peek(2)
+        if (
+            tok is not None
+            and tok[0] == "word"
+            and after == ("op", "(")
+            and closing == ("op", ")")
+            and isinstance(tok[1], Word)
+            and not tok[1].quoted
+            and NAME.fullmatch(tok[1].raw)
+        ):
+            self.pos += 3
+            self.skip_newlines()
+            function_body = self.parse_command()
+            wrapped = ListNode([(AndOr(Pipeline([function_body]), []), False)])
+            return Compound("function", [wrapped], name=tok[1].raw)
         assigns: list[tuple[str, Word]] = []
         words: list[Word] = []
         redirs: list[Redir] = []
@@ -422,18 +525,18 @@ class _Parser:
                 break
             w = tok[1]
             assert isinstance(w, Word)
-            if not words and w.segments and w.segments[0][0]:
+            if not words and w.segments and w.segments[0][0] == "bare":
                 head = w.segments[0][1]
-                m = _NAME.match(head)
+                m = NAME.match(head)
                 if m and head[m.end() : m.end() + 1] == "=":
-                    rest = Word([(True, head[m.end() + 1 :]), *w.segments[1:]], w.quoted)
-                    assigns.append((m.group(), rest))
+                    rest = [("bare", head[m.end() + 1 :]), *w.segments[1:]]
+                    assigns.append((m.group(), Word(rest, w.quoted)))
                     self.pos += 1
                     continue
             words.append(w)
             self.pos += 1
         if not words and not assigns and not redirs:
-            raise ShellSyntaxError(f"syntax error near {self._where()}")
+            raise ShellSyntaxError(f"syntax error near {self.where()}")
         return Simple(assigns, words, redirs)
 
     def _finish(self, node: Compound) -> Compound:
@@ -447,24 +550,5 @@ def parse(src: str) -> ListNode:
     parser = _Parser(_tokenize(src))
     node = parser.parse_list(set())
     if parser.peek() is not None:
-        raise ShellSyntaxError(f"syntax error near {parser._where()}")
+        raise ShellSyntaxError(f"syntax error near {parser.where()}")
     return node
-
-
-_VAR = re.compile(r"\$(?:\{([^}]*)\}|([A-Za-z_][A-Za-z0-9_]*|[0-9$?!#@*]))")
-
-
-def expand_text(text: str, lookup: Callable[[str], str | None]) -> str:
-    """Replace ``$NAME``, ``${NAME}``, ``${NAME:-default}`` and special parameters."""
-
-    def repl(m: re.Match[str]) -> str:
-        if m.group(1) is not None:
-            inner = m.group(1)
-            name, sep, default = inner.partition(":-")
-            value = lookup(name)
-            if sep:
-                return value if value else default
-            return value or ""
-        return lookup(m.group(2)) or ""
-
-    return _VAR.sub(repl, text)
