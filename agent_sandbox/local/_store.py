@@ -1,0 +1,456 @@
+"""The local provider's store: each sandbox's directory and ``state.json``, its expiry, and
+killing its commands.
+
+A sandbox is a directory under the store's root holding ``workspace/`` (the workdir), ``tmp/``
+(a private /tmp), ``procs/`` (one record per running command, so another process's destroy or
+sweep can find and kill it) and ``state.json`` (id, spec, labels, times, isolation), which is
+what makes ``connect`` work from another process or after a restart.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio.to_thread
+
+from ..errors import ConfigError, ProviderError, SandboxNotFound
+from ..models import SandboxInfo, SandboxSpec
+from . import _cgroup, _jail
+from ._process import has_marker, kill_marked, killpg
+
+ID_RE = re.compile(r"^loc-[0-9a-f]{20}$")
+_STATE = "state.json"
+_ACTIVITY = "activity"
+MARK_SANDBOX = "AGENT_SANDBOX_ID"
+MARK_EXEC = "AGENT_SANDBOX_EXEC"
+PROVIDER = "local"
+
+
+@dataclass
+class Box:
+    """What this process knows of one sandbox (rebuilt from ``state.json`` when it changes)."""
+
+    id: str
+    dir: str
+    workspace: str
+    tmp: str
+    isolation: Literal["bwrap", "none"]
+    info: SandboxInfo
+    expires: float
+    idle: float | None
+    workdir: str
+    network: str
+    state_mtime: int
+    cgroups: list[str] = field(default_factory=list)
+    rlimit_as: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    prefix: list[str] = field(default_factory=list)
+    wrap: list[str] = field(default_factory=list)
+    """argv run before the command: joins the sandbox's cgroups or sets its rlimit."""
+    fs: _jail.JailFS | None = None
+    last_active: float = 0.0
+    """Wall time of this process's last operation on the sandbox (idle timeout)."""
+    last_flush: float = 0.0
+    """When ``last_active`` was last written to the activity file, for other processes."""
+    running: int = 0
+    """Commands of this process running in the sandbox right now."""
+
+    @property
+    def procs(self) -> str:
+        return os.path.join(self.dir, "procs")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def atomic_write_small(path: str, data: bytes) -> None:
+    tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def rmtree(path: str) -> None:
+    """Delete a sandbox directory, even where its commands removed permissions."""
+    if not os.path.lexists(path):
+        return
+    try:
+        shutil.rmtree(path)
+        return
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass
+    # The jail's user is us: a command may have made directories unreadable or unwritable
+    # (without root we then cannot list or empty them). Open everything up, then delete.
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o700)
+    for top, dirs, _files in os.walk(path):
+        for name in dirs:
+            target = os.path.join(top, name)
+            if not os.path.islink(target):  # never chmod what a link points at
+                with contextlib.suppress(OSError):
+                    os.chmod(target, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class Store:
+    """The sandboxes under ``root``: their state on disk, cached per process."""
+
+    def __init__(self, root: Path, bwrap: str | None) -> None:
+        self.root = root
+        self.bwrap = bwrap
+        self._boxes: dict[str, Box] = {}
+
+    def not_found(self, sandbox_id: str, op: str, why: str = "no such sandbox") -> SandboxNotFound:
+        return SandboxNotFound(
+            f"{why}: {sandbox_id}", provider=PROVIDER, op=op, sandbox_id=sandbox_id
+        )
+
+    def dir(self, sandbox_id: str) -> str:
+        return os.path.join(self.root, sandbox_id)
+
+    def load(self, sandbox_id: str, op: str) -> Box:
+        """The sandbox, from cache when its state file is unchanged. Raises SandboxNotFound."""
+        if not ID_RE.match(sandbox_id):
+            raise self.not_found(sandbox_id, op)
+        box = self._boxes.get(sandbox_id)
+        path = os.path.join(self.dir(sandbox_id), _STATE)
+        try:
+            mtime = os.stat(path).st_mtime_ns
+        except OSError:
+            self._boxes.pop(sandbox_id, None)
+            raise self.not_found(sandbox_id, op) from None
+        if box is None or box.state_mtime != mtime:
+            box = self._read_state(sandbox_id, path, mtime, op)
+            self._boxes[sandbox_id] = box
+        return box
+
+    def _read_state(self, sandbox_id: str, path: str, mtime: int, op: str) -> Box:
+        try:
+            with open(path, "rb") as handle:
+                state = json.load(handle)
+            info = SandboxInfo.model_validate(state["info"])
+            directory = self.dir(sandbox_id)
+            box = Box(
+                id=sandbox_id,
+                dir=directory,
+                workspace=os.path.join(directory, "workspace"),
+                tmp=os.path.join(directory, "tmp"),
+                isolation=state["isolation"],
+                info=info,
+                expires=float(state["expires"]),
+                idle=state.get("idle"),
+                workdir=state["workdir"],
+                network=state["network"],
+                env=dict(state["env"]),
+                cgroups=list(state.get("cgroups") or []),
+                rlimit_as=state.get("rlimit_as"),
+                state_mtime=mtime,
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise self.not_found(sandbox_id, op, "unreadable sandbox state") from exc
+        self._prepare(box)
+        return box
+
+    def _prepare(self, box: Box) -> None:
+        """Precompute what every exec of this sandbox needs (env, bwrap argv prefix)."""
+        if box.cgroups:
+            box.wrap = _cgroup.join_prefix(box.cgroups)
+        elif box.rlimit_as is not None:
+            kib = str(box.rlimit_as // 1024)
+            box.wrap = ["/bin/sh", "-c", 'ulimit -v "$1" && shift && exec "$@"', "sh", kib]
+        if box.isolation == "bwrap":
+            bwrap = self.bwrap or _jail.find_bwrap()
+            if bwrap is None:
+                raise ProviderError(
+                    f"sandbox {box.id} was created with bubblewrap, which is no longer on PATH",
+                    provider=PROVIDER,
+                    sandbox_id=box.id,
+                )
+            box.prefix = _jail.bwrap_prefix(
+                bwrap, box.workspace, box.tmp, share_net=box.network != "none"
+            )
+            for key, value in box.env.items():
+                box.prefix += ["--setenv", key, value]
+            box.fs = _jail.JailFS(box.workspace, box.tmp)
+        else:
+            box.env = {**box.env, MARK_SANDBOX: box.id}
+
+    def live(self, sandbox_id: str, op: str) -> Box:
+        """The sandbox if it exists and has not expired; an expired one has its commands killed."""
+        box = self.load(sandbox_id, op)
+        now = time.time()
+        if now >= self.expiry(box, now):
+            self.kill_all(box)
+            self._boxes.pop(sandbox_id, None)
+            raise self.not_found(sandbox_id, op, "sandbox expired")
+        self.touch(box, now)
+        return box
+
+    def touch(self, box: Box, now: float) -> None:
+        """Note activity (only sandboxes with an idle timeout care)."""
+        if box.idle is None:
+            return
+        box.last_active = now
+        if now - box.last_flush > min(1.0, box.idle / 4):
+            box.last_flush = now
+            with contextlib.suppress(OSError):
+                os.utime(os.path.join(box.dir, _ACTIVITY))
+
+    def expiry(self, box: Box, now: float) -> float:
+        """When the sandbox ends: its TTL, or earlier after ``idle`` seconds without activity.
+
+        A sandbox running a command (from this process, or recorded on disk by another one)
+        is not idle.
+        """
+        if box.idle is None:
+            return box.expires
+        try:
+            busy = box.running > 0 or bool(os.listdir(box.procs))
+        except OSError:
+            busy = False
+        if busy:
+            return min(box.expires, now + box.idle)
+        try:
+            last = os.stat(os.path.join(box.dir, _ACTIVITY)).st_mtime
+        except OSError:
+            last = box.last_active
+        return min(box.expires, max(last, box.last_active) + box.idle)
+
+    def kill_all(self, box: Box) -> None:
+        """Kill every running command of a sandbox, from this process or any other."""
+        self._kill_dir(box.id, box.dir)
+
+    def create(
+        self,
+        spec: SandboxSpec,
+        isolation: Literal["bwrap", "none"],
+        cgroups: _cgroup.Hierarchy | None,
+    ) -> SandboxInfo:
+        """Make a new sandbox's directories and state (and cgroups when limits are asked for)."""
+        sandbox_id = "loc-" + secrets.token_hex(10)
+        directory = self.dir(sandbox_id)
+        try:
+            os.makedirs(self.root, mode=0o700, exist_ok=True)
+            root_real = os.path.realpath(self.root)
+            directory = os.path.join(root_real, sandbox_id)
+            os.mkdir(directory, 0o700)
+            for sub in ("workspace", "tmp", "procs"):
+                os.mkdir(os.path.join(directory, sub), 0o700)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create a sandbox under {self.root}: {exc}", provider=PROVIDER, op="create"
+            ) from exc
+        workspace = os.path.join(directory, "workspace")
+        tmp = os.path.join(directory, "tmp")
+        state: dict[str, Any] = {}
+        try:
+            workdir = _make_workdir(isolation, spec.workdir, workspace, tmp)
+            created = utcnow()
+            expires = created.timestamp() + spec.ttl_seconds
+            if isolation == "bwrap":
+                env = {"PATH": _jail.JAIL_PATH, "HOME": _jail.WORKSPACE, "LANG": "C.UTF-8"}
+            else:
+                env = {
+                    "PATH": os.environ.get("PATH") or os.defpath,
+                    "HOME": workspace,
+                    "LANG": os.environ.get("LANG") or "C.UTF-8",
+                    "TMPDIR": tmp,
+                }
+            env.update(spec.env)
+            info = SandboxInfo(
+                id=sandbox_id,
+                provider=PROVIDER,
+                state="running",
+                labels=dict(spec.labels),
+                created_at=created,
+                expires_at=datetime.fromtimestamp(expires, timezone.utc),
+                image=None,
+                workdir=workdir,
+                metadata={"isolation": isolation, "path": directory},
+            )
+            state.update(
+                {
+                    "version": 1,
+                    "id": sandbox_id,
+                    "spec": spec.model_dump(mode="json"),
+                    "info": info.model_dump(mode="json"),
+                    "isolation": isolation,
+                    "expires": expires,
+                    "idle": spec.idle_timeout_seconds,
+                    "workdir": workdir,
+                    "network": spec.network.mode,
+                    "env": env,
+                }
+            )
+            if spec.idle_timeout_seconds is not None:
+                Path(directory, _ACTIVITY).touch()
+            if spec.cpus is not None or spec.memory_mib is not None:
+                if cgroups is not None:
+                    state["cgroups"] = groups = _cgroup.create(
+                        cgroups, f"asb-{sandbox_id}", spec.cpus, spec.memory_mib
+                    )
+                    info.metadata["cgroups"] = ",".join(groups)
+                elif spec.memory_mib is not None:
+                    state["rlimit_as"] = spec.memory_mib * 1024 * 1024
+                state["info"] = info.model_dump(mode="json")
+            atomic_write_small(
+                os.path.join(directory, _STATE), json.dumps(state, indent=1).encode()
+            )
+        except BaseException:
+            _cgroup.remove(state.get("cgroups") or [])
+            rmtree(directory)
+            raise
+        self.load(sandbox_id, "create")
+        return info
+
+    def list(self, labels: Mapping[str, str] | None = None) -> builtins.list[SandboxInfo]:
+        """Live (unexpired) sandboxes under ``root`` that carry all of ``labels``."""
+        wanted = dict(labels or {})
+        try:
+            names = sorted(os.listdir(self.root))
+        except FileNotFoundError:
+            return []
+        found = []
+        now = time.time()
+        for name in names:
+            if not ID_RE.match(name):
+                continue
+            try:
+                box = self.load(name, "list")
+            except (SandboxNotFound, ProviderError):
+                continue
+            if now >= self.expiry(box, now):
+                continue
+            if all(box.info.labels.get(k) == v for k, v in wanted.items()):
+                found.append(box.info)
+        return found
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Kill the sandbox's commands and delete its directory. Idempotent."""
+        trash = self.retire(sandbox_id)
+        if trash is not None:
+            await anyio.to_thread.run_sync(rmtree, trash)
+
+    def retire(self, sandbox_id: str) -> str | None:
+        """Move a sandbox's directory aside (from then on nobody can find or exec in it) and
+        kill its commands; the directory to delete, or ``None`` when already gone."""
+        if not ID_RE.match(sandbox_id):
+            return None
+        self._boxes.pop(sandbox_id, None)
+        trash = os.path.join(self.root, f".trash-{sandbox_id}-{secrets.token_hex(4)}")
+        try:
+            os.rename(self.dir(sandbox_id), trash)
+        except FileNotFoundError:
+            return None
+        groups = self._kill_dir(sandbox_id, trash)
+        _cgroup.remove(groups)
+        return trash
+
+    def _kill_dir(self, sandbox_id: str, directory: str) -> builtins.list[str]:
+        """Kill the commands recorded in ``directory/procs`` (checked by their marker, so a
+        reused pid is left alone), any process still carrying the sandbox's marker, and every
+        process in the sandbox's cgroups; returns those cgroups."""
+        groups: builtins.list[str] = []
+        with (
+            contextlib.suppress(OSError, ValueError, AttributeError),
+            open(os.path.join(directory, _STATE), "rb") as handle,
+        ):
+            groups = [str(g) for g in json.load(handle).get("cgroups") or []]
+        for group in groups:
+            _cgroup.kill_all(group)
+        procs = os.path.join(directory, "procs")
+        try:
+            records = os.listdir(procs)
+        except OSError:
+            records = []
+        for record in records:
+            pid_text, _, nonce = record.partition(".")
+            if pid_text.isdigit() and has_marker(int(pid_text), f"{MARK_EXEC}={nonce}".encode()):
+                killpg(int(pid_text))
+        kill_marked(f"{MARK_SANDBOX}={sandbox_id}".encode())
+        return groups
+
+    async def sweep(self, *, now: datetime | None = None) -> builtins.list[str]:
+        """Destroy every sandbox under ``root`` past its TTL (or idle timeout); return their ids.
+
+        Also removes leftovers of interrupted destroys and creates. Commands still running in an
+        expired sandbox are killed, whichever process started them.
+        """
+        moment = (now or utcnow()).timestamp()
+        try:
+            names = sorted(os.listdir(self.root))
+        except FileNotFoundError:
+            return []
+        removed = []
+        for name in names:
+            path = os.path.join(self.root, name)
+            if name.startswith(".trash-"):
+                await anyio.to_thread.run_sync(rmtree, path)
+                continue
+            if not ID_RE.match(name):
+                continue
+            try:
+                box = self.load(name, "sweep")
+            except SandboxNotFound:
+                # No readable state: a create that died half-way (give it time to finish).
+                with contextlib.suppress(OSError):
+                    if time.time() - os.stat(path).st_mtime > 600:
+                        await self.destroy(name)
+                continue
+            except ProviderError:
+                continue
+            if moment >= self.expiry(box, moment):
+                await self.destroy(name)
+                removed.append(name)
+        return removed
+
+
+def _make_workdir(
+    isolation: Literal["bwrap", "none"], wanted: str | None, workspace: str, tmp: str
+) -> str:
+    if isolation == "bwrap":
+        if wanted is None:
+            return _jail.WORKSPACE
+        path = _jail.normalise(wanted)
+        fs = _jail.JailFS(workspace, tmp)
+        located = fs.host_of(path)
+        if located is None:
+            raise ConfigError(
+                f"workdir {wanted!r} must be under /workspace or /tmp (or exist read-only)",
+                provider=PROVIDER,
+                op="create",
+            )
+        mount, host = located
+        if mount.writable:
+            os.makedirs(host, exist_ok=True)
+        elif not os.path.isdir(host):
+            raise ConfigError(f"workdir {wanted!r} does not exist", provider=PROVIDER, op="create")
+        return path
+    if wanted is None:
+        return workspace
+    path = _jail.normalise(wanted)
+    if path == _jail.WORKSPACE or path.startswith(_jail.WORKSPACE + "/"):
+        host = workspace + path[len(_jail.WORKSPACE) :]
+        os.makedirs(host, exist_ok=True)
+        return host
+    if not os.path.isdir(path):
+        raise ConfigError(f"workdir {wanted!r} does not exist", provider=PROVIDER, op="create")
+    return path
