@@ -7,6 +7,7 @@ blocking twin), not from submodules.
 from .audit import AuditingBackend, AuditLog, JsonlSink, LoggingSink, OtelSink, verify_chain
 from .backend import BaseBackend, ProviderOptions, SandboxBackend
 from .errors import (
+    ArgumentTypeError,
     AuthenticationError,
     CommandTimeout,
     ConfigError,
@@ -45,6 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Action",
+    "ArgumentTypeError",
     "AuditLog",
     "AuditingBackend",
     "AuthenticationError",

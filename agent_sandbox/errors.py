@@ -144,6 +144,12 @@ class ConfigError(SandboxError, ValueError):
     code = "config_error"
 
 
+class ArgumentTypeError(ConfigError, TypeError):
+    """An argument has the wrong type (bytes where a ``str`` command is expected, ...)."""
+
+    code = "argument_type"
+
+
 class ProviderNotInstalled(SandboxError, ImportError):
     """The provider's package is not installed; the message names the ``pip install`` to run."""
 

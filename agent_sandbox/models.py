@@ -81,6 +81,38 @@ class ExecOptions(_Model):
     """Bytes kept per stream; the rest is discarded and the result flagged as truncated."""
 
 
+class StartOptions(_Model):
+    """How a provider starts one process (what :meth:`BaseBackend.start` receives).
+
+    The core owns the rest of the command's life (deadline, output caps, exit normalisation);
+    ``timeout`` is passed on only so a provider may also enforce it on its side, as a backstop
+    for a client that dies.
+    """
+
+    cwd: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    user: str | None = None
+    stdin: bytes | None = None
+    """Bytes fed to the process's stdin, which is then closed (unless ``stdin_open``)."""
+    stdin_open: bool = False
+    """Keep stdin open for ``write_stdin``/``close_stdin`` (``Capabilities.stdin_streaming``)."""
+    detached: bool = False
+    """The process outlives this client and can be attached by its ref; otherwise it belongs to
+    the client and may be tied to it (the fast path ``exec`` takes)."""
+    timeout: float | None = Field(default=None, gt=0)
+
+
+class ProcessInfo(_Model):
+    """A process started with ``Sandbox.start``, as ``Sandbox.processes()`` lists it."""
+
+    ref: str
+    """Pass to ``Sandbox.attach`` (from any client) to reach the process again."""
+    command: tuple[str, ...] = ()
+    running: bool = True
+    exit_code: int | None = None
+    started_at: datetime | None = None
+
+
 class ExecResult(_Model):
     """The outcome of a finished command."""
 
@@ -178,3 +210,8 @@ class Capabilities(_Model):
     """Sandboxes cannot see the host's or each other's files."""
     signals: bool = True
     """A command killed by a signal reports it (``exit_code`` 128+N, ``signal`` N)."""
+    stdin_streaming: bool = False
+    """A started process's stdin stays open for ``write_stdin``/``close_stdin``."""
+    reattach: bool = False
+    """A started process can be attached by its ref from another client, and is listed by
+    ``processes()``."""
