@@ -1031,10 +1031,12 @@ class AuditingBackend(BaseBackend):
         with self._guard("download", sandbox_id, arguments, path=remote_dir):
             await self.inner.download(sandbox_id, remote_dir, local_dir)
 
-    async def sweep(self, *, now: datetime | None = None) -> builtins.list[str]:
+    async def sweep(
+        self, *, now: datetime | None = None, labels: Mapping[str, str] | None = None
+    ) -> builtins.list[str]:
         """The inner backend's ``sweep`` (policy op ``sweep``); the removed ids are the result."""
         with self._guard("sweep", None, None) as record:
-            removed = await self.inner.sweep(now=now)
+            removed = await self.inner.sweep(now=now, labels=labels)
             record.result = {"removed": removed}
         return removed
 

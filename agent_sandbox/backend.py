@@ -339,11 +339,16 @@ class BaseBackend(ABC):
             raise self._fail(result, "download", sandbox_id, remote_dir)
         await anyio.to_thread.run_sync(_untar_into, result.stdout_bytes, Path(local_dir))
 
-    async def sweep(self, *, now: datetime | None = None) -> builtins.list[str]:
-        """Destroy every managed sandbox of this provider whose TTL has passed; return their ids."""
+    async def sweep(
+        self, *, now: datetime | None = None, labels: Mapping[str, str] | None = None
+    ) -> builtins.list[str]:
+        """Destroy every managed sandbox of this provider whose TTL has passed; return their ids.
+
+        ``labels`` narrows the sweep to sandboxes carrying all of them (say, one owner's).
+        """
         now = now or datetime.now(timezone.utc)
         removed = []
-        for info in await self.list({_labels.MANAGED: "true"}):
+        for info in await self.list({**(labels or {}), _labels.MANAGED: "true"}):
             if _labels.is_expired(info, now):
                 await self.destroy(info.id)
                 removed.append(info.id)

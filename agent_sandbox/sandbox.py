@@ -187,12 +187,18 @@ class Sandbox:
 
     @staticmethod
     async def sweep(
-        *, provider: str | None = None, options: Mapping[str, Any] | None = None
+        *,
+        provider: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> builtins.list[str]:
-        """Destroy the provider's managed sandboxes whose TTL has passed; return their ids."""
+        """Destroy the provider's managed sandboxes whose TTL has passed; return their ids.
+
+        ``labels`` narrows the sweep to sandboxes carrying all of them.
+        """
         backend, _ = _backend_for(provider, options)
         try:
-            return await backend.sweep()
+            return await backend.sweep(labels=labels)
         finally:
             await backend.aclose()
 

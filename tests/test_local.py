@@ -526,6 +526,19 @@ async def test_sweep_removes_expired_sandboxes_and_kills_their_commands(
         await doomed.destroy()
 
 
+async def test_sweep_with_labels_touches_only_matching_sandboxes(root: Path) -> None:
+    backend = make_backend(root, "none")
+    mine = await asb.Sandbox.create(backend=backend, ttl_seconds=60, labels={"team": "a"})
+    theirs = await asb.Sandbox.create(backend=backend, ttl_seconds=60, labels={"team": "b"})
+    try:
+        later = datetime.now(timezone.utc) + timedelta(hours=2)
+        assert await backend.sweep(now=later, labels={"team": "a"}) == [mine.id]
+        assert [i.id for i in await backend.list()] == [theirs.id]
+    finally:
+        await mine.destroy()
+        await theirs.destroy()
+
+
 @pytest.mark.parametrize("mode", MODES)
 async def test_expired_sandbox_is_gone_and_its_command_stopped(root: Path, mode: str) -> None:
     backend = make_backend(root, mode)

@@ -388,12 +388,16 @@ class Store:
         kill_marked(f"{MARK_SANDBOX}={sandbox_id}".encode())
         return groups
 
-    async def sweep(self, *, now: datetime | None = None) -> builtins.list[str]:
+    async def sweep(
+        self, *, now: datetime | None = None, labels: Mapping[str, str] | None = None
+    ) -> builtins.list[str]:
         """Destroy every sandbox under ``root`` past its TTL (or idle timeout); return their ids.
 
-        Also removes leftovers of interrupted destroys and creates. Commands still running in an
-        expired sandbox are killed, whichever process started them.
+        ``labels`` narrows the sweep to sandboxes carrying all of them. Also removes leftovers
+        of interrupted destroys and creates. Commands still running in an expired sandbox are
+        killed, whichever process started them.
         """
+        wanted = dict(labels or {})
         moment = (now or utcnow()).timestamp()
         try:
             names = sorted(os.listdir(self.root))
@@ -416,6 +420,8 @@ class Store:
                         await self.destroy(name)
                 continue
             except ProviderError:
+                continue
+            if any(box.info.labels.get(k) != v for k, v in wanted.items()):
                 continue
             if moment >= self.expiry(box, moment):
                 await self.destroy(name)

@@ -203,13 +203,16 @@ class LocalBackend(BaseBackend):
     def _retire(self, sandbox_id: str) -> str | None:
         return self.store.retire(sandbox_id)
 
-    async def sweep(self, *, now: datetime | None = None) -> builtins.list[str]:
+    async def sweep(
+        self, *, now: datetime | None = None, labels: Mapping[str, str] | None = None
+    ) -> builtins.list[str]:
         """Destroy every sandbox under ``root`` past its TTL (or idle timeout); return their ids.
 
-        Also removes leftovers of interrupted destroys and creates. Commands still running in an
-        expired sandbox are killed, whichever process started them.
+        ``labels`` narrows the sweep to sandboxes carrying all of them. Also removes leftovers
+        of interrupted destroys and creates. Commands still running in an expired sandbox are
+        killed, whichever process started them.
         """
-        return await self.store.sweep(now=now)
+        return await self.store.sweep(now=now, labels=labels)
 
     # -- commands ---------------------------------------------------------------------------
 

@@ -638,7 +638,10 @@ class ConformanceSuite:
                 await other.aclose()
 
     async def test_ttl_expiry_and_sweep(
-        self, new_sandbox: NewSandbox, conformance_backend: BaseBackend
+        self,
+        new_sandbox: NewSandbox,
+        conformance_backend: BaseBackend,
+        test_label: dict[str, str],
     ) -> None:
         short = await new_sandbox(ttl_seconds=1)
         keeper = await new_sandbox()
@@ -646,7 +649,8 @@ class ConformanceSuite:
         await anyio.sleep(2.5)
         swept: list[str] = []
         while True:
-            swept += await conformance_backend.sweep()
+            # scoped to this test: a provider's engine or account may be shared
+            swept += await conformance_backend.sweep(labels=test_label)
             try:
                 await conformance_backend.connect(short.id)
             except SandboxNotFound:

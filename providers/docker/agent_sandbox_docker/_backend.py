@@ -451,12 +451,14 @@ class DockerBackend(BaseBackend):
             raise
         return network
 
-    async def sweep(self, *, now: datetime | None = None) -> builtins.list[str]:
-        """Destroy expired sandboxes (see :class:`BaseBackend`), then expired egress networks
-        and proxies of allowlist sandboxes."""
-        removed = await super().sweep(now=now)
+    async def sweep(
+        self, *, now: datetime | None = None, labels: Mapping[str, str] | None = None
+    ) -> builtins.list[str]:
+        """Destroy expired sandboxes (see :class:`BaseBackend`), then the expired egress
+        helpers of allowlist sandboxes; ``labels`` narrows both."""
+        removed = await super().sweep(now=now, labels=labels)
         moment = now or datetime.now(timezone.utc)
-        await self._call("sweep", lambda api: _sweep_egress(api, moment))
+        await self._call("sweep", lambda api: _sweep_egress(api, moment, labels or {}))
         return removed
 
     async def connect(self, sandbox_id: str) -> SandboxInfo:
@@ -536,17 +538,29 @@ class DockerBackend(BaseBackend):
         return infos
 
     async def destroy(self, sandbox_id: str) -> None:
-        """Kill and remove the container at once (no graceful stop); gone already is fine."""
+        """Kill and remove the container at once (no graceful stop); gone already is fine.
+
+        Only our sandboxes are removed: a container without this provider's label raises
+        ``SandboxNotFound`` and is left alone.
+        """
 
         def run(api: docker.APIClient) -> None:
             import docker.errors  # type: ignore[import-untyped,unused-ignore]
 
             try:
-                labels = api.inspect_container(sandbox_id)["Config"].get("Labels") or {}
+                attrs = api.inspect_container(sandbox_id)
             except docker.errors.NotFound:
                 return
+            labels = (attrs.get("Config") or {}).get("Labels") or {}
+            if labels.get(LABEL_PROVIDER) != PROVIDER:
+                raise SandboxNotFound(
+                    f"container {sandbox_id} is not an agent-sandbox sandbox; left alone",
+                    provider=PROVIDER,
+                    op="destroy",
+                    sandbox_id=sandbox_id,
+                )
             try:
-                api.remove_container(sandbox_id, force=True)
+                api.remove_container(attrs["Id"], force=True)
             except docker.errors.NotFound:
                 pass
             except docker.errors.APIError as exc:
@@ -899,8 +913,9 @@ def _remove_egress(api: docker.APIClient, key: str) -> None:
             time.sleep(0.1)  # a removal in progress still holds its endpoint
 
 
-def _sweep_egress(api: docker.APIClient, now: datetime) -> None:
-    for network in api.networks(filters={"label": LABEL_EGRESS}):
+def _sweep_egress(api: docker.APIClient, now: datetime, labels: Mapping[str, str]) -> None:
+    wanted = [LABEL_EGRESS, *(f"{k}={v}" for k, v in labels.items())]
+    for network in api.networks(filters={"label": wanted}):
         labels = network.get("Labels") or {}
         expires = _labels.expires_at(labels)
         if expires is not None and expires <= now:

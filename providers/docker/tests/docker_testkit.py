@@ -2,7 +2,9 @@
 
 Every container these tests create carries the label ``agent-sandbox.test-run=<uuid>``; a
 session finalizer (and a per-test one) force-removes whatever still carries it, pass or fail.
-The tests skip, saying why, only when no Docker engine answers.
+Nothing else on the engine is touched: the engine may be shared, so tests never sweep or remove
+by a broad filter. The engine is the one ``DOCKER_HOST`` names (else the local socket); the tests
+skip, saying why, only when it does not answer.
 """
 
 from __future__ import annotations
@@ -25,11 +27,15 @@ RUN_LABEL = "agent-sandbox.test-run"
 RUN_ID = uuid.uuid4().hex[:12]
 
 
+ENGINE_ADDRESS = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
 def _engine() -> Any:
     try:
         import docker
+        from docker.utils import kwargs_from_env
 
-        client = docker.APIClient(version="auto", timeout=10)
+        client = docker.APIClient(version="auto", timeout=10, **kwargs_from_env())
         client.ping()
         return client
     except Exception as exc:
@@ -37,7 +43,10 @@ def _engine() -> Any:
 
 
 _ENGINE = _engine()
-ENGINE_REASON = f"no Docker engine answers ({_ENGINE}); run the project's docker setup script"
+ENGINE_REASON = (
+    f"no Docker engine answers at {ENGINE_ADDRESS} ({_ENGINE}); "
+    "start one (the project's docker setup script) or point DOCKER_HOST at one"
+)
 
 
 def engine() -> Any:

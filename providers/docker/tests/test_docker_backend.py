@@ -193,7 +193,7 @@ async def test_sweep_removes_expired_by_label(
     docker_api.start(leftover)
     fresh = await make(backend)
     try:
-        removed = await backend.sweep()
+        removed = await backend.sweep(labels={RUN_LABEL: docker_label})
         assert leftover in removed
         assert fresh.id not in removed
         ids = {i.id for i in await backend.list({RUN_LABEL: docker_label})}
@@ -201,6 +201,53 @@ async def test_sweep_removes_expired_by_label(
     finally:
         await backend.destroy(leftover)
         await fresh.destroy()
+
+
+def _expired_leftover(api: Any, labels: dict[str, str]) -> str:
+    """A sandbox container whose TTL has passed by its labels (its own switch has not fired)."""
+    past = datetime.now(timezone.utc) - timedelta(hours=2)
+    stamped = stamp(SandboxSpec(ttl_seconds=60), "tester", now=past).labels
+    cid: str = api.create_container(
+        BUSYBOX,
+        entrypoint=["sleep"],
+        command=["900"],
+        labels={**stamped, "agent-sandbox.provider": "docker", **labels},
+        host_config=api.create_host_config(auto_remove=True),
+    )["Id"]
+    api.start(cid)
+    return cid
+
+
+async def test_sweep_touches_only_the_sandboxes_it_is_scoped_to(
+    backend: DockerBackend, docker_label: str, docker_api: Any
+) -> None:
+    """On a shared engine a scoped sweep leaves everyone else's expired sandboxes alone."""
+    mine = _expired_leftover(docker_api, {RUN_LABEL: docker_label, "asb-scope": "mine"})
+    theirs = _expired_leftover(docker_api, {RUN_LABEL: docker_label, "asb-scope": "theirs"})
+    removed = await backend.sweep(labels={RUN_LABEL: docker_label, "asb-scope": "mine"})
+    assert removed == [mine]
+    assert docker_api.inspect_container(theirs)["State"]["Running"]
+    assert await backend.sweep(labels={RUN_LABEL: docker_label, "asb-scope": "theirs"}) == [theirs]
+
+
+async def test_destroy_refuses_containers_that_are_not_sandboxes(
+    backend: DockerBackend, docker_label: str, docker_api: Any
+) -> None:
+    """A container we did not create is never removed, whatever id or name is given."""
+    name = f"asb-not-a-sandbox-{docker_label}"
+    foreign = docker_api.create_container(
+        BUSYBOX,
+        entrypoint=["sleep"],
+        command=["900"],
+        name=name,
+        labels={RUN_LABEL: docker_label, "agent-sandbox.managed": "true"},
+        host_config=docker_api.create_host_config(auto_remove=True),
+    )["Id"]
+    docker_api.start(foreign)
+    for given in (foreign, foreign[:12], name):
+        with pytest.raises(SandboxNotFound, match="not an agent-sandbox sandbox"):
+            await backend.destroy(given)
+    assert docker_api.inspect_container(foreign)["State"]["Running"]
 
 
 async def test_ttl_counts_down_to_the_stamped_expiry(backend: DockerBackend) -> None:
@@ -483,9 +530,10 @@ async def test_sweep_removes_expired_egress_networks(docker_api: Any, docker_lab
         ):
             docker_api.remove_container(row["Id"], force=True)
         assert len(docker_api.networks(filters={"label": f"agent-sandbox.egress={key}"})) == 1
-        await backend.sweep()  # not expired yet: kept
+        mine = {RUN_LABEL: docker_label}
+        await backend.sweep(labels=mine)  # not expired yet: kept
         assert len(docker_api.networks(filters={"label": f"agent-sandbox.egress={key}"})) == 1
-        await backend.sweep(now=datetime.now(timezone.utc) + timedelta(hours=2))
+        await backend.sweep(now=datetime.now(timezone.utc) + timedelta(hours=2), labels=mine)
         assert docker_api.networks(filters={"label": f"agent-sandbox.egress={key}"}) == []
     finally:
         await backend.aclose()
@@ -757,9 +805,11 @@ class _TcpToUnix:
 
 
 async def test_engine_over_tcp_base_url(docker_label: str) -> None:
-    from docker_testkit import LabelledDockerBackend
+    from docker_testkit import ENGINE_ADDRESS, LabelledDockerBackend
 
-    relay = _TcpToUnix("/var/run/docker.sock")
+    if not ENGINE_ADDRESS.startswith("unix://"):
+        pytest.skip(f"the relay needs the engine on a unix socket, not {ENGINE_ADDRESS}")
+    relay = _TcpToUnix(ENGINE_ADDRESS.removeprefix("unix://"))
     backend = LabelledDockerBackend(DockerOptions(base_url=f"tcp://127.0.0.1:{relay.port}"))
     backend.run_label = docker_label
     try:
