@@ -25,6 +25,7 @@ from .errors import (
     SandboxConflict,
     SandboxError,
     SandboxNotFound,
+    UnsafeArchive,
     Unsupported,
 )
 from .models import (
@@ -86,6 +87,7 @@ __all__ = [
     "SandboxSpec",
     "ToolKit",
     "ToolResult",
+    "UnsafeArchive",
     "Unsupported",
     "__version__",
     "verify_chain",

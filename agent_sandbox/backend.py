@@ -27,6 +27,7 @@ import anyio.to_thread
 from pydantic import BaseModel, ConfigDict
 
 from . import labels as _labels
+from .archive import DEFAULT_LIMITS, ArchiveLimits, ArchiveSpool
 from .errors import (
     CommandTimeout,
     FileNotFound,
@@ -187,6 +188,8 @@ class BaseBackend(ABC):
     name: ClassVar[str]
     Options: ClassVar[type[ProviderOptions]] = ProviderOptions
     capabilities: Capabilities = Capabilities()
+    archive_limits: ArchiveLimits = DEFAULT_LIMITS
+    """Bounds on the archive a tree ``download`` reads from a sandbox (size, member count)."""
 
     def __init__(self, options: ProviderOptions | None = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -332,12 +335,32 @@ class BaseBackend(ABC):
             raise self._fail(result, "upload", sandbox_id, remote_dir)
 
     async def download(self, sandbox_id: str, remote_dir: str, local_dir: str | Path) -> None:
-        """Copy the tree at ``remote_dir`` into ``local_dir`` (created if missing)."""
+        """Copy the tree at ``remote_dir`` into ``local_dir`` (created if missing).
+
+        The sandbox's ``tar`` output is hostile input: it is bounded and unpacked by
+        :mod:`agent_sandbox.archive`'s rules. Raises ``FileNotFound``, ``UnsafeArchive``.
+        """
         script = f'[ -d "$1" ] || exit {_MISSING}; tar -c -f - -C "$1" .'
-        result = await self._helper(sandbox_id, "download", script, remote_dir)
-        if not result.ok:
-            raise self._fail(result, "download", sandbox_id, remote_dir)
-        await anyio.to_thread.run_sync(_untar_into, result.stdout_bytes, Path(local_dir))
+        err = CappedBuffer(64 * 1024)
+        exit_code: int | None = None
+        with ArchiveSpool(self.archive_limits) as spool:
+            options = ExecOptions(output_limit=spool.limits.max_bytes + 1)
+            events = self.exec_stream(sandbox_id, ["sh", "-c", script, "sh", remote_dir], options)
+            try:
+                async for event in events:
+                    if event.kind == "stdout":
+                        spool.write(event.data)
+                    elif event.kind == "stderr":
+                        err.write(event.data)
+                    else:
+                        exit_code = event.exit_code
+            finally:
+                await close_stream(events)
+            if exit_code != 0:
+                code = -1 if exit_code is None else exit_code
+                result = ExecResult(exit_code=code, stderr_bytes=err.getvalue())
+                raise self._fail(result, "download", sandbox_id, remote_dir)
+            await anyio.to_thread.run_sync(spool.extract, Path(local_dir))
 
     async def sweep(
         self, *, now: datetime | None = None, labels: Mapping[str, str] | None = None
@@ -417,33 +440,6 @@ def _tar_directory(source: Path) -> bytes:
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         tar.add(str(source), arcname=".")
     return buffer.getvalue()
-
-
-def _untar_into(archive: bytes, target: Path) -> None:
-    target.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(archive), mode="r") as tar:
-        safe_extract(tar, target)
-
-
-def safe_extract(tar: tarfile.TarFile, target: Path) -> None:
-    """Extract refusing absolute paths, ``..`` and links pointing outside ``target``."""
-    root = target.resolve()
-    for member in tar.getmembers():
-        dest = (root / member.name).resolve()
-        if dest != root and root not in dest.parents:
-            raise InvalidPath(f"archive member escapes the target: {member.name}", op="download")
-        if member.islnk() or member.issym():
-            link = (dest.parent / member.linkname).resolve()
-            if link != root and root not in link.parents:
-                raise InvalidPath(f"archive link escapes the target: {member.name}", op="download")
-        if member.isdev():
-            continue
-        tar.extract(member, str(root), set_attrs=True, **_no_filter())
-
-
-def _no_filter() -> dict[str, Any]:
-    # Members are checked above; Python >= 3.12 warns unless a filter is named.
-    return {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
 
 
 def quote(argv: list[str]) -> str:

@@ -102,6 +102,13 @@ class InvalidPath(SandboxError, ValueError):
     code = "invalid_path"
 
 
+class UnsafeArchive(SandboxError, ValueError):
+    """An archive read from a sandbox broke the extraction rules or limits (a member leaving the
+    target, a device file, too many members or bytes). The download's target is left as it was."""
+
+    code = "unsafe_archive"
+
+
 class CommandTimeout(SandboxError, TimeoutError):
     """A command ran past its timeout; its process tree was killed.
 

@@ -35,7 +35,8 @@ import anyio
 import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ..backend import BaseBackend, ProviderOptions, _untar_into, argv_of
+from ..archive import extract_tar
+from ..backend import BaseBackend, ProviderOptions, argv_of
 from ..errors import CommandTimeout, FileNotFound, InvalidPath, IsADirectory, SandboxNotFound
 from ..models import (
     Capabilities,
@@ -308,8 +309,8 @@ class FakeBackend(BaseBackend):
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as tar:
             _add_tree(tar, node, ".")
-
-        await anyio.to_thread.run_sync(_untar_into, buffer.getvalue(), Path(local_dir))
+        buffer.seek(0)
+        await anyio.to_thread.run_sync(extract_tar, buffer, Path(local_dir))
 
     # -- commands ----------------------------------------------------------------------------
 

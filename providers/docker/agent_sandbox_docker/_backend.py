@@ -31,7 +31,8 @@ import anyio
 import anyio.to_thread
 
 from agent_sandbox import labels as _labels
-from agent_sandbox.backend import BaseBackend, ProviderOptions, argv_of, safe_extract
+from agent_sandbox.archive import ArchiveSpool
+from agent_sandbox.backend import BaseBackend, ProviderOptions, argv_of
 from agent_sandbox.errors import (
     CommandTimeout,
     ConfigError,
@@ -817,13 +818,10 @@ class DockerBackend(BaseBackend):
                 stat = _wire.decode_stat_header(res.headers.get("X-Docker-Container-Path-Stat"))
                 if not stat or not _wire.is_dir(stat):
                     return False
-                with tempfile.SpooledTemporaryFile(max_size=_SPOOL) as spool:
+                with ArchiveSpool(self.archive_limits) as spool:
                     for chunk in res.iter_content(_wire.CHUNK):
                         spool.write(chunk)
-                    spool.seek(0)
-                    target.mkdir(parents=True, exist_ok=True)
-                    with tarfile.open(fileobj=spool, mode="r") as tar:
-                        safe_extract(tar, target)
+                    spool.extract(target)
                 return True
             finally:
                 res.close()
