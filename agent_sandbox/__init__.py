@@ -4,6 +4,7 @@ The public API lives here; import from ``agent_sandbox`` (and ``agent_sandbox.sy
 blocking twin), not from submodules.
 """
 
+from ._version import __version__
 from .audit import AuditingBackend, AuditLog, JsonlSink, LoggingSink, OtelSink, verify_chain
 from .backend import BaseBackend, ProviderOptions, SandboxBackend
 from .errors import (
@@ -42,8 +43,6 @@ from .models import (
 from .policy import Action, Decision, Policy
 from .sandbox import Sandbox
 from .tools import ToolKit, ToolResult
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Action",
