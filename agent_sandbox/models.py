@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 MiB = 1024 * 1024
 DEFAULT_OUTPUT_LIMIT = 10 * MiB
 DEFAULT_TTL_SECONDS = 3600.0
+MAX_TTL_SECONDS = 365 * 24 * 3600.0
+"""The longest TTL a spec accepts (a year): a sandbox must end by itself in finite time."""
 
 Command = str | Sequence[str]
 """A shell string (run by ``sh -c``) or an argv list (run as is). Never converted one into the other."""
@@ -56,9 +58,14 @@ class SandboxSpec(_Model):
     workdir: str | None = None
     """Default working directory of commands and base of relative paths; provider default if unset."""
     labels: dict[str, str] = Field(default_factory=dict)
-    ttl_seconds: float = Field(default=DEFAULT_TTL_SECONDS, gt=0)
-    """After this many seconds the sandbox ends itself, whether or not anyone destroys it."""
-    idle_timeout_seconds: float | None = Field(default=None, gt=0)
+    ttl_seconds: float = Field(
+        default=DEFAULT_TTL_SECONDS, gt=0, le=MAX_TTL_SECONDS, allow_inf_nan=False
+    )
+    """After this many seconds (at most a year) the sandbox ends itself, whether or not anyone
+    destroys it."""
+    idle_timeout_seconds: float | None = Field(
+        default=None, gt=0, le=MAX_TTL_SECONDS, allow_inf_nan=False
+    )
     network: NetworkPolicy = Field(default_factory=NetworkPolicy)
     ports: tuple[int, ...] = ()
     """Ports to make reachable from outside with ``expose_port``."""

@@ -169,13 +169,16 @@ async def test_stdio_sigterm_destroys_the_sandbox(root: Path) -> None:
 
 
 @asynccontextmanager
-async def http_server(root: Path, *extra: str) -> AsyncIterator[tuple[str, Any]]:
+async def http_server(
+    root: Path, *extra: str, env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[str, Any]]:
     port = free_port()
     process = await anyio.open_process(
         server_argv(root, "--transport", "http", "--port", str(port), *extra),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        env={**os.environ, "AGENT_SANDBOX_MCP_TOKEN": TOKEN, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}/mcp"
     try:
@@ -217,7 +220,7 @@ async def test_http_end_to_end_auth_host_check_audit_and_sigterm(
     root: Path, tmp_path: Path
 ) -> None:
     audit_file = tmp_path / "audit.jsonl"
-    async with http_server(root, "--token", TOKEN, "--audit", str(audit_file)) as (url, process):
+    async with http_server(root, "--audit", str(audit_file)) as (url, process):
         async with http_client(url) as client:
             await exercise(client)
         # A second client reaches the same sandbox (server lifetime): the file is still there.
@@ -261,17 +264,27 @@ async def test_http_end_to_end_auth_host_check_audit_and_sigterm(
     assert failed_edit["result"]["is_error"] is True
 
 
-async def test_http_without_token_on_loopback_is_open(root: Path) -> None:
-    async with http_server(root) as (url, _), http_client(url, token=None) as client:
+async def test_http_without_token_only_when_asked_loudly(root: Path) -> None:
+    async with (
+        http_server(root, "--insecure-no-auth") as (url, _),
+        http_client(url, token=None) as client,
+    ):
         ran = await client.call_tool("bash", {"command": "echo open"})
         assert "open" in text(ran)
 
 
-def test_refuses_non_loopback_without_token(capsys: pytest.CaptureFixture[str]) -> None:
-    code = mcp_main(["--provider", "local", "--transport", "http", "--host", "0.0.0.0"])
+def test_refuses_non_loopback_without_token(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code = mcp_main(
+        ["--provider", "local", "--transport", "http", "--host", "0.0.0.0", "--insecure-no-auth"]
+    )
     assert code == 2
     assert "without authentication" in capsys.readouterr().err
-    code = mcp_main(["--transport", "http", "--host", "0.0.0.0", "--token", TOKEN])
+    monkeypatch.setenv("AGENT_SANDBOX_TEST_MCP_TOKEN", TOKEN)
+    code = mcp_main(
+        ["--transport", "http", "--host", "0.0.0.0", "--token-env", "AGENT_SANDBOX_TEST_MCP_TOKEN"]
+    )
     assert code == 2
     assert "--allowed-host" in capsys.readouterr().err
 
@@ -292,7 +305,9 @@ def test_http_app_refuses_all_interfaces_without_allowed_hosts() -> None:
     with pytest.raises(ConfigError, match="allowed-host"):
         server.http_app(host="0.0.0.0", token=TOKEN)
     with pytest.raises(ConfigError, match="without authentication"):
-        server.http_app(host="10.1.2.3")
+        server.http_app(host="10.1.2.3", insecure_no_auth=True)
+    with pytest.raises(ConfigError, match="without authentication"):
+        server.http_app()
 
 
 # -- in process ---------------------------------------------------------------------------------
@@ -380,7 +395,7 @@ async def test_policy_file_denials_reach_the_client_as_errors(
 
 
 async def test_http_session_lifetime_one_sandbox_per_session(root: Path) -> None:
-    async with http_server(root, "--lifetime", "session", "--token", TOKEN) as (url, _):
+    async with http_server(root, "--lifetime", "session") as (url, _):
         # Sessions exist in the handshake-era protocol (2025 revisions); 2026-07-28 is sessionless.
         async with http_client(url, mode="legacy") as first:
             await first.call_tool("write", {"file_path": "mine.txt", "content": "first"})

@@ -11,8 +11,9 @@ The sandbox is created when the server starts and destroyed when it stops — on
 SIGTERM, SIGINT or SIGHUP too. With ``lifetime="session"`` each MCP session gets its own sandbox
 instead (HTTP then runs stateful, keyed by ``Mcp-Session-Id``; on stdio the process is the
 session). HTTP runs the SDK's streamable HTTP transport (stateless by default) behind a Host
-allowlist (DNS-rebinding protection) and, when a token is set, bearer-token authentication —
-required whenever the server listens on anything but loopback.
+allowlist (DNS-rebinding protection) and bearer-token authentication. The token is required:
+serving without one takes an explicit ``insecure_no_auth`` (``--insecure-no-auth``), and only on
+loopback, since any local user could otherwise run commands in the sandbox.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import anyio
+from pydantic import ValidationError
 
 from ..errors import ConfigError, ProviderNotInstalled, SandboxError
 
@@ -51,6 +53,7 @@ from ..models import SandboxSpec
 from ..policy import Policy
 from ..sandbox import Sandbox
 from ..tools import ToolKit
+from ._token import TOKEN_ENV, default_token_file, load_or_create_token
 
 __all__ = ["SandboxMCPServer", "create_server", "main"]
 
@@ -175,17 +178,25 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
-def check_exposure(host: str, token: str | None, allowed_hosts: Sequence[str]) -> None:
-    """Refuse HTTP settings that would expose the sandbox: a non-loopback bind without a token,
-    or an all-interfaces bind without an explicit Host allowlist.
+def check_exposure(
+    host: str, token: str | None, allowed_hosts: Sequence[str], *, insecure_no_auth: bool = False
+) -> None:
+    """Refuse HTTP settings that would expose the sandbox: no token unless ``insecure_no_auth``
+    (and then only on loopback), or an all-interfaces bind without an explicit Host allowlist.
 
     Raises:
         ConfigError: naming what to add.
     """
-    if not is_loopback(host) and not token:
+    if not token and not is_loopback(host):
         raise ConfigError(
             f"refusing to serve MCP on {host} without authentication: "
-            "give a bearer token (--token or --token-env)"
+            "give a bearer token (--token-file or --token-env)"
+        )
+    if not token and not insecure_no_auth:
+        raise ConfigError(
+            "refusing to serve MCP over HTTP without authentication (every local user could run "
+            "commands in the sandbox): give a bearer token, or insecure_no_auth=True "
+            "(--insecure-no-auth) to accept that"
         )
     if host in ("0.0.0.0", "::", "") and not allowed_hosts:
         raise ConfigError(
@@ -372,16 +383,18 @@ class SandboxMCPServer:
         path: str = "/mcp",
         token: str | None = None,
         allowed_hosts: Sequence[str] = (),
+        insecure_no_auth: bool = False,
     ) -> ASGIApp:
         """The ASGI application of the streamable HTTP transport.
 
         Stateless unless the lifetime is ``"session"``. Requests whose ``Host`` is not allowed
-        get 421; with ``token``, requests without ``Authorization: Bearer <token>`` get 401.
+        get 421; requests without ``Authorization: Bearer <token>`` get 401.
 
         Raises:
-            ConfigError: ``host`` is not loopback and no token is given.
+            ConfigError: no ``token`` (unless ``insecure_no_auth`` on a loopback ``host``), or
+                an all-interfaces ``host`` without ``allowed_hosts``.
         """
-        check_exposure(host, token, allowed_hosts)
+        check_exposure(host, token, allowed_hosts, insecure_no_auth=insecure_no_auth)
         hosts = _allowed_hosts(host, port, allowed_hosts)
         security = TransportSecuritySettings(
             enable_dns_rebinding_protection=True,
@@ -407,12 +420,18 @@ class SandboxMCPServer:
         path: str = "/mcp",
         token: str | None = None,
         allowed_hosts: Sequence[str] = (),
+        insecure_no_auth: bool = False,
     ) -> None:
         """Serve streamable HTTP with uvicorn until :meth:`stop` (see :meth:`http_app`)."""
         import uvicorn
 
         app = self.http_app(
-            host=host, port=port, path=path, token=token, allowed_hosts=allowed_hosts
+            host=host,
+            port=port,
+            path=path,
+            token=token,
+            allowed_hosts=allowed_hosts,
+            insecure_no_auth=insecure_no_auth,
         )
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
         server = _QuietUvicorn(config)
@@ -516,11 +535,19 @@ async def _destroy(kit: ToolKit) -> None:
 # -- command line -----------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports a usage mistake in one line (exit status 2) instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``agent-sandbox mcp`` argument parser."""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="agent-sandbox mcp",
         description="Serve a sandbox's agent tools (bash, read, write, edit, glob, grep) over MCP.",
+        allow_abbrev=False,
     )
     p.add_argument("--provider", help="sandbox provider (default: the configured one)")
     p.add_argument(
@@ -543,8 +570,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765, help="HTTP port (default 8765)")
     p.add_argument("--path", default="/mcp", help="HTTP endpoint path (default /mcp)")
     p.add_argument("--lifetime", choices=["server", "session"], default="server")
-    p.add_argument("--token", help="bearer token clients must send (HTTP)")
-    p.add_argument("--token-env", metavar="NAME", help="read the bearer token from this variable")
+    # Accepted only to refuse it clearly: argv is visible to every local user.
+    p.add_argument("--token", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        type=Path,
+        help="read the bearer token HTTP clients must send from FILE (mode 0600); a missing FILE "
+        f"is created with a new token (default: ${TOKEN_ENV} if set, else "
+        f"{_shown_default_token_file()})",
+    )
+    p.add_argument(
+        "--token-env", metavar="NAME", help="read the bearer token from this environment variable"
+    )
+    p.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve HTTP on loopback WITHOUT a token: every local user can run commands in the "
+        "sandbox",
+    )
     p.add_argument(
         "--allowed-host",
         action="append",
@@ -563,6 +607,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
     return p
+
+
+def _shown_default_token_file() -> str:
+    path = str(default_token_file())
+    home = os.path.expanduser("~")
+    return "~" + path[len(home) :] if path.startswith(home + os.sep) else path
+
+
+def _say(message: str) -> None:
+    print(f"agent-sandbox mcp: {message}", file=sys.stderr, flush=True)
+
+
+def resolve_token(args: argparse.Namespace) -> str | None:
+    """The bearer token the HTTP server requires, from ``--token-env``, ``--token-file``,
+    ``$AGENT_SANDBOX_MCP_TOKEN`` or the default token file (created when missing); ``None``
+    with ``--insecure-no-auth``.
+
+    Raises:
+        ConfigError: a token given on the command line, an unset variable, a bad token file.
+    """
+    if args.token is not None:
+        raise ConfigError(
+            "--token is not accepted: a token on the command line is visible to every local "
+            "user in the process list; use --token-file FILE or --token-env NAME"
+        )
+    if args.insecure_no_auth:
+        if args.token_file or args.token_env:
+            raise ConfigError("--insecure-no-auth contradicts --token-file / --token-env")
+        return None
+    if args.token_env:
+        token = os.environ.get(args.token_env, "").strip()
+        if not token:
+            raise ConfigError(f"${args.token_env} is not set or empty")
+        return token
+    if args.token_file is None and os.environ.get(TOKEN_ENV, "").strip():
+        return os.environ[TOKEN_ENV].strip()
+    path = args.token_file or default_token_file()
+    token, created = load_or_create_token(path)
+    if created:
+        _say(f"generated a bearer token in {path} (readable by you only)")
+    _say(f"clients must send 'Authorization: Bearer <token>' with the token in {path}")
+    return token
 
 
 def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
@@ -629,8 +715,7 @@ def _secret_values(spec_fields: Mapping[str, Any], names: Sequence[str]) -> list
     return [env[n] for n in names if looks_secret(n) and env.get(n)]
 
 
-async def _serve(args: argparse.Namespace, token: str | None) -> None:
-    srv = server_from_args(args)
+async def _serve(srv: SandboxMCPServer, args: argparse.Namespace, token: str | None) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with anyio.create_task_group() as tg:
 
@@ -656,6 +741,7 @@ async def _serve(args: argparse.Namespace, token: str | None) -> None:
                             path=args.path,
                             token=token,
                             allowed_hosts=args.allowed_host,
+                            insecure_no_auth=args.insecure_no_auth,
                         )
                     else:
                         await srv.serve_stdio()
@@ -664,31 +750,53 @@ async def _serve(args: argparse.Namespace, token: str | None) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    """Entry point of ``agent-sandbox mcp``; returns the exit status (2 on a config error)."""
-    args = build_parser().parse_args(list(argv))
+    """Entry point of ``agent-sandbox mcp``; returns the exit status (2 on a usage or config
+    error, reported in one line)."""
+    try:
+        args = build_parser().parse_args(list(argv))
+    except SystemExit as exc:  # --help, or a usage error already reported in one line
+        return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         stream=sys.stderr,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    token = args.token
-    if args.token_env:
-        token = os.environ.get(args.token_env)
-        if not token:
-            print(f"agent-sandbox mcp: ${args.token_env} is not set or empty", file=sys.stderr)
-            return 2
-    if args.transport == "http":
-        try:  # before any sandbox exists
-            check_exposure(args.host, token, args.allowed_host)
-        except ConfigError as exc:
-            print(f"agent-sandbox mcp: {exc}", file=sys.stderr)
-            return 2
-    try:
-        anyio.run(_serve, args, token)
-    except SandboxError as exc:
-        print(f"agent-sandbox mcp: {exc.code}: {exc}", file=sys.stderr)
+    token: str | None = None
+    try:  # before any sandbox exists
+        srv = server_from_args(args)
+        if args.transport == "http":
+            token = resolve_token(args)
+            check_exposure(
+                args.host, token, args.allowed_host, insecure_no_auth=args.insecure_no_auth
+            )
+        elif args.token is not None:
+            resolve_token(args)
+    except ConfigError as exc:
+        _say(str(exc))
+        return 2
+    except ValidationError as exc:
+        _say(_one_line(exc))
         return 2
     except OSError as exc:
-        print(f"agent-sandbox mcp: {exc}", file=sys.stderr)
+        _say(str(exc))
+        return 2
+    if args.transport == "http" and token is None:
+        _say(
+            "WARNING: serving WITHOUT authentication (--insecure-no-auth): every local user "
+            "can run commands in the sandbox"
+        )
+    try:
+        anyio.run(_serve, srv, args, token)
+    except SandboxError as exc:
+        _say(f"{exc.code}: {exc}")
+        return 2
+    except OSError as exc:
+        _say(str(exc))
         return 2
     return 0
+
+
+def _one_line(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "value"
+    return f"invalid {where}: {first['msg']}"
