@@ -11,9 +11,10 @@ the log measures the duration, captures an exception and emits one event when th
         rec.result = {"exit_code": result.exit_code}
 
 An event holds: ``time`` (UTC, ISO 8601), ``seq`` (per log), ``sandbox_id``, ``provider``, ``op``,
-``tool``, ``call_id``, ``args_sha256`` (of the canonical JSON of the arguments *before*
-redaction, so a digest can be matched to a known input without storing it), ``arguments`` with
-secrets redacted, ``decision``, ``result``, ``duration_ms``, ``trace_id`` and ``error``.
+``tool``, ``call_id``, ``args_sha256`` (of the canonical JSON of the arguments *after*
+redaction: :meth:`AuditLog.digest` matches it to a known input, and it cannot confirm a guessed
+secret), ``arguments`` with secrets redacted, ``decision``, ``result``, ``duration_ms``,
+``trace_id`` and ``error``.
 
 :class:`JsonlSink` chains records: each carries the previous record's ``hash`` as ``prev_hash``
 and its own ``hash`` (SHA-256 of ``prev_hash`` and the canonical record), so an edited, inserted

@@ -140,6 +140,19 @@ class AuditLog:
         """Send later events to ``sink`` too."""
         self.sinks.append(sink)
 
+    def _redacted(self, arguments: Any, secrets: Iterable[str]) -> Any:
+        return redact(
+            arguments,
+            secret_keys=self.secret_keys.union(secrets),
+            secret_values=self.secret_values,
+        )
+
+    def digest(self, arguments: Any, *, secrets: Iterable[str] = ()) -> str:
+        """The ``args_sha256`` this log records for ``arguments``: SHA-256 of the canonical JSON
+        of the arguments *after* redaction, so a recorded digest can be matched to a known input
+        but never confirms a guessed secret."""
+        return sha256_hex(canonical_json(self._redacted(arguments, secrets)))
+
     def _begin(
         self,
         op: str,
@@ -155,19 +168,15 @@ class AuditLog:
         now = time.time()
         if not self.sinks:  # nobody listens: skip the digest and the redaction
             arguments = None
-        secrets = tuple(secrets)
+        redacted = self._redacted(arguments, secrets)
         return AuditRecord(
             op=op,
             sandbox_id=sandbox_id,
             provider=provider,
             tool=tool,
             call_id=call_id,
-            args_sha256=None if arguments is None else sha256_hex(canonical_json(arguments)),
-            arguments=redact(
-                arguments,
-                secret_keys=self.secret_keys.union(secrets),
-                secret_values=self.secret_values,
-            ),
+            args_sha256=None if redacted is None else sha256_hex(canonical_json(redacted)),
+            arguments=redacted,
             trace_id=trace_id,
             time=_iso(now),
             started=now,

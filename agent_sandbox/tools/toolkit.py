@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import posixpath
@@ -50,6 +51,8 @@ MAX_LINE_CHARS = 2_000
 MAX_RESULTS = 1_000
 
 FILE_TOOLS = frozenset({"read", "write", "edit", "glob", "grep"})
+_CONTENT_FIELDS = {"write": ("content",), "edit": ("old_string", "new_string")}
+"""Arguments holding file content: the audit log keeps their size and digest, not the text."""
 
 _REALPATH = """
 for p do
@@ -124,6 +127,20 @@ GREP_DESCRIPTION = """Search file contents with a regular expression (extended s
 
 Returns matching lines as path:line_number:text, sorted by path and line. Binary files and '.git' \
 directories are skipped."""
+
+
+def _audited_arguments(name: str, arguments: Any) -> Any:
+    """``arguments`` as the audit log records them: file content as ``{bytes, sha256}``."""
+    fields = _CONTENT_FIELDS.get(name)
+    if not fields or not isinstance(arguments, dict):
+        return arguments
+    out = dict(arguments)
+    for key in fields:
+        value = out.get(key)
+        if isinstance(value, str):
+            data = value.encode("utf-8", errors="surrogatepass")
+            out[key] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return out
 
 
 class ToolKit:
@@ -378,7 +395,7 @@ class ToolKit:
             call_id=call_id,
             sandbox_id=self.sandbox.id,
             provider=self.sandbox.provider,
-            arguments=arguments,
+            arguments=_audited_arguments(name, arguments),
         ) as record:
             result, decision = await self._run(name, arguments, call_id)
             record.decision = decision
