@@ -27,7 +27,8 @@ class SandboxConfig(SandboxSpec):
 
     def spec(self, labels: Mapping[str, str] | None = None) -> SandboxSpec:
         """The sandbox spec, with ``labels`` added to the configured ones."""
-        fields = self.model_dump(include=set(SandboxSpec.model_fields))
+        # Filtered after dumping: a subclass's serializer may add keys of its own.
+        fields = {k: v for k, v in self.model_dump().items() if k in SandboxSpec.model_fields}
         fields["labels"] = {**self.labels, **(labels or {})}
         return SandboxSpec.model_validate(fields)
 
