@@ -15,22 +15,38 @@ Example::
     )
     policy.decide(Action(op="exec", command="rm -rf /")).allowed  # False
 
-Path rules see the path as given, normalised (``..`` folded away); they cannot see symlinks
-inside the sandbox, so confine file tools to a working directory as well where that matters.
+Path rules see the path as given, normalised once by :func:`normalize_path` (``.``, ``..`` and
+repeated slashes folded away, ``//etc`` is ``/etc``); they cannot see symlinks inside the
+sandbox, so confine file tools to a working directory as well where that matters.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
 import posixpath
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from .errors import PolicyDenied
+from .errors import ArgumentTypeError, ConfigError, PolicyDenied
 
-__all__ = ["Action", "Decision", "Policy", "PolicyDenied"]
+__all__ = ["Action", "Decision", "Policy", "PolicyDenied", "normalize_path"]
+
+_RULES = ("allow_tools", "deny_tools", "deny_commands", "allow_paths", "deny_paths")
+
+
+def normalize_path(path: str) -> str:
+    """``path`` as every path rule compares it: ``.`` and ``..`` folded, repeated slashes
+    collapsed — a leading ``//`` too, which POSIX leaves implementation-defined and Linux
+    treats as ``/``."""
+    normal = posixpath.normpath(path)
+    if normal.startswith("//"):
+        normal = "/" + normal.lstrip("/")
+    return normal
 
 
 @dataclass(frozen=True)
@@ -80,7 +96,7 @@ class Action:
             path = self.input.get("file_path", self.input.get("path"))
         if not isinstance(path, str) or not path:
             return None
-        return posixpath.normpath(path)
+        return normalize_path(path)
 
 
 @dataclass(frozen=True)
@@ -119,7 +135,8 @@ class Policy:
     only relative patterns.
 
     Raises:
-        ValueError: for an invalid regular expression in ``deny_commands``.
+        ConfigError: an invalid regular expression in ``deny_commands`` (a ``ValueError``).
+        ArgumentTypeError: a rule given as one string instead of a list of them.
     """
 
     allow_tools: Iterable[str] | None = None
@@ -133,6 +150,13 @@ class Policy:
     def __post_init__(self) -> None:
         # Freeze the iterables so a generator argument is not consumed by the first decision.
         set_ = object.__setattr__
+        for rule in _RULES:
+            value = getattr(self, rule)
+            if isinstance(value, (str, bytes)):
+                raise ArgumentTypeError(
+                    f"policy rule {rule} must be a list of patterns, not one string: "
+                    f"{rule}=[{value!r}]"
+                )
         if self.allow_tools is not None:
             set_(self, "allow_tools", tuple(self.allow_tools))
         set_(self, "deny_tools", tuple(self.deny_tools))
@@ -144,7 +168,7 @@ class Policy:
             try:
                 patterns.append(pattern if isinstance(pattern, re.Pattern) else re.compile(pattern))
             except re.error as exc:
-                raise ValueError(f"invalid deny_commands pattern {pattern!r}: {exc}") from exc
+                raise ConfigError(f"invalid deny_commands pattern {pattern!r}: {exc}") from exc
         set_(self, "deny_commands", tuple(p.pattern for p in patterns))
         set_(self, "_compiled", tuple(patterns))
 
@@ -153,19 +177,57 @@ class Policy:
         """Build a policy from plain data (e.g. a parsed TOML or JSON file).
 
         Keys: ``allow_tools``, ``deny_tools``, ``deny_commands``, ``allow_paths``, ``deny_paths``.
-        Unknown keys raise ``ValueError`` naming them.
+        Raises ``ConfigError`` (a ``ValueError``) naming an unknown key or a malformed value.
         """
-        known = {"allow_tools", "deny_tools", "deny_commands", "allow_paths", "deny_paths"}
-        unknown = sorted(set(data) - known)
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a policy must be a table of rules, not {type(data).__name__}")
+        unknown = sorted(str(key) for key in set(data) - set(_RULES))
         if unknown:
-            raise ValueError(f"unknown policy key(s): {', '.join(unknown)}")
+            raise ConfigError(
+                f"unknown policy key(s): {', '.join(unknown)} (known: {', '.join(_RULES)})"
+            )
         kwargs: dict[str, Any] = {}
-        for key in known & set(data):
+        for key in set(_RULES) & set(data):
             value = data[key]
-            if isinstance(value, str) or not isinstance(value, Iterable):
-                raise ValueError(f"policy key {key!r} must be a list of strings")
-            kwargs[key] = [str(v) for v in value]
+            if (
+                isinstance(value, str)
+                or not isinstance(value, (list, tuple))
+                or not all(isinstance(v, str) for v in value)
+            ):
+                raise ConfigError(f"policy key {key!r} must be a list of strings, got {value!r}")
+            kwargs[key] = list(value)
         return cls(**kwargs)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Policy:
+        """Read a policy from a JSON file, or a TOML file (``.toml``; the rules at the top or
+        in a ``[policy]`` table).
+
+        Raises ``ConfigError`` naming the file: unreadable, not JSON/TOML, or invalid rules.
+        """
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError(f"cannot read the policy file {path}: {reason}") from exc
+        try:
+            if path.suffix == ".toml":
+                if sys.version_info >= (3, 11):
+                    import tomllib
+                else:  # pragma: no cover - exercised on 3.10 only
+                    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+                data: Any = tomllib.loads(text)
+                data = data.get("policy", data)
+            else:
+                data = json.loads(text)
+        except ValueError as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+            kind = "TOML" if path.suffix == ".toml" else "JSON"
+            raise ConfigError(f"the policy file {path} is not valid {kind}: {exc}") from exc
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"the policy file {path}: {exc}") from exc
 
     def decide(self, action: Action) -> Decision:
         """Allow or deny ``action``; the first rule that denies gives the reason."""
@@ -226,7 +288,7 @@ class Policy:
 
 
 def _path_matches(path: str, pattern: str) -> bool:
-    pattern = posixpath.normpath(pattern) if pattern else pattern
+    pattern = normalize_path(pattern) if pattern else pattern
     if fnmatch.fnmatchcase(path, pattern):
         return True
     # A pattern covers what lies below it: "/workspace" covers "/workspace/a/b".

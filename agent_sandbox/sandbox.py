@@ -14,7 +14,7 @@ import anyio
 
 from .audit import AuditingBackend, AuditLog
 from .backend import BaseBackend, close_stream
-from .errors import ConfigError, InvalidPath, SandboxError
+from .errors import ArgumentTypeError, ConfigError, InvalidPath, SandboxError
 from .labels import default_owner, stamp
 from .models import (
     DEFAULT_OUTPUT_LIMIT,
@@ -345,8 +345,11 @@ class Sandbox:
         return (await self.read_file(path)).decode(encoding)
 
     async def write_file(self, path: str, data: bytes | str) -> None:
-        """Create or replace a file (``str`` is written as UTF-8); parent directories are created."""
-        payload = data.encode() if isinstance(data, str) else bytes(data)
+        """Create or replace a file (``str`` is written as UTF-8); parent directories are created.
+
+        Raises ``ArgumentTypeError`` when ``data`` is neither bytes nor str.
+        """
+        payload = _payload(data)
         await self.backend.write_file(self.id, self.path(path), payload)
 
     async def list_dir(self, path: str = ".") -> builtins.list[FileInfo]:
@@ -394,3 +397,16 @@ class Sandbox:
     async def resume(self) -> None:
         """Resume a paused sandbox. Raises ``Unsupported``."""
         await self.backend.resume(self.id)
+
+
+def _payload(data: object) -> bytes:
+    """File content as bytes: ``bytes``-like as is, ``str`` as UTF-8, anything else refused
+    (``bytes(5)`` would be five NUL bytes)."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    if isinstance(data, str):
+        try:
+            return data.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ConfigError(f"file content is not valid text ({exc}); pass bytes") from exc
+    raise ArgumentTypeError(f"file content must be bytes or str, not {type(data).__name__}")

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import ProviderNotInstalled
+from ..errors import ConfigError, ProviderNotInstalled
 from ._chain import last_hash, record_hash
 from ._log import AuditRecord, canonical_json
 
@@ -30,19 +30,33 @@ class JsonlSink:
         fsync: ``os.fsync`` after each record (durable, slower).
 
     Raises:
-        ValueError: the file exists and its last line is not a chained record.
+        ConfigError: the file cannot be opened, or exists and its last line is not a chained
+            record (a ``ValueError``).
     """
 
     def __init__(self, path: str | Path, *, fsync: bool = False) -> None:
         self.path = Path(path)
         self.fsync = fsync
         self._lock = threading.Lock()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self._read_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        self._fd = self._read_fd = -1
         try:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            self._fd = os.open(self.path, flags, 0o600)
+            self._read_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             with self._flocked():
                 self._prev = last_hash(self._read_fd)
                 self._size = os.fstat(self._fd).st_size
+        except OSError as exc:
+            self.close()
+            raise ConfigError(
+                f"cannot open the audit file {self.path}: {exc.strerror or exc}"
+            ) from exc
+        except ValueError as exc:
+            self.close()
+            raise ConfigError(
+                f"{self.path} is not an audit log this sink can continue ({exc}); check it with "
+                f"'agent-sandbox audit verify {self.path}', or write to a new file"
+            ) from exc
         except BaseException:
             self.close()
             raise

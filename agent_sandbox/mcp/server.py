@@ -661,26 +661,6 @@ def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
     return out
 
 
-def _load_policy(path: str) -> Policy:
-    raw = Path(path).read_bytes()
-    if path.endswith(".toml"):
-        if sys.version_info >= (3, 11):
-            import tomllib
-        else:  # pragma: no cover - exercised on 3.10 only
-            import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
-
-        data: Any = tomllib.loads(raw.decode("utf-8"))
-        data = data.get("policy", data)
-    else:
-        data = json.loads(raw)
-    if not isinstance(data, dict):
-        raise ConfigError(f"policy file {path} must hold an object")
-    try:
-        return Policy.from_dict(data)
-    except ValueError as exc:
-        raise ConfigError(f"policy file {path}: {exc}") from exc
-
-
 def server_from_args(args: argparse.Namespace) -> SandboxMCPServer:
     """A :class:`SandboxMCPServer` configured from parsed command-line arguments."""
     spec_fields: dict[str, Any] = {}
@@ -704,7 +684,7 @@ def server_from_args(args: argparse.Namespace) -> SandboxMCPServer:
         workdir=args.workdir,
         output_budget=args.output_budget,
         audit=audit,
-        policy=_load_policy(args.policy) if args.policy else None,
+        policy=Policy.from_file(args.policy) if args.policy else None,
     )
 
 

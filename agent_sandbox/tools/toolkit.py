@@ -411,7 +411,7 @@ class ToolKit:
         if tool is None:
             known = ", ".join(self._tools)
             return ToolResult(f"unknown tool {name!r}; available tools: {known}", True), "deny"
-        if self.policy is not None:
+        if self.policy is not None or self._sandbox_policy() is not None:
             try:
                 denial = self._check_policy(tool, arguments, call_id)
             except Exception as exc:  # a broken policy denies rather than lets through
@@ -450,6 +450,9 @@ class ToolKit:
                 command = arguments["command"]
             if tool.name in FILE_TOOLS:
                 raw = arguments.get("file_path", arguments.get("path"))
+                pattern = arguments.get("pattern")
+                if tool.name == "glob" and isinstance(pattern, str):
+                    raw, _ = _glob_search(raw if isinstance(raw, str) else None, pattern)
                 if isinstance(raw, str) and raw and "\x00" not in raw:
                     path = _absolute(raw, self._base)
                 elif raw is None and tool.name in ("glob", "grep"):
@@ -464,9 +467,30 @@ class ToolKit:
             path=path,
         )
         decision = self.policy.decide(action) if self.policy is not None else None
-        if decision is None or decision.allowed:
-            return None
-        return decision.reason or "no reason given"
+        if decision is not None and not decision.allowed:
+            return decision.reason or "no reason given"
+        guard = self._sandbox_policy()
+        if command is not None and guard is not None:
+            # The shell gets the command on its stdin, out of the sandbox policy's sight:
+            # ask it here about the command itself, as it would for an exec.
+            verdict = guard.decide(
+                Action(
+                    op="exec",
+                    sandbox_id=self.sandbox.id,
+                    input={"command": command},
+                    command=command,
+                )
+            )
+            if not verdict.allowed:
+                return verdict.reason or "no reason given"
+        return None
+
+    def _sandbox_policy(self) -> Policy | None:
+        """The policy the sandbox itself was given (``Sandbox.create(policy=...)``), if any."""
+        from ..audit import AuditingBackend
+
+        backend = self.sandbox.backend
+        return backend.policy if isinstance(backend, AuditingBackend) else None
 
     async def _fit(self, tool: Tool, result: ToolResult, call_id: str | None) -> ToolResult:
         """Cut ``result`` to the output budget, saving the whole text in the sandbox first."""
@@ -782,17 +806,9 @@ class ToolKit:
         return ToolResult(f"edited {path}: replaced {what}.\n{snippet}")
 
     async def _glob(self, args: GlobInput) -> ToolResult:
-        pattern = args.pattern.strip()
-        if not pattern:
+        if not args.pattern.strip():
             return ToolResult("empty pattern", is_error=True)
-        base_raw = args.path or "."
-        if pattern.startswith("/"):
-            static, rest = split_static_prefix(pattern)
-            base_raw, pattern = static or "/", rest
-        else:
-            static, rest = split_static_prefix(pattern)
-            if static:
-                base_raw, pattern = posixpath.join(base_raw, static), rest
+        base_raw, pattern = _glob_search(args.path, args.pattern)
         base = await self._resolve(base_raw)
         result = await self.sandbox.exec(
             ["sh", "-c", _GLOB_LIST, "sh", base], timeout=120, output_limit=CAPTURE_LIMIT
@@ -854,6 +870,18 @@ class ToolKit:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+def _glob_search(path: str | None, pattern: str) -> tuple[str, str]:
+    """Where a glob searches and what it matches there: the pattern's literal leading
+    directories (absolute or ``..`` ones included) move the search base, so the policy and the
+    workdir check see the directory actually listed."""
+    pattern = pattern.strip()
+    static, rest = split_static_prefix(pattern)
+    if pattern.startswith("/"):
+        return static or "/", rest
+    base = path or "."
+    return (posixpath.join(base, static), rest) if static else (base, pattern)
 
 
 def _absolute(path: str, base: str) -> str:
