@@ -7,6 +7,7 @@ blocking twin), not from submodules.
 from ._version import __version__
 from .audit import AuditingBackend, AuditLog, JsonlSink, LoggingSink, OtelSink, verify_chain
 from .backend import BaseBackend, ProviderOptions, SandboxBackend
+from .config import ConfigWarning
 from .errors import (
     ArgumentTypeError,
     AuthenticationError,
@@ -55,6 +56,7 @@ __all__ = [
     "Command",
     "CommandTimeout",
     "ConfigError",
+    "ConfigWarning",
     "Decision",
     "ExecEvent",
     "ExecOptions",

@@ -67,6 +67,11 @@ class ProviderOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    project_settable: ClassVar[frozenset[str]] = frozenset()
+    """Options a project's config file may set: those that can neither lower isolation nor
+    widen what the sandbox or the client reaches. Every other option comes only from code, the
+    environment or the user's own config file (see :mod:`agent_sandbox.config`)."""
+
 
 @runtime_checkable
 class SandboxBackend(Protocol):

@@ -80,6 +80,8 @@ class FakeOptions(ProviderOptions):
     world: str | None = None
     workdir: str = DEFAULT_WORKDIR
 
+    project_settable: ClassVar[frozenset[str]] = frozenset({"world", "workdir"})
+
 
 @dataclass
 class _World:

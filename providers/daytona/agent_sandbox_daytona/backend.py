@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr
 
@@ -109,6 +109,12 @@ class DaytonaOptions(ProviderOptions):
     """Also run a command that has a timeout under GNU ``timeout -s KILL`` (when the image has
     it), so its whole process group dies even where deleting the session does not kill it.
     Costs one extra process per command with a timeout."""
+
+    # Credentials, addresses, public links and the timeout backstop stay out of project files:
+    # only code, the environment or the user's config set them.
+    project_settable: ClassVar[frozenset[str]] = frozenset(
+        {"target", "create_timeout", "create_attempts"}
+    )
 
 
 class _Demux:

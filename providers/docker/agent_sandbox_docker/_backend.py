@@ -25,7 +25,7 @@ from collections.abc import (
 )
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -116,6 +116,12 @@ class DockerOptions(ProviderOptions):
     init: bool = True
     api_timeout: float = 120.0
     egress_proxy_image: str = "python:3.12-slim"
+
+    # The engine address, the runtime, the pids limit and the egress proxy decide isolation:
+    # only code, the environment or the user's config set them.
+    project_settable: ClassVar[frozenset[str]] = frozenset(
+        {"default_image", "pull", "init", "api_timeout"}
+    )
 
 
 class DockerBackend(BaseBackend):

@@ -34,7 +34,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 from pydantic import Field, SecretStr
 
@@ -127,6 +127,13 @@ class E2BOptions(ProviderOptions):
     """Attempts at creating a sandbox when a failure is transient."""
     retry_backoff_seconds: float = Field(default=1.0, ge=0)
     """First wait between create attempts; doubles each time."""
+
+    # Credentials and addresses stay out of project files (a cloned repository could send the
+    # key elsewhere): only code, the environment or the user's config set them.
+    project_settable: ClassVar[frozenset[str]] = frozenset(
+        {"template", "workdir", "request_timeout", "sdk_retries", "create_attempts"}
+        | {"retry_backoff_seconds"}
+    )
 
 
 @dataclass
