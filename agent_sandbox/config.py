@@ -28,7 +28,7 @@ options, e.g. ``AGENT_SANDBOX_LOCAL_ISOLATION=none``. Unknown keys are rejected 
 from __future__ import annotations
 
 import os
-import sys
+import tomllib
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,11 +41,6 @@ from . import registry
 from .backend import BaseBackend, ProviderOptions
 from .errors import ConfigError
 from .labels import default_owner
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
 DEFAULT_PROVIDER = "local"
 ENV_PREFIX = "AGENT_SANDBOX_"

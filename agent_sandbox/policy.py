@@ -26,7 +26,6 @@ import fnmatch
 import json
 import posixpath
 import re
-import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,10 +212,8 @@ class Policy:
             raise ConfigError(f"cannot read the policy file {path}: {reason}") from exc
         try:
             if path.suffix == ".toml":
-                if sys.version_info >= (3, 11):
-                    import tomllib
-                else:  # pragma: no cover - exercised on 3.10 only
-                    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+                import tomllib
+
                 data: Any = tomllib.loads(text)
                 data = data.get("policy", data)
             else:

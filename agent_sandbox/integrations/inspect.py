@@ -15,7 +15,7 @@ sample left behind is destroyed at task cleanup, and the TTL ends anything else.
 from __future__ import annotations
 
 import json
-import sys
+import tomllib
 import uuid
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -46,11 +46,6 @@ from .. import (  # noqa: E402
     Unsupported,
 )
 from ._config import INTEGRATION_LABEL, SandboxConfig  # noqa: E402
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - inspect_ai needs Python 3.11
-    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
 __all__ = ["AgentSandboxConfig", "AgentSandboxEnvironment"]
 

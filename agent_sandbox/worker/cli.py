@@ -12,6 +12,7 @@ import json
 import logging
 import signal
 import sys
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,6 @@ from ..audit import AuditLog, JsonlSink
 from ..errors import ConfigError
 from ..models import SandboxSpec
 from ..policy import Policy
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
 __all__ = ["build_parser", "main", "run_worker"]
 

@@ -533,7 +533,7 @@ class DaytonaBackend(BaseBackend):
                 cmd_id = await asyncio.wait_for(
                     start(), None if deadline is None else max(0.0, deadline - time.monotonic())
                 )
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise self._timeout(options, sandbox_id) from None
             except SandboxError:
                 raise
@@ -588,7 +588,7 @@ class DaytonaBackend(BaseBackend):
                     raise self._timeout(options, sb.id)
                 try:
                     msg = await asyncio.wait_for(ws.receive(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     raise self._timeout(options, sb.id) from None
                 if msg.type in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
                     data = msg.data if isinstance(msg.data, bytes) else msg.data.encode()

@@ -676,7 +676,7 @@ class FakeDaytona:
         proc.process.stdin.close()
         try:
             await asyncio.wait_for(proc.done.wait(), body.timeout or 10)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             return daemon_error(
                 request, 408, "command execution timeout", "PROCESS_EXECUTION_TIMEOUT"
