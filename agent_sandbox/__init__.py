@@ -1,95 +1,142 @@
 """agent-sandbox: run an AI agent's tool calls in a sandbox you control, on any provider.
 
 The public API lives here; import from ``agent_sandbox`` (and ``agent_sandbox.sync`` for the
-blocking twin), not from submodules.
+blocking twin), not from submodules. Names are imported on first use, so ``import agent_sandbox``
+costs almost nothing and a program pays only for the parts it touches.
 """
 
-from ._version import __version__
-from .audit import AuditingBackend, AuditLog, JsonlSink, LoggingSink, OtelSink, verify_chain
-from .backend import BaseBackend, ProviderOptions, SandboxBackend
-from .config import ConfigWarning
-from .errors import (
-    ArgumentTypeError,
-    AuthenticationError,
-    CommandTimeout,
-    ConfigError,
-    FileNotFound,
-    InvalidPath,
-    IsADirectory,
-    OperationTimeout,
-    PermissionDenied,
-    PolicyDenied,
-    ProviderError,
-    ProviderNotInstalled,
-    ProviderUnavailable,
-    QuotaExceeded,
-    RateLimited,
-    SandboxConflict,
-    SandboxError,
-    SandboxNotFound,
-    UnsafeArchive,
-    Unsupported,
-)
-from .models import (
-    Capabilities,
-    Command,
-    ExecEvent,
-    ExecOptions,
-    ExecResult,
-    FileInfo,
-    NetworkPolicy,
-    SandboxInfo,
-    SandboxSpec,
-)
-from .policy import Action, Decision, Policy
-from .sandbox import Sandbox
-from .tools import ToolKit, ToolResult
+from __future__ import annotations
 
-__all__ = [
-    "Action",
-    "ArgumentTypeError",
-    "AuditLog",
-    "AuditingBackend",
-    "AuthenticationError",
-    "BaseBackend",
-    "Capabilities",
-    "Command",
-    "CommandTimeout",
-    "ConfigError",
-    "ConfigWarning",
-    "Decision",
-    "ExecEvent",
-    "ExecOptions",
-    "ExecResult",
-    "FileInfo",
-    "FileNotFound",
-    "InvalidPath",
-    "IsADirectory",
-    "JsonlSink",
-    "LoggingSink",
-    "NetworkPolicy",
-    "OperationTimeout",
-    "OtelSink",
-    "PermissionDenied",
-    "Policy",
-    "PolicyDenied",
-    "ProviderError",
-    "ProviderNotInstalled",
-    "ProviderOptions",
-    "ProviderUnavailable",
-    "QuotaExceeded",
-    "RateLimited",
-    "Sandbox",
-    "SandboxBackend",
-    "SandboxConflict",
-    "SandboxError",
-    "SandboxInfo",
-    "SandboxNotFound",
-    "SandboxSpec",
-    "ToolKit",
-    "ToolResult",
-    "UnsafeArchive",
-    "Unsupported",
-    "__version__",
-    "verify_chain",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+
+# name -> the module that defines it. A new public name is one line here and one in the
+# TYPE_CHECKING block below (for type checkers and editors); tests/test_public_api.py checks both.
+_EXPORTS: dict[str, str] = {
+    "AuditLog": ".audit",
+    "AuditingBackend": ".audit",
+    "JsonlSink": ".audit",
+    "LoggingSink": ".audit",
+    "OtelSink": ".audit",
+    "verify_chain": ".audit",
+    "BaseBackend": ".backend",
+    "ProviderOptions": ".backend",
+    "SandboxBackend": ".backend",
+    "ConfigWarning": ".config",
+    "ArgumentTypeError": ".errors",
+    "AuthenticationError": ".errors",
+    "CommandTimeout": ".errors",
+    "ConfigError": ".errors",
+    "FileNotFound": ".errors",
+    "InvalidPath": ".errors",
+    "IsADirectory": ".errors",
+    "OperationTimeout": ".errors",
+    "PermissionDenied": ".errors",
+    "PolicyDenied": ".errors",
+    "ProviderError": ".errors",
+    "ProviderNotInstalled": ".errors",
+    "ProviderUnavailable": ".errors",
+    "QuotaExceeded": ".errors",
+    "RateLimited": ".errors",
+    "SandboxConflict": ".errors",
+    "SandboxError": ".errors",
+    "SandboxNotFound": ".errors",
+    "UnsafeArchive": ".errors",
+    "Unsupported": ".errors",
+    "Capabilities": ".models",
+    "Command": ".models",
+    "ExecEvent": ".models",
+    "ExecOptions": ".models",
+    "ExecResult": ".models",
+    "FileInfo": ".models",
+    "NetworkPolicy": ".models",
+    "SandboxInfo": ".models",
+    "SandboxSpec": ".models",
+    "Action": ".policy",
+    "Decision": ".policy",
+    "Policy": ".policy",
+    "Sandbox": ".sandbox",
+    "ToolKit": ".tools",
+    "ToolResult": ".tools",
+}
+
+if TYPE_CHECKING:  # the same names, for type checkers and editors
+    from .audit import (  # noqa: I001 - one block per module, names re-exported with `as`
+        AuditLog as AuditLog,
+        AuditingBackend as AuditingBackend,
+        JsonlSink as JsonlSink,
+        LoggingSink as LoggingSink,
+        OtelSink as OtelSink,
+        verify_chain as verify_chain,
+    )
+    from .backend import (
+        BaseBackend as BaseBackend,
+        ProviderOptions as ProviderOptions,
+        SandboxBackend as SandboxBackend,
+    )
+    from .config import (
+        ConfigWarning as ConfigWarning,
+    )
+    from .errors import (
+        ArgumentTypeError as ArgumentTypeError,
+        AuthenticationError as AuthenticationError,
+        CommandTimeout as CommandTimeout,
+        ConfigError as ConfigError,
+        FileNotFound as FileNotFound,
+        InvalidPath as InvalidPath,
+        IsADirectory as IsADirectory,
+        OperationTimeout as OperationTimeout,
+        PermissionDenied as PermissionDenied,
+        PolicyDenied as PolicyDenied,
+        ProviderError as ProviderError,
+        ProviderNotInstalled as ProviderNotInstalled,
+        ProviderUnavailable as ProviderUnavailable,
+        QuotaExceeded as QuotaExceeded,
+        RateLimited as RateLimited,
+        SandboxConflict as SandboxConflict,
+        SandboxError as SandboxError,
+        SandboxNotFound as SandboxNotFound,
+        UnsafeArchive as UnsafeArchive,
+        Unsupported as Unsupported,
+    )
+    from .models import (
+        Capabilities as Capabilities,
+        Command as Command,
+        ExecEvent as ExecEvent,
+        ExecOptions as ExecOptions,
+        ExecResult as ExecResult,
+        FileInfo as FileInfo,
+        NetworkPolicy as NetworkPolicy,
+        SandboxInfo as SandboxInfo,
+        SandboxSpec as SandboxSpec,
+    )
+    from .policy import (
+        Action as Action,
+        Decision as Decision,
+        Policy as Policy,
+    )
+    from .sandbox import (
+        Sandbox as Sandbox,
+    )
+    from .tools import (
+        ToolKit as ToolKit,
+        ToolResult as ToolResult,
+    )
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module on first use, then keep it here."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
