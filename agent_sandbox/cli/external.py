@@ -44,6 +44,11 @@ EXTERNAL: dict[str, External] = {
         "agent_sandbox.mcp.server:main", "serve a sandbox's agent tools over MCP", "mcp"
     ),
     "audit": External("agent_sandbox.cli.audit:main", "check an audit log: audit verify FILE"),
+    "tunnel": External(
+        "agent_sandbox.tunnel.cli:main",
+        "the MCP tunnel: run a connector or an edge, make their credentials",
+        "tunnel",
+    ),
     "worker": External(
         "agent_sandbox.worker.cli:main", "claim sessions from a work queue and serve their tools"
     ),
