@@ -22,7 +22,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from tunnel_support import Tunnel, events, tunnel  # noqa: E402
+from tunnel_support import Tunnel, events, tunnel
 
 
 def _ms(samples: list[float]) -> str:

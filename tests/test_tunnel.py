@@ -364,9 +364,41 @@ async def test_edge_killed_mid_stream_then_reconnect(tmp_path: Path) -> None:
             await t.wait_connected(2, since=seen)
             assert text(await client.call_tool("add", {"a": 3, "b": 4})) == "7"
 
-        with anyio.fail_after(20):  # the connector noticed the lost exchange, and says so
-            while not records(t.connector_audit, tool="slow", reason="tunnel_lost"):
-                await anyio.sleep(0.05)
+            # The other way round: the connector dies mid-stream; the edge cuts the response.
+            failure.clear()
+            progressed = anyio.Event()
+            assert t.connector is not None
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(call)
+                    await progressed.wait()
+                    t.connector.kill()
+            assert failure, "the in-flight call did not fail"
+            assert records(tmp_path / "edge-audit-2.jsonl", tool="slow", reason="tunnel_lost")
+
+        # The connector noticed the exchange the first edge took down with it, and says so.
+        assert records(t.connector_audit, tool="slow", reason="tunnel_lost")
+
+
+async def test_keepalive_detects_a_silent_edge(tmp_path: Path) -> None:
+    """A stopped edge keeps its TCP connections open: only the pings can tell it is gone."""
+    async with tunnel(tmp_path) as t:
+        url = await t.upstream(json_response=True)
+        edge = await t.start_edge("--ping-interval", "1")
+        await t.start_connector({"json": url}, "--allow-loopback", "--ping-interval", "1")
+        edge.send_signal(signal.SIGSTOP)
+        try:
+            with anyio.fail_after(20):
+                while len(records(t.connector_audit, op="tunnel.disconnect")) < 2:
+                    await anyio.sleep(0.1)
+        finally:
+            edge.send_signal(signal.SIGCONT)
+        [closed, *_] = records(t.connector_audit, op="tunnel.disconnect")
+        assert "ping" in closed["result"]["reason"]
+        seen = len(events(t.connector_audit))
+        await t.wait_connected(2, since=seen)
+        async with t.client("json") as client:
+            assert text(await client.call_tool("add", {"a": 1, "b": 1})) == "2"
 
 
 async def test_drain_on_sigterm_lets_in_flight_calls_finish(tmp_path: Path) -> None:

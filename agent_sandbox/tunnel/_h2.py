@@ -74,6 +74,9 @@ class H2Stream:
         self._error: BaseException | None = None
         self.response_started = False
         """Server side: the response's headers were sent."""
+        self.reset_by_peer = False
+        """The peer abandoned the stream (its caller went away, say)."""
+        self._scope: anyio.CancelScope | None = None
 
     @property
     def done(self) -> bool:
@@ -150,7 +153,7 @@ class H2Stream:
         self.response_started = True
         if end_stream:
             self._local_ended = True
-        await self.channel._flush()
+        self.channel._kick()  # headers are small: they leave with the next batch, unawaited
         self.channel._forget_if_done(self)
 
     async def send_data(self, data: bytes | memoryview, *, end_stream: bool = False) -> None:
@@ -181,7 +184,7 @@ class H2Stream:
         if not self._local_ended:
             self.channel._call(self, self.channel.conn.end_stream, self.id)
             self._local_ended = True
-            await self.channel._flush()
+            self.channel._kick()
         self.channel._forget_if_done(self)
 
     def reset(self, code: int = ErrorCodes.CANCEL) -> None:
@@ -331,6 +334,9 @@ class H2Channel:
             if stream_or_none is not None:
                 code = int(event.error_code or 0)
                 stream_or_none._fail(StreamReset(f"the peer reset the stream ({code})", code))
+                stream_or_none.reset_by_peer = True
+                if stream_or_none._scope is not None:  # stop its handler, even mid-wait
+                    stream_or_none._scope.cancel()
                 self._forget(stream_or_none)
         elif isinstance(event, h2.events.WindowUpdated):
             if event.stream_id:
@@ -355,8 +361,10 @@ class H2Channel:
 
     async def _serve(self, stream: H2Stream) -> None:
         assert self._on_request is not None
+        stream._scope = anyio.CancelScope()
         try:
-            await self._on_request(stream)
+            with stream._scope:
+                await self._on_request(stream)
         except (ChannelClosed, StreamReset):
             pass
         except Exception:

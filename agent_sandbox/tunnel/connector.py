@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import ssl
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -208,7 +209,7 @@ class Connector:
                 attempt += 1
             else:
                 attempt = 0
-                await self._serve(ws)
+                await self._serve(ws, url, index)
                 delay = backoff_delay(0, base=base, cap=cap)
             with anyio.move_on_after(delay):
                 await self._stop.wait()
@@ -249,7 +250,7 @@ class Connector:
             log.info("connected to edge %s (connection %d)", url, index)
             return ws
 
-    async def _serve(self, ws: ClientConnection) -> None:
+    async def _serve(self, ws: ClientConnection, url: str, index: int) -> None:
         channel = H2Channel(
             ws.send,
             client_side=False,
@@ -266,6 +267,7 @@ class Connector:
 
         self._live[channel] = ws
         self.connected.set()
+        opened = time.monotonic()
         try:
             await channel.run(receive)
         finally:
@@ -274,7 +276,14 @@ class Connector:
                 self.connected = anyio.Event()
             with anyio.move_on_after(2, shield=True):
                 await ws.close()
-            log.info("tunnel connection closed")
+            why = _close_reason(ws)
+            self.audit.record(
+                "tunnel.disconnect",
+                arguments={"edge": url, "connection": index},
+                result={"close_code": ws.close_code, "reason": why},
+                duration_ms=round((time.monotonic() - opened) * 1000, 3),
+            )
+            log.info("tunnel connection %d to %s closed: %s", index, url, why)
 
     # -- one exchange ---------------------------------------------------------------------------
 
@@ -334,7 +343,8 @@ class Connector:
                 record.result = {"status": None, "reason": "tunnel_lost", **counts}
                 record.error = {"type": type(exc).__name__, "message": str(exc)}
             except anyio.get_cancelled_exc_class():
-                record.result = {"status": None, "reason": "tunnel_lost", **counts}
+                reason = "reset_by_edge" if stream.reset_by_peer else "tunnel_lost"
+                record.result = {"status": None, "reason": reason, **counts}
                 raise
 
     async def _forward(
@@ -393,6 +403,14 @@ class Connector:
             raise Refusal(
                 502, "upstream_failed", f"the MCP server of {route.name} failed: {exc}"
             ) from exc
+
+
+def _close_reason(ws: ClientConnection) -> str:
+    """Why a connection ended: the peer's close reason, else ours (a ping timeout), else the code."""
+    for frame in (ws.protocol.close_rcvd, ws.protocol.close_sent):
+        if frame is not None and frame.reason:
+            return frame.reason
+    return f"close code {ws.close_code}"
 
 
 class _Cut(Exception):
