@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,9 +28,6 @@ from mcp.shared.exceptions import MCPError
 from tunnel_support import Tunnel, events, tunnel
 
 from agent_sandbox.audit import verify_chain
-
-if sys.version_info < (3, 11):
-    from exceptiongroup import BaseExceptionGroup
 
 pytestmark = pytest.mark.anyio
 
