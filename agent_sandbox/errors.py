@@ -104,7 +104,8 @@ class InvalidPath(SandboxError, ValueError):
 
 class UnsafeArchive(SandboxError, ValueError):
     """An archive read from a sandbox broke the extraction rules or limits (a member leaving the
-    target, a device file, too many members or bytes). The download's target is left as it was."""
+    target, a device file, too many members or bytes). The download's target is left as it was,
+    unless the message says which links it removed after merging."""
 
     code = "unsafe_archive"
 
