@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
 import tarfile
 from collections.abc import AsyncIterator, Iterable
@@ -20,6 +21,7 @@ import pytest
 import agent_sandbox as asb
 from agent_sandbox.archive import ArchiveLimits, ArchiveSpool, extract_tar
 from agent_sandbox.local import LocalBackend, LocalOptions
+from agent_sandbox.local._jail import probe
 
 pytestmark = pytest.mark.anyio
 
@@ -74,10 +76,28 @@ def tree(root: Path) -> dict[str, str]:
 # -- end to end: a sandbox that lies about its tree --------------------------------------------
 
 
-@pytest.fixture
-async def hostile(tmp_path: Path) -> AsyncIterator[asb.Sandbox]:
-    """A local sandbox whose ``tar`` prints ``evil.tar`` from its workspace."""
-    backend = LocalBackend(LocalOptions(root=tmp_path / "state", isolation="none"))
+def _bwrap_problem() -> str | None:
+    found = shutil.which("bwrap")
+    if found is None:
+        return "bubblewrap (bwrap) is not installed on this machine"
+    problem = probe(found)
+    return f"bwrap cannot build a jail here: {problem}" if problem else None
+
+
+BWRAP_PROBLEM = _bwrap_problem()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(
+            "bwrap", marks=pytest.mark.skipif(BWRAP_PROBLEM is not None, reason=BWRAP_PROBLEM or "")
+        ),
+        "none",
+    ]
+)
+async def hostile(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[asb.Sandbox]:
+    """A local sandbox (jailed and not) whose ``tar`` prints ``evil.tar`` from its workspace."""
+    backend = LocalBackend(LocalOptions(root=tmp_path / "state", isolation=request.param))
     sandbox = await asb.Sandbox.create(backend=backend, env={"PATH": "bin:/usr/bin:/bin"})
     try:
         await sandbox.write_file("bin/tar", FAKE_TAR)
