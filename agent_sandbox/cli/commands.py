@@ -12,6 +12,7 @@ from ..backend import BaseBackend
 from ..config import resolve
 from ..errors import ConfigError, SandboxError
 from ..models import SandboxSpec
+from ..progress import Step, listening
 from ..sandbox import Sandbox
 from . import lookup
 from .output import emit, error_line, info_dict, info_row, result_dict
@@ -68,8 +69,13 @@ def _command(args: argparse.Namespace) -> str | list[str]:
 async def _create(args: argparse.Namespace) -> Sandbox:
     spec = _spec(args)
     label = "creating a sandbox" + (f" on {args.provider}" if args.provider else "")
-    async with progress(label, enabled=wanted(args.json)):
-        return await Sandbox.create(spec, provider=args.provider, options=options(args))
+    async with progress(label, enabled=wanted(args.json)) as shown:
+
+        def follow(step: Step) -> None:  # an image pull, from the provider's worker thread
+            shown.label, shown.done, shown.total = step.what, step.done or 0, step.total
+
+        with listening(follow):
+            return await Sandbox.create(spec, provider=args.provider, options=options(args))
 
 
 async def _run_command(sb: Sandbox, args: argparse.Namespace) -> int:

@@ -31,6 +31,7 @@ import anyio
 import anyio.to_thread
 
 from agent_sandbox import labels as _labels
+from agent_sandbox import progress
 from agent_sandbox.archive import ArchiveSpool
 from agent_sandbox.backend import BaseBackend, ProviderOptions, argv_of
 from agent_sandbox.errors import (
@@ -395,10 +396,12 @@ class DockerBackend(BaseBackend):
         repo, tag = _split_image(image)
         log.info("pulling image %s (not present on the engine)", image)
         last = 0.0
+        layers = _LayerProgress(f"pulling {image}")
         try:
             for event in api.pull(repo, tag=tag, stream=True, decode=True):
                 if "error" in event:
                     raise docker.errors.APIError(str(event["error"]))
+                layers.update(event)
                 now = time.monotonic()
                 if now - last > 1.0 or "Digest" in str(event.get("status", "")):
                     last = now
@@ -881,6 +884,28 @@ class DockerBackend(BaseBackend):
 
 
 # -- blocking helpers (run in worker threads) ------------------------------------------------
+
+
+class _LayerProgress:
+    """Bytes pulled across an image's layers, from the engine's pull events, sent to
+    :func:`agent_sandbox.progress.report`."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.layers: dict[str, tuple[int, int]] = {}
+
+    def update(self, event: dict[str, Any]) -> None:
+        layer, status = str(event.get("id", "")), str(event.get("status", ""))
+        detail = event.get("progressDetail") or {}
+        if status == "Downloading" and detail.get("total"):
+            self.layers[layer] = (int(detail.get("current", 0)), int(detail["total"]))
+        elif status in ("Download complete", "Pull complete") and layer in self.layers:
+            total = self.layers[layer][1]
+            self.layers[layer] = (total, total)
+        else:
+            return
+        done = sum(current for current, _ in self.layers.values())
+        progress.report(self.what, done, sum(total for _, total in self.layers.values()))
 
 
 def _split_image(image: str) -> tuple[str, str | None]:
