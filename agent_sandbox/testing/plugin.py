@@ -1,9 +1,10 @@
-"""The pytest plugin of agent-sandbox (entry point ``pytest11: agent_sandbox``).
+"""The pytest plugin of the conformance suite, loaded only when asked for.
 
-Loaded by pytest in every project where agent-sandbox is installed, so it stays light: it
-registers the conformance suite's capability marker and the suite's overridable fixtures with
-their defaults. Being plugin fixtures they have the lowest precedence: a provider overrides them
-in its ``conftest.py`` or on its :class:`~agent_sandbox.testing.ConformanceSuite` subclass.
+Enable it with ``pytest -p agent_sandbox.testing.plugin`` or ``pytest_plugins =
+["agent_sandbox.testing.plugin"]`` in a ``conftest.py``. It registers the conformance suite's
+capability marker and the suite's overridable fixtures with their defaults. Being plugin
+fixtures they have the lowest precedence: a provider overrides them in its ``conftest.py`` or on
+its :class:`~agent_sandbox.testing.ConformanceSuite` subclass.
 """
 
 from __future__ import annotations
