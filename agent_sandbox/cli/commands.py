@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from .. import registry
@@ -18,8 +18,6 @@ from . import lookup
 from .output import emit, error_line, info_dict, info_row, result_dict
 from .progress import progress, wanted
 from .status import report, status_of
-
-Handler = Callable[[argparse.Namespace], Awaitable[int]]
 
 
 def pairs(values: Sequence[str] | None, what: str) -> dict[str, str]:

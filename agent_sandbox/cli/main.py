@@ -3,30 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
-from collections.abc import Sequence
-
-import anyio
-from pydantic import ValidationError
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, SandboxError
-from . import commands, copy
 from .external import EXTERNAL
 from .output import error_line
 from .parser import build_parser
 from .status import FAILURE, INTERRUPTED, USAGE, report, status_of
 
-HANDLERS: dict[str, commands.Handler] = {
-    "create": commands.cmd_create,
-    "run": commands.cmd_run,
-    "exec": commands.cmd_exec,
-    "cp": copy.cmd_cp,
-    "ls": commands.cmd_ls,
-    "rm": commands.cmd_rm,
-    "sweep": commands.cmd_sweep,
-    "providers": commands.cmd_providers,
-    "doctor": commands.cmd_doctor,
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+# sub-command -> "module:function" in this package, imported once the command line parsed (so
+# --help and --version never load the sandbox machinery).
+HANDLERS: dict[str, str] = {
+    "create": "commands:cmd_create",
+    "run": "commands:cmd_run",
+    "exec": "commands:cmd_exec",
+    "cp": "copy:cmd_cp",
+    "ls": "commands:cmd_ls",
+    "rm": "commands:cmd_rm",
+    "sweep": "commands:cmd_sweep",
+    "providers": "commands:cmd_providers",
+    "doctor": "commands:cmd_doctor",
 }
 
 DEBUG_ENV = "AGENT_SANDBOX_DEBUG"
@@ -56,7 +59,13 @@ def _run(argv: list[str]) -> int:
     if argv[:1] and argv[0] in EXTERNAL:
         return EXTERNAL[argv[0]].load(argv[0])(argv[1:])
     args = _parse(argv)
-    return anyio.run(HANDLERS[args.command], args)
+    module, _, name = HANDLERS[args.command].partition(":")
+    handler: Callable[[argparse.Namespace], Awaitable[int]] = getattr(
+        importlib.import_module(f".{module}", __package__), name
+    )
+    import anyio
+
+    return anyio.run(handler, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,15 +82,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SandboxError as exc:
         report(exc, as_json=as_json)
         return status_of(exc)
-    except ValidationError as exc:
-        report(ConfigError(_validation_message(exc)), as_json=as_json)
-        return USAGE
     except KeyboardInterrupt:
         return INTERRUPTED
     except OSError as exc:
         error_line(f"{type(exc).__name__}: {exc}")
         return FAILURE
     except Exception as exc:
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError):
+            report(ConfigError(_validation_message(exc)), as_json=as_json)
+            return USAGE
         if os.environ.get(DEBUG_ENV):
             raise
         error_line(

@@ -9,9 +9,10 @@ from __future__ import annotations
 import base64
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..models import ExecResult, SandboxInfo
+if TYPE_CHECKING:
+    from ..models import ExecResult, SandboxInfo
 
 
 def emit(as_json: bool, data: Any, human: str) -> None:
