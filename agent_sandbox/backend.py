@@ -38,6 +38,7 @@ from .errors import (
     Unsupported,
 )
 from .models import (
+    DEFAULT_READ_LIMIT,
     Capabilities,
     Command,
     ExecEvent,
@@ -106,12 +107,21 @@ class SandboxBackend(Protocol):
         """
         ...
 
-    async def read_file(self, sandbox_id: str, path: str) -> bytes:
-        """Whole content of a file. Raises ``FileNotFound``, ``IsADirectory``, ``PermissionDenied``."""
+    async def read_file(
+        self, sandbox_id: str, path: str, *, max_bytes: int = DEFAULT_READ_LIMIT
+    ) -> bytes:
+        """Whole content of a regular file, read as the sandbox's default user.
+
+        Raises ``FileNotFound``, ``IsADirectory``, ``PermissionDenied``, ``FileTooLarge`` past
+        ``max_bytes`` and ``InvalidPath`` for what is not a regular file (a FIFO, a device):
+        never blocks on one.
+        """
         ...
 
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
-        """Create or replace a file, creating missing parent directories."""
+        """Create or replace a file as the sandbox's default user, creating missing parent
+        directories; an existing file keeps its mode. Raises ``IsADirectory``,
+        ``PermissionDenied`` where that user's own command would be refused."""
         ...
 
     async def aclose(self) -> None:
@@ -224,7 +234,9 @@ class BaseBackend(ABC):
         """See :class:`SandboxBackend`."""
 
     @abstractmethod
-    async def read_file(self, sandbox_id: str, path: str) -> bytes:
+    async def read_file(
+        self, sandbox_id: str, path: str, *, max_bytes: int = DEFAULT_READ_LIMIT
+    ) -> bytes:
         """See :class:`SandboxBackend`."""
 
     @abstractmethod

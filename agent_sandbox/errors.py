@@ -90,6 +90,12 @@ class PermissionDenied(SandboxError, PermissionError):
     code = "permission_denied"
 
 
+class FileTooLarge(SandboxError, OSError):
+    """A file is larger than the read limit (``max_bytes``); nothing of it was kept."""
+
+    code = "file_too_large"
+
+
 class PolicyDenied(SandboxError, PermissionError):
     """The configured :class:`~agent_sandbox.policy.Policy` refused the operation before it ran."""
 

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MiB = 1024 * 1024
 DEFAULT_OUTPUT_LIMIT = 10 * MiB
+DEFAULT_READ_LIMIT = 100 * MiB
+"""Largest file ``read_file`` returns unless the call asks for more (``max_bytes``)."""
 DEFAULT_TTL_SECONDS = 3600.0
 MAX_TTL_SECONDS = 365 * 24 * 3600.0
 """The longest TTL a spec accepts (a year): a sandbox must end by itself in finite time."""

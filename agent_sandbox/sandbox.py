@@ -18,6 +18,7 @@ from .errors import ArgumentTypeError, ConfigError, InvalidPath, SandboxError
 from .labels import default_owner, stamp
 from .models import (
     DEFAULT_OUTPUT_LIMIT,
+    DEFAULT_READ_LIMIT,
     Command,
     ExecEvent,
     ExecOptions,
@@ -336,13 +337,27 @@ class Sandbox:
         normal = posixpath.normpath(joined)
         return "/" + normal.lstrip("/")
 
-    async def read_file(self, path: str) -> bytes:
-        """The bytes of a file. Raises ``FileNotFound``, ``IsADirectory``, ``PermissionDenied``."""
-        return await self.backend.read_file(self.id, self.path(path))
+    async def read_file(self, path: str, *, max_bytes: int = DEFAULT_READ_LIMIT) -> bytes:
+        """The bytes of a regular file, read as the sandbox's default user.
 
-    async def read_text(self, path: str, encoding: str = "utf-8") -> str:
-        """A file decoded as text."""
-        return (await self.read_file(path)).decode(encoding)
+        Raises ``FileNotFound``, ``IsADirectory``, ``PermissionDenied``, ``FileTooLarge`` for a
+        file over ``max_bytes`` (100 MiB by default; use :meth:`download` for bigger trees) and
+        ``InvalidPath`` for a FIFO, device or socket.
+        """
+        where: dict[str, Any] = {"sandbox_id": self.id, "provider": self.provider}
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
+            raise ArgumentTypeError(
+                f"max_bytes must be an int, got {type(max_bytes).__name__}", op="read_file", **where
+            )
+        if max_bytes < 0:
+            raise ConfigError(f"max_bytes must be >= 0, got {max_bytes}", op="read_file", **where)
+        return await self.backend.read_file(self.id, self.path(path), max_bytes=max_bytes)
+
+    async def read_text(
+        self, path: str, encoding: str = "utf-8", *, max_bytes: int = DEFAULT_READ_LIMIT
+    ) -> str:
+        """A file decoded as text (see :meth:`read_file`)."""
+        return (await self.read_file(path, max_bytes=max_bytes)).decode(encoding)
 
     async def write_file(self, path: str, data: bytes | str) -> None:
         """Create or replace a file (``str`` is written as UTF-8); parent directories are created.

@@ -24,7 +24,15 @@ import anyio
 from anyio.from_thread import BlockingPortal
 
 from .backend import close_stream
-from .models import DEFAULT_OUTPUT_LIMIT, Command, ExecEvent, ExecResult, FileInfo, SandboxInfo
+from .models import (
+    DEFAULT_OUTPUT_LIMIT,
+    DEFAULT_READ_LIMIT,
+    Command,
+    ExecEvent,
+    ExecResult,
+    FileInfo,
+    SandboxInfo,
+)
 from .sandbox import Sandbox as AsyncSandbox
 
 T = TypeVar("T")
@@ -181,13 +189,15 @@ class Sandbox:
         finally:
             portal.call(close_stream, stream)
 
-    def read_file(self, path: str) -> bytes:
-        """The bytes of a file."""
-        return _run(self.aio.read_file, path)
+    def read_file(self, path: str, *, max_bytes: int = DEFAULT_READ_LIMIT) -> bytes:
+        """The bytes of a regular file (see :meth:`agent_sandbox.Sandbox.read_file`)."""
+        return _run(self.aio.read_file, path, max_bytes=max_bytes)
 
-    def read_text(self, path: str, encoding: str = "utf-8") -> str:
+    def read_text(
+        self, path: str, encoding: str = "utf-8", *, max_bytes: int = DEFAULT_READ_LIMIT
+    ) -> str:
         """A file decoded as text."""
-        return _run(self.aio.read_text, path, encoding)
+        return _run(self.aio.read_text, path, encoding, max_bytes=max_bytes)
 
     def write_file(self, path: str, data: bytes | str) -> None:
         """Create or replace a file."""

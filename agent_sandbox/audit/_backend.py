@@ -13,6 +13,7 @@ from typing import Any
 from ..backend import BaseBackend, Diagnostic, close_stream
 from ..errors import PolicyDenied
 from ..models import (
+    DEFAULT_READ_LIMIT,
     Capabilities,
     Command,
     ExecEvent,
@@ -206,10 +207,12 @@ class AuditingBackend(BaseBackend):
             finally:
                 await close_stream(stream)
 
-    async def read_file(self, sandbox_id: str, path: str) -> bytes:
+    async def read_file(
+        self, sandbox_id: str, path: str, *, max_bytes: int = DEFAULT_READ_LIMIT
+    ) -> bytes:
         """Read through the inner backend (policy op ``read_file``, ``path`` checked)."""
         with self._guard("read_file", sandbox_id, {"path": path}, path=path) as record:
-            data = await self.inner.read_file(sandbox_id, path)
+            data = await self.inner.read_file(sandbox_id, path, max_bytes=max_bytes)
             record.result = {"bytes": len(data)}
         return data
 

@@ -5,11 +5,18 @@ symlinks followed with the jail's idea of ``/``), so a symlink planted in the wo
 lead a host-side read or write out of it; every opened file is checked once more through
 ``/proc/self/fd``. ``stat`` and ``list_dir`` of a jail place backed by no host directory return
 ``None``: the backend then answers through a command, as the jail sees it.
+
+Every operation acts as the sandbox's user (:mod:`._access`): what that user's command may not
+do is refused here too, decided from the opened inode itself. ``read_file`` reads regular files
+only, through a descriptor that never blocks, and at most ``max_bytes``; ``write_file`` replaces a
+file atomically, keeping its mode and owner.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import os
 import posixpath
 import secrets
@@ -19,9 +26,18 @@ from typing import Any
 
 import anyio.to_thread
 
-from ..errors import FileNotFound, InvalidPath, IsADirectory, PermissionDenied, ProviderError
+from ..errors import (
+    FileNotFound,
+    FileTooLarge,
+    InvalidPath,
+    IsADirectory,
+    PermissionDenied,
+    ProviderError,
+    SandboxError,
+)
 from ..models import FileInfo, FileType
 from . import _jail
+from ._access import READ, SEARCH, WRITE, User, sandbox_user
 from ._store import PROVIDER, Box, Store
 
 _SMALL_FILE = 256 * 1024
@@ -36,6 +52,8 @@ class Files:
 
     def _error(self, exc: BaseException, op: str, box: Box, path: str) -> Exception:
         where: dict[str, Any] = {"provider": PROVIDER, "op": op, "sandbox_id": box.id}
+        if isinstance(exc, SandboxError):
+            return exc
         if isinstance(exc, _jail.JailPathError):
             if exc.kind == "missing":
                 return FileNotFound(f"no such file or directory: {path}", **where)
@@ -50,8 +68,10 @@ class Files:
             return PermissionDenied(f"{op} {path}: permission denied", **where)
         if isinstance(exc, FileExistsError):
             return InvalidPath(f"{op} {path}: a parent is not a directory", **where)
-        if isinstance(exc, OSError) and exc.errno == 30:  # EROFS
+        if isinstance(exc, OSError) and exc.errno == errno.EROFS:
             return PermissionDenied(f"{op} {path}: read-only file system", **where)
+        if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
+            return InvalidPath(f"{op} {path}: a symbolic link where a directory was", **where)
         return ProviderError(f"{op} {path} failed: {exc}", **where)
 
     def _locate(self, box: Box, path: str, op: str) -> tuple[str, _jail.Mount | None]:
@@ -61,7 +81,8 @@ class Files:
                 f"invalid path: {path!r}", provider=PROVIDER, op=op, sandbox_id=box.id
             )
         if box.fs is None:
-            return path, None
+            # unconfined: a write goes through a final symlink, as a command's would
+            return (os.path.realpath(path) if op == "write_file" else path), None
         fs = box.fs
         resolved = fs.resolve(_jail.normalise(path))
         located = fs.host_of(resolved)
@@ -111,6 +132,70 @@ class Files:
                 raise
         return fd
 
+    def _user(self, box: Box) -> User:
+        return sandbox_user(box.isolation)
+
+    def _denied(self, op: str, box: Box, path: str) -> PermissionDenied:
+        return PermissionDenied(
+            f"{op} {path}: permission denied", provider=PROVIDER, op=op, sandbox_id=box.id
+        )
+
+    def _reachable(self, user: User, fd: int, mount: _jail.Mount | None) -> bool:
+        """Whether the user may search every directory from the mount down to ``fd``'s parent
+        (without a mount, the kernel checked that when the path was opened)."""
+        if mount is None:
+            return True
+        real = os.readlink(f"/proc/self/fd/{fd}")
+        below = real[len(mount.host) :].strip("/").split("/")[:-1]
+        directory = mount.host
+        for part in ["", *below]:
+            directory = os.path.join(directory, part) if part else directory
+            if not user.may(os.stat(directory), SEARCH):
+                return False
+        return True
+
+    def _open_dir(
+        self, user: User, directory: str, mount: _jail.Mount | None, *, create: bool
+    ) -> int:
+        """A descriptor of ``directory``, its missing directories created as the user (0755,
+        the user's) when ``create``. In a jail the walk starts at the mount and follows no
+        symlink, each step allowed only where the user may search (and create)."""
+        if mount is None:
+            if create:
+                os.makedirs(directory, exist_ok=True)
+            return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(mount.host, flags)
+        try:
+            for part in directory[len(mount.host) :].split("/"):
+                if not part:
+                    continue
+                here = os.fstat(fd)
+                if not user.may(here, SEARCH):
+                    raise PermissionError(errno.EACCES, "permission denied", directory)
+                try:
+                    below = os.open(part, flags, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    if not user.may(here, WRITE | SEARCH):
+                        raise PermissionError(
+                            errno.EACCES, "permission denied", directory
+                        ) from None
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                        owner = user.owns_new_files()
+                        if owner is not None:
+                            os.chown(part, *owner, dir_fd=fd, follow_symlinks=False)
+                    below = os.open(part, flags, dir_fd=fd)
+                os.close(fd)
+                fd = below
+            _jail.check_inside(fd, mount)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     async def stat(self, sandbox_id: str, path: str) -> FileInfo | None:
         """Describe one path (not following a final symlink). Raises ``FileNotFound``."""
         box = self.store.live(sandbox_id, "stat")
@@ -128,7 +213,8 @@ class Files:
         return _file_info(path, st)
 
     async def list_dir(self, sandbox_id: str, path: str) -> list[FileInfo] | None:
-        """Entries of a directory, sorted by name. Raises ``FileNotFound``, ``InvalidPath``."""
+        """Entries of a directory, sorted by name. Raises ``FileNotFound``, ``InvalidPath``,
+        ``PermissionDenied`` where the user may not read the directory."""
         box = self.store.live(sandbox_id, "list_dir")
         try:
             located = self._host(box, path, "list_dir")
@@ -142,19 +228,24 @@ class Files:
         except (OSError, _jail.JailPathError) as exc:
             raise self._error(exc, "list_dir", box, path) from exc
         try:
+            user = self._user(box)
+            if not user.may(os.fstat(fd), READ | SEARCH) or not self._reachable(
+                user, fd, located[1]
+            ):
+                raise self._denied("list_dir", box, path)
             return _list_fd(fd, path)
         finally:
             os.close(fd)
 
     async def mkdir(self, sandbox_id: str, path: str) -> None:
-        """Create a directory and its missing parents; an existing directory is fine."""
+        """Create a directory and its missing parents as the user; an existing directory is
+        fine."""
         box = self.store.live(sandbox_id, "mkdir")
         try:
             located = self._host(box, path, "mkdir", write=True)
             assert located is not None
             host, mount = located
-            os.makedirs(host, exist_ok=True)
-            os.close(self._open_checked(host, mount, os.O_RDONLY | os.O_DIRECTORY))
+            os.close(self._open_dir(self._user(box), host, mount, create=True))
         except NotADirectoryError as exc:
             raise InvalidPath(
                 f"a parent is not a directory: {path}",
@@ -167,7 +258,8 @@ class Files:
 
     async def remove(self, sandbox_id: str, path: str, *, recursive: bool = False) -> None:
         """Delete a file, or a directory tree with ``recursive``. Raises ``FileNotFound``;
-        ``IsADirectory`` for a directory without ``recursive``."""
+        ``IsADirectory`` for a directory without ``recursive``; ``PermissionDenied`` where the
+        user may not remove entries of the directory holding it."""
         box = self.store.live(sandbox_id, "remove")
         try:
             located = self._host(box, path, "remove", follow=False, write=True)
@@ -181,6 +273,11 @@ class Files:
             raise self._error(exc, "remove", box, path) from exc
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            user = self._user(box)
+            if not user.may_replace(os.fstat(dir_fd), st) or not self._reachable(
+                user, dir_fd, mount
+            ):
+                raise self._denied("remove", box, path)
             if not stat.S_ISDIR(st.st_mode):
                 os.unlink(name, dir_fd=dir_fd)
             elif not recursive:
@@ -195,67 +292,110 @@ class Files:
         finally:
             os.close(dir_fd)
 
-    async def read_file(self, sandbox_id: str, path: str) -> bytes:
-        """Whole content of a file. Raises ``FileNotFound``, ``IsADirectory``, ``PermissionDenied``."""
-        box = self.store.live(sandbox_id, "read_file")
+    async def read_file(self, sandbox_id: str, path: str, max_bytes: int) -> bytes:
+        """Content of a regular file the user may read, at most ``max_bytes``. Raises
+        ``FileNotFound``, ``IsADirectory``, ``PermissionDenied``, ``FileTooLarge``, and
+        ``InvalidPath`` for a FIFO, device or socket (never opened for reading)."""
+        op = "read_file"
+        box = self.store.live(sandbox_id, op)
         try:
-            host, mount = self._locate(box, path, "read_file")
-            fd = os.open(host, os.O_RDONLY | os.O_CLOEXEC)
+            host, mount = self._locate(box, path, op)
+            handle = self._open_checked(host, mount, os.O_PATH)
         except (OSError, _jail.JailPathError) as exc:
-            raise self._error(exc, "read_file", box, path) from exc
+            raise self._error(exc, op, box, path) from exc
+        where: dict[str, Any] = {"provider": PROVIDER, "op": op, "sandbox_id": box.id}
         try:
-            st = os.fstat(fd)
+            st = os.fstat(handle)
             if stat.S_ISDIR(st.st_mode):
-                raise IsADirectory(
-                    f"is a directory: {path}", provider=PROVIDER, op="read_file", sandbox_id=box.id
+                raise IsADirectory(f"is a directory: {path}", **where)
+            if not stat.S_ISREG(st.st_mode):
+                raise InvalidPath(
+                    f"{op} {path}: not a regular file (a FIFO, device or socket)", **where
                 )
-            if mount is not None:
-                try:
-                    _jail.check_inside(fd, mount)
-                except _jail.JailPathError as exc:
-                    raise self._error(exc, "read_file", box, path) from exc
-                if not mount.writable and not _jail.jail_may_read(st):
-                    raise PermissionDenied(
-                        f"read_file {path}: permission denied",
-                        provider=PROVIDER,
-                        op="read_file",
-                        sandbox_id=box.id,
-                    )
+            user = self._user(box)
+            if not user.may(st, READ) or not self._reachable(user, handle, mount):
+                raise self._denied(op, box, path)
+            if st.st_size > max_bytes:
+                raise _too_large(path, max_bytes, where)
+            # Reopened through the checked descriptor: the very inode judged above.
+            fd = os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_CLOEXEC)
+        except (OSError, _jail.JailPathError) as exc:
+            raise self._error(exc, op, box, path) from exc
+        finally:
+            os.close(handle)
+        try:
             if st.st_size <= _SMALL_FILE:
-                return _read_all(fd, st.st_size)
-            return await anyio.to_thread.run_sync(_read_all, fd, st.st_size)
+                data = _read_at_most(fd, max_bytes + 1)
+            else:
+                data = await anyio.to_thread.run_sync(_read_at_most, fd, max_bytes + 1)
+        except OSError as exc:
+            raise self._error(exc, op, box, path) from exc
         finally:
             os.close(fd)
+        if len(data) > max_bytes:  # it grew after the check
+            raise _too_large(path, max_bytes, where)
+        return data
 
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
-        """Create or replace a file atomically (temp file + rename), creating parent directories.
+        """Create or replace a file as the user, atomically (temp file + rename), creating
+        parent directories. A replaced file keeps its mode and owner.
 
         In a jail, only ``/workspace`` and ``/tmp`` are writable (else ``PermissionDenied``).
         """
-        box = self.store.live(sandbox_id, "write_file")
+        op = "write_file"
+        box = self.store.live(sandbox_id, op)
+        user = self._user(box)
         try:
-            host, mount = self._locate(box, path, "write_file")
+            host, mount = self._locate(box, path, op)
             if mount is not None and host == mount.host:
                 raise IsADirectoryError(path)
             parent, name = os.path.split(host)
-            os.makedirs(parent, exist_ok=True)
-            dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            dir_fd = self._open_dir(user, parent, mount, create=True)
         except (OSError, _jail.JailPathError) as exc:
-            raise self._error(exc, "write_file", box, path) from exc
+            raise self._error(exc, op, box, path) from exc
         try:
-            if mount is not None:
-                _jail.check_inside(dir_fd, mount)
-            with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
-                    raise IsADirectoryError(path)
-            if len(data) <= _SMALL_FILE:
-                _write_atomic(dir_fd, name, data)
+            directory = os.fstat(dir_fd)
+            try:
+                old: os.stat_result | None = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                old = None
+            if old is None:
+                if not user.may(directory, WRITE | SEARCH):
+                    raise self._denied(op, box, path)
+                mode, owner = 0o644, user.owns_new_files()
             else:
-                await anyio.to_thread.run_sync(_write_atomic, dir_fd, name, data)
+                if stat.S_ISDIR(old.st_mode):
+                    raise IsADirectoryError(path)
+                if not stat.S_ISREG(old.st_mode):
+                    raise InvalidPath(
+                        f"{op} {path}: not a regular file (a FIFO, device, socket or a link "
+                        "that appeared meanwhile)",
+                        provider=PROVIDER,
+                        op=op,
+                        sandbox_id=box.id,
+                    )
+                if not user.may(old, WRITE) or not user.may_replace(directory, old):
+                    raise self._denied(op, box, path)
+                mode = stat.S_IMODE(old.st_mode)
+                if not user.privileged:  # as the kernel does on a write without CAP_FSETID
+                    mode &= ~(stat.S_ISUID | stat.S_ISGID)
+                owner = (old.st_uid, old.st_gid) if os.geteuid() == 0 else None
+            if len(data) <= _SMALL_FILE:
+                _write_atomic(dir_fd, name, data, mode, owner)
+            else:
+                await anyio.to_thread.run_sync(_write_atomic, dir_fd, name, data, mode, owner)
         except (OSError, _jail.JailPathError) as exc:
-            raise self._error(exc, "write_file", box, path) from exc
+            raise self._error(exc, op, box, path) from exc
         finally:
             os.close(dir_fd)
+
+
+def _too_large(path: str, max_bytes: int, where: dict[str, Any]) -> FileTooLarge:
+    return FileTooLarge(
+        f"read_file {path}: larger than max_bytes={max_bytes}; pass a larger max_bytes or "
+        "use download()",
+        **where,
+    )
 
 
 _KINDS: dict[int, FileType] = {
@@ -289,28 +429,32 @@ def _list_fd(dir_fd: int, path: str) -> list[FileInfo]:
     return sorted(entries, key=lambda e: e.name)
 
 
-def _read_all(fd: int, size_hint: int) -> bytes:
-    chunks = []
-    while True:
-        chunk = os.read(fd, max(size_hint, 1 << 20))
+def _read_at_most(fd: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes of an open file, read in chunks (one copy kept)."""
+    out = io.BytesIO()
+    while out.tell() < limit:
+        chunk = os.read(fd, min(limit - out.tell(), 1 << 20))
         if not chunk:
             break
-        chunks.append(chunk)
-    return b"".join(chunks)
+        out.write(chunk)
+    return out.getvalue()
 
 
-def _write_atomic(dir_fd: int, name: str, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``name`` in chunks, then rename it into place."""
+def _write_atomic(
+    dir_fd: int, name: str, data: bytes, mode: int, owner: tuple[int, int] | None
+) -> None:
+    """Write ``data`` to a temp file beside ``name`` in chunks, give it ``mode`` (and ``owner``),
+    then rename it into place."""
     tmp = f".{name}.{secrets.token_hex(4)}.part"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
     try:
-        with contextlib.suppress(FileNotFoundError):
-            # Replacing a file keeps its permission bits (an executable stays executable).
-            os.fchmod(fd, stat.S_IMODE(os.stat(name, dir_fd=dir_fd).st_mode))
         view = memoryview(data)
         while view:
             written = os.write(fd, view[:_WRITE_CHUNK])
             view = view[written:]
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fchmod(fd, mode)
         os.close(fd)
         fd = -1
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

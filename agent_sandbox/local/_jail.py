@@ -14,7 +14,6 @@ import functools
 import os
 import posixpath
 import shutil
-import stat
 import subprocess
 from dataclasses import dataclass
 
@@ -199,14 +198,10 @@ def check_inside(fd: int, mount: Mount) -> None:
         raise JailPathError("denied", f"path escapes {mount.jail}")
 
 
-def jail_may_read(st: os.stat_result) -> bool:
-    """Whether the jail's user (our uid seen as 1000, no capabilities) may read a file."""
-    mode = st.st_mode
-    if st.st_uid == os.geteuid():
-        return bool(mode & stat.S_IRUSR)
-    if st.st_gid == os.getegid():
-        return bool(mode & stat.S_IRGRP)
-    return bool(mode & stat.S_IROTH)
+def host_user() -> tuple[int, int, frozenset[int]]:
+    """``(uid, gid, groups)`` the host's kernel checks the jail's user (uid 1000 inside, no
+    capabilities) against: the uid and groups bubblewrap runs with."""
+    return os.geteuid(), os.getegid(), frozenset({os.getegid(), *os.getgroups()})
 
 
 def normalise(path: str) -> str:

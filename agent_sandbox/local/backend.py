@@ -25,6 +25,7 @@ from typing import ClassVar, Literal
 from ..backend import BaseBackend, Diagnostic, ProviderOptions
 from ..errors import ConfigError
 from ..models import (
+    DEFAULT_READ_LIMIT,
     Capabilities,
     Command,
     ExecEvent,
@@ -300,12 +301,17 @@ class LocalBackend(BaseBackend):
         ``IsADirectory`` for a directory without ``recursive``."""
         await self.files.remove(sandbox_id, path, recursive=recursive)
 
-    async def read_file(self, sandbox_id: str, path: str) -> bytes:
-        """Whole content of a file. Raises ``FileNotFound``, ``IsADirectory``, ``PermissionDenied``."""
-        return await self.files.read_file(sandbox_id, path)
+    async def read_file(
+        self, sandbox_id: str, path: str, *, max_bytes: int = DEFAULT_READ_LIMIT
+    ) -> bytes:
+        """Content of a regular file, read as the sandbox's user. Raises ``FileNotFound``,
+        ``IsADirectory``, ``PermissionDenied``, ``FileTooLarge``, ``InvalidPath`` (FIFO, device).
+        """
+        return await self.files.read_file(sandbox_id, path, max_bytes)
 
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
-        """Create or replace a file atomically (temp file + rename), creating parent directories.
+        """Create or replace a file as the sandbox's user, atomically (temp file + rename),
+        creating parent directories; a replaced file keeps its mode and owner.
 
         In a jail, only ``/workspace`` and ``/tmp`` are writable (else ``PermissionDenied``).
         """

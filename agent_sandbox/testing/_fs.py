@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..errors import FileNotFound, InvalidPath, IsADirectory
+from ..errors import FileNotFound, FileTooLarge, InvalidPath, IsADirectory
 from ..models import FileInfo
 
 CHUNK = 64 * 1024
@@ -113,6 +113,17 @@ class FS:
             raise IsADirectory(f"is a directory: {path}")
         if node.kind == "zero":
             raise InvalidPath(f"cannot read all of an endless device: {path}")
+        return bytes(node.data)
+
+    def read_regular(self, path: str, max_bytes: int) -> bytes:
+        """A regular file's content, as ``read_file`` gives it (devices refused, bounded)."""
+        node = self.lookup(path)
+        if node.kind == "dir":
+            raise IsADirectory(f"is a directory: {path}")
+        if node.kind != "file":
+            raise InvalidPath(f"read_file {path}: not a regular file (a device)")
+        if len(node.data) > max_bytes:
+            raise FileTooLarge(f"read_file {path}: larger than max_bytes={max_bytes}")
         return bytes(node.data)
 
     def chunks(self, path: str) -> Iterator[bytes]:

@@ -1618,6 +1618,51 @@ async def _u_touch(s: Shell, argv: builtins.list[str], env: dict[str, str], io_:
     return 0
 
 
+_CHMOD_SYMBOLIC = re.compile(r"([ugoa]*)([-+=])([rwxst]*)")
+_CHMOD_WHO = {"u": 0o4700, "g": 0o2070, "o": 0o1007}
+_CHMOD_WHAT = {"r": 0o444, "w": 0o222, "x": 0o111, "s": 0o6000, "t": 0o1000}
+
+
+def chmod_mode(spec: str, mode: int) -> int:
+    """``mode`` changed by a ``chmod`` mode argument (octal, or ``[ugoa]*[-+=][rwxst]*``, comma
+    separated). Raises ``ValueError`` for anything else."""
+    if re.fullmatch(r"[0-7]{1,4}", spec):
+        return int(spec, 8)
+    for clause in spec.split(","):
+        match = _CHMOD_SYMBOLIC.fullmatch(clause)
+        if match is None:
+            raise ValueError(spec)
+        who, op, what = match.groups()
+        scope = 0
+        for w in who or "a":
+            scope |= 0o7777 if w == "a" else _CHMOD_WHO[w]
+        bits = 0
+        for c in what:
+            bits |= _CHMOD_WHAT[c]
+        bits &= scope
+        if op == "+":
+            mode |= bits
+        elif op == "-":
+            mode &= ~bits
+        else:
+            mode = (mode & ~(scope & 0o777)) | bits
+    return mode & 0o7777
+
+
+async def _u_chmod(s: Shell, argv: builtins.list[str], env: dict[str, str], io_: IO) -> int:
+    args = [a for a in argv[1:] if a != "--"]
+    if len(args) < 2:
+        raise Usage("chmod: missing operand")
+    spec, *targets = args
+    for target in targets:
+        node = s.box.fs.lookup(s.abspath(target))
+        try:
+            node.mode = chmod_mode(spec, node.mode)
+        except ValueError:
+            raise Usage(f"chmod: invalid mode: '{spec}'") from None
+    return 0
+
+
 async def _u_cp_mv(s: Shell, argv: builtins.list[str], env: dict[str, str], io_: IO) -> int:
     flags, _, names = split_flags(argv[1:])
     if len(names) < 2:
@@ -2210,6 +2255,7 @@ UTILITIES: dict[str, Utility] = {
     "rm": _u_rm,
     "rmdir": _u_rmdir,
     "touch": _u_touch,
+    "chmod": _u_chmod,
     "cp": _u_cp_mv,
     "mv": _u_cp_mv,
     "env": _u_env,

@@ -44,7 +44,10 @@ from ..backend import BaseBackend, close_stream
 from ..errors import (
     CommandTimeout,
     FileNotFound,
+    FileTooLarge,
+    InvalidPath,
     IsADirectory,
+    PermissionDenied,
     SandboxNotFound,
 )
 from ..models import Capabilities, ExecEvent, NetworkPolicy, SandboxSpec
@@ -155,6 +158,13 @@ async def _closing(stream: AsyncIterator[ExecEvent]) -> AsyncIterator[AsyncItera
 
 async def _collect(events: AsyncIterator[ExecEvent]) -> list[ExecEvent]:
     return [event async for event in events]
+
+
+async def _uid(sb: Sandbox) -> str:
+    """The numeric uid a sandbox's commands run as."""
+    result = await sb.exec(["id", "-u"])
+    assert result.ok, result.stderr
+    return result.stdout.strip()
 
 
 def _tree(root: Path) -> dict[str, bytes | None]:
@@ -556,6 +566,122 @@ class ConformanceSuite:
         assert _tree(target) == _tree(source)
         with pytest.raises(FileNotFound):
             await sandbox.download("no-such-dir", tmp_path / "never")
+
+    # -- files: the sandbox user's rules -------------------------------------------------
+    #
+    # File operations act as the sandbox's default user: whatever that user's own command may
+    # not do, they refuse too (``PermissionDenied``), and replacing a file keeps its mode.
+
+    @pytest.fixture
+    def unprivileged_user(self) -> str:
+        """A non-root user of ``sandbox_spec``'s image. Where a sandbox's default user is root
+        and the provider can run sandboxes as another user (``exec_user``), the permission
+        tests also run as this one. Override for images without ``nobody``."""
+        return "nobody"
+
+    async def test_write_onto_a_directory_leaves_the_tree_intact(self, sandbox: Sandbox) -> None:
+        await sandbox.write_file("tree/sub/keep.txt", b"kept")
+        for target in ("tree", "tree/sub", "tree/sub/"):
+            with pytest.raises(IsADirectory) as caught:
+                await sandbox.write_file(target, b"a file where a directory is")
+            assert isinstance(caught.value, IsADirectoryError)
+        assert (await sandbox.stat("tree")).type == "dir"
+        assert (await sandbox.stat("tree/sub")).type == "dir"
+        assert await sandbox.read_file("tree/sub/keep.txt") == b"kept"
+
+    async def test_overwrite_keeps_the_files_mode(self, sandbox: Sandbox) -> None:
+        await sandbox.write_file("run.sh", b"#!/bin/sh\necho one\n")
+        assert (await sandbox.exec(["chmod", "750", "run.sh"])).ok
+        await sandbox.write_file("run.sh", b"#!/bin/sh\necho two\n")
+        assert (await sandbox.stat("run.sh")).mode & 0o7777 == 0o750
+        assert (await sandbox.exec(["./run.sh"])).stdout == "two\n"
+        await sandbox.write_file("fresh.txt", b"new")
+        assert (await sandbox.stat("fresh.txt")).mode & 0o7777 == 0o644
+
+    async def test_file_operations_act_as_the_sandbox_user(
+        self,
+        new_sandbox: NewSandbox,
+        conformance_backend: BaseBackend,
+        unprivileged_user: str,
+    ) -> None:
+        """The inspect-style checks (write and read without permission), compared with what
+        the sandbox's own user may do; as a non-root user where the provider has one."""
+        sb = await new_sandbox()
+        base = posixpath.join(sb.info.workdir, "asb-perm-" + uuid.uuid4().hex[:8])
+        if await _uid(sb) == "0" and conformance_backend.capabilities.exec_user:
+            sb = await new_sandbox(user=unprivileged_user)
+            base = "/tmp/asb-perm-" + uuid.uuid4().hex[:8]
+        non_root = await _uid(sb) != "0"
+
+        locked = f"{base}/locked.txt"
+        await sb.write_file(locked, b"original")
+        assert (await sb.exec(["chmod", "a-w", locked])).ok
+        refused = not (await sb.exec(["sh", "-c", 'printf x > "$1"', "sh", locked])).ok
+        assert refused or not non_root, "a non-root user wrote a read-only file"
+        if refused:
+            with pytest.raises(PermissionDenied) as caught:
+                await sb.write_file(locked, b"rewritten")
+            assert isinstance(caught.value, PermissionError)
+            assert await sb.read_file(locked) == b"original"
+        else:  # root: permission bits bind it, in commands and file operations alike, not
+            await sb.write_file(locked, b"rewritten")
+            assert await sb.read_file(locked) == b"rewritten"
+        assert (await sb.stat(locked)).mode & 0o777 == 0o444
+
+        secret = f"{base}/secret.txt"
+        await sb.write_file(secret, b"hidden")
+        assert (await sb.exec(["chmod", "a-r", secret])).ok
+        refused = not (await sb.exec(["cat", secret])).ok
+        assert refused or not non_root, "a non-root user read an unreadable file"
+        if refused:
+            with pytest.raises(PermissionDenied) as caught:
+                await sb.read_file(secret)
+            assert isinstance(caught.value, PermissionError)
+        else:
+            assert await sb.read_file(secret) == b"hidden"
+
+        shut = f"{base}/shut"
+        await sb.write_file(f"{shut}/inside.txt", b"x")
+        assert (await sb.exec(["chmod", "a-w", shut])).ok
+        refused = not (await sb.exec(["sh", "-c", 'printf x > "$1/new.txt"', "sh", shut])).ok
+        assert refused or not non_root, "a non-root user created a file in a read-only directory"
+        if refused:
+            with pytest.raises(PermissionDenied):
+                await sb.write_file(f"{shut}/other.txt", b"x")
+            assert not await sb.exists(f"{shut}/other.txt")
+        else:
+            await sb.write_file(f"{shut}/other.txt", b"x")
+
+    async def test_read_file_is_bounded(self, sandbox: Sandbox) -> None:
+        await sandbox.write_file("sized.bin", b"a" * 2048)
+        with pytest.raises(FileTooLarge) as caught:
+            await sandbox.read_file("sized.bin", max_bytes=1024)
+        assert isinstance(caught.value, OSError)
+        assert caught.value.code == "file_too_large"
+        assert await sandbox.read_file("sized.bin", max_bytes=2048) == b"a" * 2048
+
+    async def test_read_file_refuses_a_huge_sparse_file(self, sandbox: Sandbox) -> None:
+        sparse = await sandbox.exec(["truncate", "-s", "64G", "sparse.bin"])
+        if sparse.exit_code == 127:
+            pytest.skip("no truncate in the sandbox to make a 64 GiB sparse file")
+        assert sparse.ok, sparse.stderr
+        with pytest.raises(FileTooLarge):
+            await sandbox.read_file("sparse.bin")  # the default limit
+
+    async def test_read_file_never_blocks_on_a_fifo(self, sandbox: Sandbox) -> None:
+        made = await sandbox.exec(["mkfifo", "pipe"])
+        if made.exit_code == 127:
+            pytest.skip("no mkfifo in the sandbox")
+        assert made.ok, made.stderr
+        # A writer that frees a reader stuck on the FIFO after a while, so a provider that does
+        # block fails this test instead of hanging the suite.
+        writer = sandbox.exec_stream(["sh", "-c", "echo started; sleep 20; echo late > pipe"])
+        async with _closing(writer) as events:
+            async for event in events:
+                if event.kind == "stdout":
+                    break
+            with pytest.raises(InvalidPath, match="not a regular file"):
+                await sandbox.read_file("pipe")
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -37,8 +37,16 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from ..archive import extract_tar
 from ..backend import BaseBackend, ProviderOptions, argv_of
-from ..errors import CommandTimeout, FileNotFound, InvalidPath, IsADirectory, SandboxNotFound
+from ..errors import (
+    CommandTimeout,
+    FileNotFound,
+    FileTooLarge,
+    InvalidPath,
+    IsADirectory,
+    SandboxNotFound,
+)
 from ..models import (
+    DEFAULT_READ_LIMIT,
     Capabilities,
     Command,
     ExecEvent,
@@ -99,10 +107,11 @@ class FakeBackend(BaseBackend):
     ``/dev/zero``) and run commands through a small built-in shell. Built in: ``sh``, ``true``,
     ``false``, ``:``, ``echo``, ``printf``, ``cat``, ``head``, ``tail``, ``wc``, ``ls``, ``pwd``,
     ``cd``, ``exit``, ``export``, ``unset``, ``env``, ``printenv``, ``test``/``[``, ``command``,
-    ``sleep``, ``kill``, ``wait``, ``mkdir``, ``rm``, ``touch``, ``cp``, ``mv``, ``basename``,
-    ``dirname``, ``seq``, ``sha256sum``, ``md5sum``. Anything else exits 127 with
+    ``sleep``, ``kill``, ``wait``, ``mkdir``, ``rm``, ``touch``, ``chmod``, ``cp``, ``mv``,
+    ``basename``, ``dirname``, ``seq``, ``sha256sum``, ``md5sum``. Anything else exits 127 with
     ``command not found`` unless scripted with :meth:`register_command`. ``nc``, ``wget`` and
-    ``curl`` are present and always fail: the fake has no network.
+    ``curl`` are present and always fail: the fake has no network. Commands and file
+    operations run as root (``id -u`` is 0), so permission bits bind no one, as for root.
 
     Sandboxes live as long as the Python process (or until destroyed or expired); backends
     built from the same options share them (see :class:`FakeOptions`).
@@ -231,7 +240,7 @@ class FakeBackend(BaseBackend):
         box = self._box(sandbox_id, op)
         try:
             return func(box.fs)
-        except (FileNotFound, IsADirectory, InvalidPath) as exc:
+        except (FileNotFound, IsADirectory, InvalidPath, FileTooLarge) as exc:
             exc.provider, exc.op, exc.sandbox_id = self.name, op, sandbox_id
             raise
 
@@ -241,11 +250,16 @@ class FakeBackend(BaseBackend):
             raise InvalidPath(f"backend paths must be absolute: {path!r}")
         return posixpath.normpath(path)
 
-    async def read_file(self, sandbox_id: str, path: str) -> bytes:
-        """Bytes of a file. Raises ``FileNotFound``, ``IsADirectory``."""
+    async def read_file(
+        self, sandbox_id: str, path: str, *, max_bytes: int = DEFAULT_READ_LIMIT
+    ) -> bytes:
+        """Bytes of a regular file. Raises ``FileNotFound``, ``IsADirectory``, ``InvalidPath``
+        (a device), ``FileTooLarge``. The fake's user is root: permission bits bind no one."""
         await anyio.lowlevel.checkpoint()
         p = self._check(path)
-        data: bytes = self._fs_call(sandbox_id, "read_file", lambda fs: fs.read(p))
+        data: bytes = self._fs_call(
+            sandbox_id, "read_file", lambda fs: fs.read_regular(p, max_bytes)
+        )
         return data
 
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:

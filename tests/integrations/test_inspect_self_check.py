@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("inspect_ai", reason="the inspect extra needs Python 3.11+")
 
-from frameworks_testkit import config
+from frameworks_testkit import LOCAL_ROOT, config
 from inspect_ai.util import SandboxEnvironment
 from inspect_ai.util._sandbox.self_check import *  # noqa: F403
 
@@ -22,35 +22,34 @@ from agent_sandbox.integrations.inspect import (
     AgentSandboxConfig,
     AgentSandboxEnvironment,
 )
+from agent_sandbox.local import LocalBackend, LocalOptions
 
 pytestmark = pytest.mark.anyio
 
-_AS_ROOT = os.geteuid() == 0
 _PERMISSION_CHECKS = (
     "test_read_file_not_allowed",
     "test_write_text_file_without_permissions",
     "test_write_binary_file_without_permissions",
 )
+# File operations act as the sandbox's user: unjailed, that is the caller, and root ignores
+# permission bits; in the bubblewrap jail it is an unprivileged user.
+_LOCAL_USER_IS_ROOT = (
+    os.geteuid() == 0 and LocalBackend(LocalOptions(root=LOCAL_ROOT)).isolation == "none"
+)
 _LOCAL_ROOT = (
-    "local file operations run on the host with the caller's rights; as root "
-    "(CAP_DAC_OVERRIDE) a file's permission bits do not stop them"
+    "without bubblewrap, local commands and file operations run as the caller, here root, "
+    "whom a file's permission bits do not stop"
 )
 _DOCKER_ROOT = "the image's default user is root, whom a file's permission bits do not stop"
-_DOCKER_DIRECTORY = (
-    "provider bug: the docker provider's write_file (put_archive) replaces an existing "
-    "directory with the file instead of raising IsADirectory"
-)
 
 KNOWN_FAILURES: dict[str, dict[str, str]] = {
     "local": {
         "test_exec_as_user": "local commands all run as one unprivileged uid; `user` is Unsupported",
-        **dict.fromkeys(_PERMISSION_CHECKS if _AS_ROOT else (), _LOCAL_ROOT),
+        **dict.fromkeys(_PERMISSION_CHECKS if _LOCAL_USER_IS_ROOT else (), _LOCAL_ROOT),
     },
-    "docker": {
-        **dict.fromkeys(_PERMISSION_CHECKS, _DOCKER_ROOT),
-        "test_write_text_file_is_directory": _DOCKER_DIRECTORY,
-        "test_write_binary_file_is_directory": _DOCKER_DIRECTORY,
-    },
+    "docker": dict.fromkeys(_PERMISSION_CHECKS, _DOCKER_ROOT),
+    # the same image with a non-root default user: every check passes
+    "docker-as-nobody": {},
 }
 
 
@@ -59,12 +58,16 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(scope="module", params=["local", "docker"])
+@pytest.fixture(scope="module", params=["local", "docker", "docker-as-nobody"])
 async def shared_env(
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[tuple[str, SandboxEnvironment]]:
     provider: str = request.param
-    settings = AgentSandboxConfig.model_validate(config(provider))
+    if provider == "docker-as-nobody":
+        spec = config("docker", user="nobody", workdir="/tmp")
+    else:
+        spec = config(provider)
+    settings = AgentSandboxConfig.model_validate(spec)
     environments = await AgentSandboxEnvironment.sample_init("self_check", settings, {})
     try:
         yield provider, environments["default"]

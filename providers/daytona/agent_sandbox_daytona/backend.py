@@ -34,12 +34,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr
 
+from agent_sandbox import file_access
 from agent_sandbox.backend import BaseBackend, ProviderOptions, argv_of
 from agent_sandbox.errors import (
     AuthenticationError,
     CommandTimeout,
     ConfigError,
     FileNotFound,
+    FileTooLarge,
     InvalidPath,
     IsADirectory,
     OperationTimeout,
@@ -54,6 +56,7 @@ from agent_sandbox.errors import (
 )
 from agent_sandbox.labels import expires_at
 from agent_sandbox.models import (
+    DEFAULT_READ_LIMIT,
     Capabilities,
     Command,
     ExecEvent,
@@ -654,20 +657,60 @@ class DaytonaBackend(BaseBackend):
 
     # -- files ------------------------------------------------------------------------------
 
-    async def read_file(self, sandbox_id: str, path: str) -> bytes:
-        """Download one file through the toolbox file API."""
+    async def read_file(
+        self, sandbox_id: str, path: str, *, max_bytes: int = DEFAULT_READ_LIMIT
+    ) -> bytes:
+        """Download one regular file through the toolbox file API, streamed.
+
+        The toolbox reads whatever its own user may, and would block on a FIFO: a command of
+        the sandbox's user checks first that this user may read it as a regular file of at most
+        ``max_bytes``; the download stops past ``max_bytes`` anyway.
+        """
+        if await file_access.check_read(self, sandbox_id, path, max_bytes) == 0:
+            return b""  # the SDK's streaming download fails on an empty file
         sb = await self._sandbox(sandbox_id, "read_file")
+        where: dict[str, Any] = {"provider": NAME, "op": "read_file", "sandbox_id": sandbox_id}
+        if not path.isascii():
+            # The SDK's streaming download cannot take a part whose name comes RFC 5987-encoded
+            # (as the toolbox sends non-ASCII names): such a file comes whole, bounded by the
+            # check above only.
+            try:
+                data = await sb.fs.download_file(path)
+            except Exception as exc:
+                raise self._translate(exc, "read_file", sandbox_id) from exc
+            content = data if isinstance(data, bytes) else bytes(data or b"")
+            if len(content) > max_bytes:
+                raise FileTooLarge(f"read_file {path}: larger than max_bytes={max_bytes}", **where)
+            return content
+        chunks: builtins.list[bytes] = []
+        size = 0
         try:
-            data = await sb.fs.download_file(path)
+            async for chunk in await sb.fs.download_file_stream(path):
+                size += len(chunk)
+                if size > max_bytes:  # it grew after the check
+                    raise FileTooLarge(
+                        f"read_file {path}: larger than max_bytes={max_bytes}", **where
+                    )
+                chunks.append(chunk)
+        except SandboxError:
+            raise
         except Exception as exc:
             raise self._translate(exc, "read_file", sandbox_id) from exc
-        return data if isinstance(data, bytes) else bytes(data or b"")
+        return b"".join(chunks)
 
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
-        """Upload one file (multipart, streamed by the SDK); Daytona creates missing parents."""
+        """Upload one file (multipart, streamed by the SDK); Daytona creates missing parents.
+
+        The toolbox replaces a file whatever its mode and resets the mode to 0644: a command of
+        the sandbox's user checks first that this user may replace (or create) it, and a
+        replaced file gets its mode back.
+        """
+        mode = await file_access.check_write(self, sandbox_id, path)
         sb = await self._sandbox(sandbox_id, "write_file")
         try:
             await sb.fs.upload_file(bytes(data), path)
+            if mode is not None and mode != 0o644:
+                await sb.fs.set_file_permissions(path, mode=f"{mode:o}")
         except Exception as exc:
             raise self._translate(exc, "write_file", sandbox_id) from exc
 

@@ -310,6 +310,7 @@ class FakeDaytona:
         r.add_post(t + "/files/bulk-download", self.bulk_download)
         r.add_post(t + "/files/folder", self.create_folder)
         r.add_delete(t + "/files", self.delete_file)
+        r.add_post(t + "/files/permissions", self.set_permissions)
         r.add_get(t + "/work-dir", self.work_dir)
         r.add_get(t + "/user-home-dir", self.work_dir)
         r.add_route("*", "/preview/{id}/{port}/{tail:.*}", self.preview_proxy)
@@ -856,10 +857,17 @@ class FakeDaytona:
                 errors.append(f"{dest}: is a directory")
                 await part.release()  # type: ignore[union-attr]
                 continue
-            host.parent.mkdir(parents=True, exist_ok=True)
-            with open(host, "wb") as handle:  # noqa: ASYNC230 - local disk, test fake
+            # As the daemon's writeUploadedPart (apps/daemon/pkg/toolbox/fs/upload_files.go):
+            # parents made 0755, the content written to a temp file beside the target, the temp
+            # file set to 0644 and renamed over the target (so a replaced file loses its mode,
+            # and its own permission bits are never consulted).
+            host.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".daytona-upload-", dir=host.parent)
+            with os.fdopen(fd, "wb") as handle:
                 while chunk := await part.read_chunk(1 << 20):  # type: ignore[union-attr]
                     handle.write(chunk)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, host.resolve())
         if errors:
             return _json({"errors": errors}, status=400)
         return _json({"files": [{"path": p} for p in paths.values()]})
@@ -916,6 +924,28 @@ class FakeDaytona:
         host.mkdir(parents=True, exist_ok=True)
         host.chmod(int(mode, 8))
         return web.Response(status=201)
+
+    async def set_permissions(self, request: web.Request) -> web.Response:
+        """``POST /files/permissions``, as the daemon's SetFilePermissions
+        (apps/daemon/pkg/toolbox/fs/set_file_permissions.go); owner and group are not modelled."""
+        sb = self._toolbox_sandbox(request)
+        if isinstance(sb, web.Response):
+            return sb
+        path, mode = request.query.get("path"), request.query.get("mode")
+        if not path:
+            raise BadRequest("path is required")
+        if request.query.get("owner") or request.query.get("group"):
+            raise BadRequest("the fake does not model owner or group changes")
+        host = sb.host_path(path, write=True)
+        if host is None:
+            return daemon_error(request, 403, f"permission denied: {path}", "FILE_ACCESS_DENIED")
+        if not host.exists():
+            return daemon_error(request, 404, f"file not found: {path}", "FILE_NOT_FOUND")
+        if mode:
+            if not re.fullmatch(r"[0-7]{1,4}", mode):
+                raise BadRequest("invalid mode format")
+            host.chmod(int(mode, 8))
+        return web.Response(status=200)
 
     async def delete_file(self, request: web.Request) -> web.Response:
         sb = self._toolbox_sandbox(request)

@@ -30,14 +30,15 @@ from typing import IO, TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 import anyio
 import anyio.to_thread
 
+from agent_sandbox import file_access, progress
 from agent_sandbox import labels as _labels
-from agent_sandbox import progress
 from agent_sandbox.archive import ArchiveSpool
 from agent_sandbox.backend import BaseBackend, ProviderOptions, argv_of
 from agent_sandbox.errors import (
     CommandTimeout,
     ConfigError,
     FileNotFound,
+    FileTooLarge,
     InvalidPath,
     IsADirectory,
     ProviderError,
@@ -47,6 +48,7 @@ from agent_sandbox.errors import (
     Unsupported,
 )
 from agent_sandbox.models import (
+    DEFAULT_READ_LIMIT,
     Capabilities,
     Command,
     ExecEvent,
@@ -156,6 +158,7 @@ class DockerBackend(BaseBackend):
         self._api: docker.APIClient | None = None
         self._lock = threading.Lock()
         self._workdirs: dict[str, str] = {}
+        self._root_user: dict[str, bool] = {}
         self._closed = False
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -580,6 +583,7 @@ class DockerBackend(BaseBackend):
             if labels.get(LABEL_EGRESS):
                 _remove_egress(api, labels[LABEL_EGRESS])
 
+        self._root_user.pop(sandbox_id, None)
         await self._call("destroy", run, sandbox_id=sandbox_id)
 
     # -- exec -------------------------------------------------------------------------------
@@ -705,67 +709,118 @@ class DockerBackend(BaseBackend):
 
     # -- files ------------------------------------------------------------------------------
 
-    async def read_file(self, sandbox_id: str, path: str) -> bytes:
-        """The bytes of a file, streamed out of the container through the archive API.
+    async def _files_as_root(self, sandbox_id: str, op: str) -> bool:
+        """Whether the sandbox's default user is root. The archive API acts as root, so it
+        serves file operations only then; for any other user they run as that user's commands
+        (:mod:`agent_sandbox.file_access`), so the kernel applies that user's permissions."""
+        known = self._root_user.get(sandbox_id)
+        if known is None:
+            attrs = await self._inspect(sandbox_id, op)
+            user = str((attrs.get("Config") or {}).get("User") or "")
+            known = user.partition(":")[0] in ("", "root", "0")
+            self._root_user[sandbox_id] = known
+        return known
 
-        Symlinks are followed. Raises ``FileNotFound``, ``IsADirectory``.
+    async def _follow(
+        self, sandbox_id: str, path: str, op: str
+    ) -> tuple[str, dict[str, Any] | None]:
+        """``path`` with its symlinks followed, and its archive stat (``None`` when missing)."""
+        where: dict[str, Any] = {"provider": PROVIDER, "op": op, "sandbox_id": sandbox_id}
+        for _ in range(16):
+            header = await self._call(
+                op, lambda api, p=path: _stat_archive(api, sandbox_id, p), sandbox_id=sandbox_id
+            )
+            if header is None or not header.get("linkTarget"):
+                return path, header
+            target = str(header["linkTarget"])
+            path = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+        raise InvalidPath(f"too many levels of symbolic links: {path}", **where)
+
+    async def read_file(
+        self, sandbox_id: str, path: str, *, max_bytes: int = DEFAULT_READ_LIMIT
+    ) -> bytes:
+        """The bytes of a regular file, as the sandbox's default user: through the archive API
+        when that user is root, else through a command of that user.
+
+        Symlinks are followed. Raises ``FileNotFound``, ``IsADirectory``, ``PermissionDenied``,
+        ``FileTooLarge`` (checked before anything is read), ``InvalidPath`` (FIFO, device).
         """
+        if not await self._files_as_root(sandbox_id, "read_file"):
+            return await file_access.read_as_user(self, sandbox_id, path, max_bytes)
+        where: dict[str, Any] = {"provider": PROVIDER, "op": "read_file", "sandbox_id": sandbox_id}
         for _ in range(16):
             kind, payload = await self._call(
                 "read_file",
-                lambda api, p=path: _read_archive(api, sandbox_id, p),
+                lambda api, p=path: _read_archive(api, sandbox_id, p, max_bytes),
                 sandbox_id=sandbox_id,
                 path=path,
             )
             if kind == "file":
                 return payload
             if kind == "dir":
-                raise IsADirectory(
-                    f"is a directory: {path}",
-                    provider=PROVIDER,
-                    op="read_file",
-                    sandbox_id=sandbox_id,
+                raise IsADirectory(f"is a directory: {path}", **where)
+            if kind == "other":
+                raise InvalidPath(
+                    f"read_file {path}: not a regular file (a FIFO, device or socket)", **where
+                )
+            if kind == "large":
+                raise FileTooLarge(
+                    f"read_file {path}: larger than max_bytes={max_bytes}; pass a larger "
+                    "max_bytes or use download()",
+                    **where,
                 )
             target = payload.decode("utf-8", "surrogateescape")
             path = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
-        raise InvalidPath(
-            f"too many levels of symbolic links: {path}",
-            provider=PROVIDER,
-            op="read_file",
-            sandbox_id=sandbox_id,
-        )
+        raise InvalidPath(f"too many levels of symbolic links: {path}", **where)
 
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
-        """Create or replace a file through the archive API (a streamed tar), creating parents."""
-        parent, name = posixpath.split(path)
+        """Create or replace a file as the sandbox's default user, creating parents: through
+        the archive API (a streamed tar) when that user is root, else through a command of
+        that user. A replaced file keeps its mode; a directory is never replaced
+        (``IsADirectory``); a symlink is written through."""
+        if not await self._files_as_root(sandbox_id, "write_file"):
+            await file_access.write_as_user(self, sandbox_id, path, data)
+            return
+        where: dict[str, Any] = {"provider": PROVIDER, "op": "write_file", "sandbox_id": sandbox_id}
+        target, header = await self._follow(sandbox_id, path, "write_file")
+        mode = 0o644
+        if header is not None:
+            if _wire.is_dir(header):
+                raise IsADirectory(f"is a directory: {path}", **where)
+            if not _wire.is_regular(header):
+                raise InvalidPath(
+                    f"write_file {path}: not a regular file (a FIFO, device or socket)", **where
+                )
+            mode = _wire.file_info(target, header).mode
+        parent, name = posixpath.split(target)
         if not name:
-            raise InvalidPath(f"not a file path: {path}", provider=PROVIDER, op="write_file")
+            raise IsADirectory(f"is a directory: {path}", **where)
         parent = parent or "/"
 
         def put(api: docker.APIClient) -> bool:
             import docker.errors  # type: ignore[import-untyped,unused-ignore]
 
             try:
-                _put_archive(api, sandbox_id, parent, _wire.tar_single_file(name, data))
+                _put_archive(api, sandbox_id, parent, _wire.tar_single_file(name, data, mode))
             except docker.errors.NotFound as exc:
                 if "no such container" in str(exc.explanation).lower():
                     raise
                 return False
             return True
 
-        done = await self._call("write_file", put, sandbox_id=sandbox_id)
-        if done:
-            return
-        await self.mkdir(sandbox_id, parent)
-        await self._call(
-            "write_file",
-            lambda api: _put_archive(api, sandbox_id, parent, _wire.tar_single_file(name, data)),
-            sandbox_id=sandbox_id,
-            path=path,
-        )
+        try:
+            if await self._call("write_file", put, sandbox_id=sandbox_id, path=path):
+                return
+            await self.mkdir(sandbox_id, parent)
+            await self._call("write_file", put, sandbox_id=sandbox_id, path=path)
+        except SandboxError as exc:
+            raise _refused_overwrite(exc, path, where) from exc
 
     async def stat(self, sandbox_id: str, path: str) -> FileInfo:
-        """Describe a path with one ``HEAD`` of the archive API (no exec). Raises ``FileNotFound``."""
+        """Describe a path with one ``HEAD`` of the archive API (no exec), or as a command of
+        the sandbox's user when that is not root. Raises ``FileNotFound``."""
+        if not await self._files_as_root(sandbox_id, "stat"):
+            return await super().stat(sandbox_id, path)
         header = await self._call(
             "stat",
             lambda api: _stat_archive(api, sandbox_id, path),
@@ -783,8 +838,14 @@ class DockerBackend(BaseBackend):
 
     async def upload(self, sandbox_id: str, local_dir: str | Path, remote_dir: str) -> None:
         """Copy a local tree into ``remote_dir`` (created if missing) with one streamed
-        ``put_archive``; the tar is spooled to a temporary file, not built in memory."""
+        ``put_archive``; the tar is spooled to a temporary file, not built in memory. A file
+        never replaces a directory. For a sandbox whose user is not root, a command of that
+        user unpacks it."""
+        if not await self._files_as_root(sandbox_id, "upload"):
+            await super().upload(sandbox_id, local_dir, remote_dir)
+            return
         source = Path(local_dir)
+        where: dict[str, Any] = {"provider": PROVIDER, "op": "upload", "sandbox_id": sandbox_id}
 
         def put(api: docker.APIClient) -> bool:
             import docker.errors  # type: ignore[import-untyped,unused-ignore]
@@ -801,21 +862,28 @@ class DockerBackend(BaseBackend):
                     return False
             return True
 
-        if await self._call("upload", put, sandbox_id=sandbox_id):
-            return
-        await self.mkdir(sandbox_id, remote_dir)
+        try:
+            if await self._call("upload", put, sandbox_id=sandbox_id):
+                return
+            await self.mkdir(sandbox_id, remote_dir)
 
-        def put_again(api: docker.APIClient) -> None:
-            with _spooled_tar(source) as archive:
-                _put_archive(api, sandbox_id, remote_dir, archive)
+            def put_again(api: docker.APIClient) -> None:
+                with _spooled_tar(source) as archive:
+                    _put_archive(api, sandbox_id, remote_dir, archive)
 
-        await self._call("upload", put_again, sandbox_id=sandbox_id, path=remote_dir)
+            await self._call("upload", put_again, sandbox_id=sandbox_id, path=remote_dir)
+        except SandboxError as exc:
+            raise _refused_overwrite(exc, remote_dir, where) from exc
 
     async def download(self, sandbox_id: str, remote_dir: str, local_dir: str | Path) -> None:
-        """Copy the tree at ``remote_dir`` into ``local_dir`` with one streamed ``get_archive``.
+        """Copy the tree at ``remote_dir`` into ``local_dir`` with one streamed ``get_archive``
+        (a command of the sandbox's user packs it when that user is not root).
 
         Raises ``FileNotFound`` when ``remote_dir`` is missing or not a directory.
         """
+        if not await self._files_as_root(sandbox_id, "download"):
+            await super().download(sandbox_id, remote_dir, local_dir)
+            return
         target = Path(local_dir)
 
         def run(api: docker.APIClient) -> bool:
@@ -974,9 +1042,19 @@ def _put_archive(
     api: docker.APIClient, container: str, path: str, data: Iterator[bytes] | IO[bytes]
 ) -> None:
     url = api._url("/containers/{0}/archive", container)
-    # copyUIDGID: files belong to the container's user, as if it had written them itself
-    res = api._put(url, params={"path": path, "copyUIDGID": "1"}, data=data)
+    # copyUIDGID: files belong to the container's user, as if it had written them itself;
+    # noOverwriteDirNonDir: the engine refuses to replace a directory by a file (or the reverse)
+    # instead of deleting the directory's whole tree.
+    params = {"path": path, "copyUIDGID": "1", "noOverwriteDirNonDir": "1"}
+    res = api._put(url, params=params, data=data)
     api._raise_for_status(res)
+
+
+def _refused_overwrite(exc: SandboxError, path: str, where: dict[str, Any]) -> SandboxError:
+    """``IsADirectory`` for the engine's refusal to put a file where a directory is."""
+    if "cannot overwrite" in str(exc).lower():
+        return IsADirectory(f"is a directory: {path} (left as it was)", **where)
+    return exc
 
 
 def _stat_archive(api: docker.APIClient, container: str, path: str) -> dict[str, Any] | None:
@@ -990,8 +1068,12 @@ def _stat_archive(api: docker.APIClient, container: str, path: str) -> dict[str,
     return _wire.decode_stat_header(res.headers.get("X-Docker-Container-Path-Stat"))
 
 
-def _read_archive(api: docker.APIClient, container: str, path: str) -> tuple[str, bytes]:
-    """``("file", bytes)``, ``("dir", b"")`` or ``("link", target)`` for ``path``."""
+def _read_archive(
+    api: docker.APIClient, container: str, path: str, max_bytes: int
+) -> tuple[str, bytes]:
+    """``("file", bytes)``, ``("dir", b"")``, ``("link", target)``, ``("other", b"")`` for a
+    FIFO, device or socket, or ``("large", b"")`` past ``max_bytes``, for ``path``. Only a
+    regular file within the limit has its content read."""
     url = api._url("/containers/{0}/archive", container)
     res = api._get(url, params={"path": path}, stream=True, headers={"Accept-Encoding": "identity"})
     try:
@@ -1001,12 +1083,20 @@ def _read_archive(api: docker.APIClient, container: str, path: str) -> tuple[str
             return "dir", b""
         if stat.get("linkTarget"):
             return "link", str(stat["linkTarget"]).encode("utf-8", "surrogateescape")
-        member = _wire.TarReader(res.iter_content(_wire.CHUNK)).first_file()
+        if stat and not _wire.is_regular(stat):
+            return "other", b""
+        if int(stat.get("size", 0)) > max_bytes:
+            return "large", b""
+        member = _wire.TarReader(res.iter_content(_wire.CHUNK)).first_file(max_bytes)
         if member is None:
             return "file", b""
         info, content = member
         if info.issym() or info.islnk():
             return "link", info.linkname.encode("utf-8", "surrogateescape")
+        if not info.isreg():
+            return "other", b""
+        if info.size > max_bytes:
+            return "large", b""
         return "file", content
     finally:
         res.close()

@@ -129,8 +129,9 @@ class TarReader:
         del self._buf[:n]
         return out
 
-    def first_file(self) -> tuple[tarfile.TarInfo, bytes] | None:
-        """The first member's header and content; ``None`` for an empty archive."""
+    def first_file(self, max_size: int | None = None) -> tuple[tarfile.TarInfo, bytes] | None:
+        """The first member's header and content; ``None`` for an empty archive. A member over
+        ``max_size`` comes back with its header only (its content is not read)."""
         pax: dict[str, str] = {}
         while self._need(BLOCK):
             header = self._take(BLOCK)
@@ -152,7 +153,7 @@ class TarReader:
                 padded = info.size + (-info.size) % BLOCK
             if "path" in pax:
                 info.name = pax["path"]
-            if not info.isreg():
+            if not info.isreg() or (max_size is not None and info.size > max_size):
                 return info, b""
             return info, self._read_exact(info.size)
         raise ValueError("truncated tar stream")
@@ -214,6 +215,11 @@ def decode_stat_header(value: str | None) -> dict[str, Any] | None:
 def is_dir(stat: dict[str, Any]) -> bool:
     """True when an archive stat describes a directory."""
     return bool(int(stat.get("mode", 0)) & _GO_DIR)
+
+
+def is_regular(stat: dict[str, Any]) -> bool:
+    """True when an archive stat describes a regular file (no directory, link, FIFO, device)."""
+    return not int(stat.get("mode", 0)) & _GO_TYPE
 
 
 def file_info(path: str, stat: dict[str, Any]) -> FileInfo:

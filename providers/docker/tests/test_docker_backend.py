@@ -13,9 +13,11 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import anyio
+import docker.errors
 import pytest
 from agent_sandbox_docker import DockerBackend, DockerOptions
 from agent_sandbox_docker._errors import translate
@@ -28,6 +30,7 @@ from agent_sandbox.errors import (
     ConfigError,
     FileNotFound,
     IsADirectory,
+    PermissionDenied,
     ProviderUnavailable,
     SandboxConflict,
     SandboxNotFound,
@@ -430,6 +433,75 @@ async def test_written_files_belong_to_the_sandbox_user(backend: DockerBackend) 
         assert result.stdout == "xmore\n", result.stderr
     finally:
         await sandbox.destroy()
+
+
+async def test_engine_refuses_to_replace_a_directory_by_a_file(
+    sb: Sandbox, docker_api: Any, tmp_path: Path
+) -> None:
+    """Every archive upload asks the engine not to put a file where a directory is, so even a
+    directory created after the backend looked is never deleted."""
+    from agent_sandbox_docker import _wire
+    from agent_sandbox_docker._backend import _put_archive
+
+    await sb.write_file("/tmp/tree/sub/keep.txt", b"kept")
+    with pytest.raises(docker.errors.APIError, match="cannot overwrite directory"):
+        _put_archive(docker_api, sb.id, "/tmp", _wire.tar_single_file("tree", b"x"))
+    assert await sb.read_file("/tmp/tree/sub/keep.txt") == b"kept"
+    with pytest.raises(IsADirectory):
+        await sb.write_file("/tmp/tree", b"x")
+    with pytest.raises(IsADirectory):
+        await sb.upload(_one_file_tree(tmp_path, "sub"), "/tmp/tree")
+    assert await sb.read_file("/tmp/tree/sub/keep.txt") == b"kept"
+
+
+def _one_file_tree(parent: Path, name: str) -> Path:
+    root = parent / f"tree-{name}"
+    root.mkdir()
+    (root / name).write_bytes(b"a file named like a directory")
+    return root
+
+
+async def test_a_non_root_sandbox_user_gets_no_root_file_access(
+    backend: DockerBackend, tmp_path: Path
+) -> None:
+    """The engine's archive API acts as root: a sandbox whose user is not root must not read,
+    write, upload or download through it what that user may not."""
+    sandbox = await make(backend, user="nobody", workdir="/tmp")
+    try:
+        assert (await sandbox.exec(["id", "-u"])).stdout.strip() == "65534"
+        with pytest.raises(PermissionDenied):
+            await sandbox.read_file("/etc/shadow")
+        with pytest.raises(PermissionDenied):
+            await sandbox.write_file("/etc/passwd", b"owned::0:0::/:/bin/sh\n")
+        with pytest.raises(PermissionDenied):
+            await sandbox.write_file("/workspace/planted.txt", b"x")
+        assert "owned" not in (await sandbox.exec(["cat", "/etc/passwd"])).stdout
+        with pytest.raises(PermissionDenied):
+            await sandbox.upload(_one_file_tree(tmp_path, "planted"), "/etc")
+        # what the user may do still works, as that user
+        await sandbox.write_file("/tmp/mine/a.txt", b"mine")
+        assert await sandbox.read_file("/tmp/mine/a.txt") == b"mine"
+        owner = await sandbox.exec(["stat", "-c", "%u", "/tmp/mine/a.txt"])
+        assert owner.stdout.strip() == "65534"
+    finally:
+        await sandbox.destroy()
+
+
+async def test_file_operations_refuse_containers_that_are_not_sandboxes(
+    backend: DockerBackend, docker_label: str, docker_api: Any
+) -> None:
+    foreign = docker_api.create_container(
+        BUSYBOX,
+        entrypoint=["sleep"],
+        command=["900"],
+        labels={RUN_LABEL: docker_label},
+        host_config=docker_api.create_host_config(auto_remove=True),
+    )["Id"]
+    docker_api.start(foreign)
+    with pytest.raises(SandboxNotFound):
+        await backend.read_file(foreign, "/etc/hostname")
+    with pytest.raises(SandboxNotFound):
+        await backend.write_file(foreign, "/tmp/x", b"x")
 
 
 # -- network, ports, resources ----------------------------------------------------------------

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 from pydantic import Field, SecretStr
 
+from agent_sandbox import file_access
 from agent_sandbox import labels as _labels
 from agent_sandbox.backend import BaseBackend, ProviderOptions, argv_of
 from agent_sandbox.errors import (
@@ -45,6 +46,7 @@ from agent_sandbox.errors import (
     CommandTimeout,
     ConfigError,
     FileNotFound,
+    FileTooLarge,
     IsADirectory,
     OperationTimeout,
     PermissionDenied,
@@ -58,6 +60,7 @@ from agent_sandbox.errors import (
     Unsupported,
 )
 from agent_sandbox.models import (
+    DEFAULT_READ_LIMIT,
     Capabilities,
     Command,
     ExecEvent,
@@ -528,20 +531,45 @@ class E2BBackend(BaseBackend):
 
     # -- files ----------------------------------------------------------------------------------
 
-    async def read_file(self, sandbox_id: str, path: str) -> bytes:
-        """Whole content of a file, through envd's ``/files``."""
+    async def read_file(
+        self, sandbox_id: str, path: str, *, max_bytes: int = DEFAULT_READ_LIMIT
+    ) -> bytes:
+        """Content of a regular file, through envd's ``/files``.
+
+        envd reads as root whatever user it is told, so a command of the sandbox's user checks
+        first that this user may read it, that it is a regular file (envd would block on a
+        FIFO) and that it fits ``max_bytes``; the download stops past ``max_bytes`` anyway.
+        """
+        await file_access.check_read(self, sandbox_id, path, max_bytes)
         handle = await self._handle(sandbox_id, "read_file")
+        where: dict[str, Any] = {"provider": NAME, "op": "read_file", "sandbox_id": sandbox_id}
+        chunks: list[bytes] = []
+        size = 0
         try:
             # streamed: one copy of the content in memory, not three (body, bytearray, bytes)
             stream = await handle.sandbox.files.read(path, format="stream", user=handle.user)
             async with stream:
-                chunks = [chunk async for chunk in stream]
+                async for chunk in stream:
+                    size += len(chunk)
+                    if size > max_bytes:  # it grew after the check
+                        raise FileTooLarge(
+                            f"read_file {path}: larger than max_bytes={max_bytes}", **where
+                        )
+                    chunks.append(chunk)
+        except SandboxError:
+            raise
         except Exception as exc:
             raise self._err(exc, "read_file", sandbox_id) from exc
         return b"".join(chunks)
 
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
-        """Create or replace a file (parents created by envd), streamed as octet-stream."""
+        """Create or replace a file (parents created by envd), streamed as octet-stream.
+
+        envd writes as root, so a command of the sandbox's user checks first that this user may
+        replace the file (or create it, its parent directories made as that user). envd
+        truncates in place: a replaced file keeps its mode.
+        """
+        await file_access.check_write(self, sandbox_id, path)
         handle = await self._handle(sandbox_id, "write_file")
         try:
             await handle.sandbox.files.write(path, data, user=handle.user, use_octet_stream=True)
