@@ -10,6 +10,7 @@ is ``agent-sandbox worker --source URL``.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -33,10 +34,12 @@ from .source import (
 from .sqlite import Session, SQLiteQueue, SQLiteSessions
 
 if TYPE_CHECKING:
+    from .anthropic_env import AnthropicEnvironment
     from .redis_queue import RedisQueue
 
 __all__ = [
     "NO_HEARTBEAT",
+    "AnthropicEnvironment",
     "Lease",
     "LeaseKeeper",
     "LeaseLost",
@@ -66,6 +69,10 @@ def __getattr__(name: str) -> Any:
         from .redis_queue import RedisQueue
 
         return RedisQueue
+    if name == "AnthropicEnvironment":
+        from .anthropic_env import AnthropicEnvironment
+
+        return AnthropicEnvironment
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -102,6 +109,23 @@ def open_source(url: str, *, worker_id: str | None = None) -> WorkSource:
                 f'the Redis work source needs the redis extra ({exc}): pip install "agent-sandbox[redis]"'
             ) from exc
         return RedisQueue(url, queue=queue, worker_id=worker_id)
+    if scheme == "anthropic":
+        environment = rest.strip("/")
+        if not environment or "/" in environment:
+            raise ConfigError(f"work source {url!r}: expected anthropic://ENVIRONMENT_ID")
+        key = os.environ.get("ANTHROPIC_ENVIRONMENT_KEY")
+        if not key:
+            raise ConfigError(
+                "work source anthropic://: set ANTHROPIC_ENVIRONMENT_KEY to the environment key"
+            )
+        try:
+            from .anthropic_env import AnthropicEnvironment
+        except ImportError as exc:
+            raise ProviderNotInstalled(
+                "the Anthropic work source needs the anthropic extra "
+                f'({exc}): pip install "agent-sandbox[anthropic]"'
+            ) from exc
+        return AnthropicEnvironment(environment, environment_key=key, worker_id=worker_id)
     raise ConfigError(
         f"work source {url!r}: unknown scheme {scheme!r}; expected sqlite, redis or anthropic"
     )
