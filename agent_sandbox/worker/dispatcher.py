@@ -410,7 +410,9 @@ class Worker:
             scope.deadline = run.deadline
             result = await toolkit.run(call.name, call.input, call_id=call.id)
         run.call_scope = None
-        if result is None:
+        # A provider may answer a killed command instead of raising the cancellation:
+        # either way the call was cut short by the stop.
+        if result is None or scope.cancel_called:
             message = (
                 f"cancelled: the worker stopped ({run.end_reason}) before this call finished "
                 f"(grace period {self.grace_period:g} s); it may have partly run"

@@ -194,7 +194,7 @@ async def test_worker_process_reruns_the_call_a_killed_worker_had_in_flight(
     try:
         session_id, work_id = fake.create_session()
         call = fake.tool_use(session_id, "bash", {"command": f"sleep {marker}; echo ran"})
-        await eventually(lambda: process_lines(f"sleep {marker}"), timeout=30)
+        await eventually(lambda: process_lines(f"sleep {marker}"), timeout=90)
         first.kill()
         first.wait()
         second = start_worker(fake, tmp_path / "b.log", sandbox_root, "--lease-ttl", "2")
@@ -225,7 +225,7 @@ async def test_worker_process_drains_on_sigterm(
     try:
         session_id, work_id = fake.create_session()
         call = fake.tool_use(session_id, "bash", {"command": f"sleep {marker}"})
-        await eventually(lambda: process_lines(f"sleep {marker}"), timeout=30)
+        await eventually(lambda: process_lines(f"sleep {marker}"), timeout=90)
         proc.send_signal(signal.SIGTERM)
         with anyio.fail_after(20):
             while proc.poll() is None:

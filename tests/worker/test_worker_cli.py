@@ -63,3 +63,15 @@ def test_source_is_required(capsys: pytest.CaptureFixture[str]) -> None:
         main(["worker"])
     assert exit_info.value.code == 2
     assert "--source" in capsys.readouterr().err
+
+
+def test_importing_the_worker_loads_no_vendor_sdk() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, agent_sandbox.worker, agent_sandbox.worker.cli; "
+        "print(sorted(m for m in ('redis', 'anthropic') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

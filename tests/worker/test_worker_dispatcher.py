@@ -126,7 +126,9 @@ async def test_policy_is_asked_before_every_call(
 async def test_drain_finishes_short_calls_cancels_long_ones_and_cleans_up(
     queue: WorkSource, backend: LocalBackend, sandbox_root: Path
 ) -> None:
-    marker = f"31.{abs(hash(str(sandbox_root))) % 10_000:04d}"
+    marker = (
+        f"3{abs(hash(str(sandbox_root))) % 100:02d}.{abs(hash(str(sandbox_root))) % 10_000:04d}"
+    )
     worker = Worker(queue, backend=backend, poll_block_ms=100, grace_period=1.5)
     sessions = queue.sessions  # type: ignore[attr-defined]
     short, long = await sessions.create(), await sessions.create()
@@ -143,7 +145,7 @@ async def test_drain_finishes_short_calls_cancels_long_ones_and_cleans_up(
         started = anyio.current_time()
         worker.drain()
     took = anyio.current_time() - started
-    assert took < 8, f"drain took {took:.1f} s"
+    assert took < 30, f"drain took {took:.1f} s: it waited for the long call"
     assert results["short"].content.strip() == "finished"
     assert results["long"].is_error
     assert "cancelled" in results["long"].content
