@@ -67,6 +67,7 @@ from .. import (  # noqa: E402
     SandboxNotFound,
     Unsupported,
 )
+from .. import ExecResult as SandboxExecResult  # noqa: E402
 from ._config import INTEGRATION_LABEL, SandboxConfig  # noqa: E402
 
 __all__ = [
@@ -141,6 +142,16 @@ class AgentSandboxSession(BaseSandboxSession):
         user: str | User | None = None,
         stdin: bytes | None = None,
     ) -> ExecResult:
+        return _sdk_result(await self._run_raw(argv, timeout=timeout, user=user, stdin=stdin))
+
+    async def _run_raw(
+        self,
+        argv: list[str],
+        *,
+        timeout: float | None = None,
+        user: str | User | None = None,
+        stdin: bytes | None = None,
+    ) -> SandboxExecResult:
         name = user.name if isinstance(user, User) else user
         # The manifest root exists only once the workspace is set up; before, the default.
         cwd = self.state.manifest.root if self.state.workspace_root_ready else None
@@ -154,9 +165,7 @@ class AgentSandboxSession(BaseSandboxSession):
             raise ExecTransportError(
                 command=argv, cause=exc, retryable=exc.retryable, context={"code": exc.code}
             ) from exc
-        return ExecResult(
-            stdout=result.stdout_bytes, stderr=result.stderr_bytes, exit_code=result.exit_code
-        )
+        return result
 
     async def _resolve_exposed_port(self, port: int) -> ExposedPortEndpoint:
         try:
@@ -193,7 +202,12 @@ class AgentSandboxSession(BaseSandboxSession):
     async def read(self, path: Path, *, user: str | User | None = None) -> io.IOBase:
         workspace_path = await self._validate_path_access(path)
         if user is not None:
-            result = await self._run(["cat", "--", workspace_path.as_posix()], user=user)
+            raw = await self._run_raw(["cat", "--", workspace_path.as_posix()], user=user)
+            if raw.stdout_truncated:
+                raise WorkspaceArchiveReadError(
+                    path=path, context={"reason": "larger than the exec output limit"}
+                )
+            result = _sdk_result(raw)
             if not result.ok():
                 await self._raise_read_error_from_exec(
                     path=path,
@@ -277,6 +291,12 @@ class AgentSandboxSession(BaseSandboxSession):
     # shutdown() leaves the sandbox running (there is no "stopped" state to keep it in): it
     # ends with AgentSandboxClient.delete, which the Runner calls for sessions it owns, or
     # with its TTL.
+
+
+def _sdk_result(result: SandboxExecResult) -> ExecResult:
+    return ExecResult(
+        stdout=result.stdout_bytes, stderr=result.stderr_bytes, exit_code=result.exit_code
+    )
 
 
 def _tar_tree(local: Path, skip: set[str]) -> IO[bytes]:

@@ -22,6 +22,7 @@ from agents.sandbox.errors import (
     ExecTimeoutError,
     ExposedPortUnavailableError,
     InvalidManifestPathError,
+    WorkspaceArchiveReadError,
     WorkspaceReadNotFoundError,
 )
 from agents.sandbox.session import SandboxSession, SandboxSessionState
@@ -148,6 +149,11 @@ async def test_exec_as_a_user(session: SandboxSession, provider: str) -> None:
         return
     result = await session.exec("whoami", user="nobody")
     assert result.stdout.decode().strip() == "nobody"
+    assert (await session.read(Path("inline.txt"), user="root")).read() == b"inline v1\n"
+    big = 11 * 1024 * 1024  # past the exec output limit a user's read goes through
+    await session.write(Path("big.bin"), io.BytesIO(b"x" * big))
+    with pytest.raises(WorkspaceArchiveReadError):
+        await session.read(Path("big.bin"), user="root")
 
 
 async def test_an_unconfigured_port_is_refused(session: SandboxSession) -> None:
