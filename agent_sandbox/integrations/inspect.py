@@ -39,7 +39,7 @@ from pydantic import BaseModel  # noqa: E402
 
 from .. import (  # noqa: E402
     ConfigError,
-    IsADirectory,
+    FileTooLarge,
     ProviderUnavailable,
     Sandbox,
     SandboxNotFound,
@@ -242,21 +242,15 @@ class AgentSandboxEnvironment(SandboxEnvironment):
 
     async def read_file(self, file: str, text: bool = True) -> str | bytes:
         try:
-            info = await self.sandbox.stat(file)
-            if info.type == "dir":
-                raise IsADirectory(f"is a directory: {info.path}", sandbox_id=self.sandbox.id)
-            if info.size > SandboxEnvironmentLimits.MAX_READ_FILE_SIZE:
-                raise OutputLimitExceededError(
-                    SandboxEnvironmentLimits.MAX_READ_FILE_SIZE_STR, truncated_output=None
-                )
-            data = await self.sandbox.read_file(file)
-        except (SandboxNotFound, ProviderUnavailable) as exc:
-            raise SandboxUnavailableError(str(exc)) from exc
-        if len(data) > SandboxEnvironmentLimits.MAX_READ_FILE_SIZE:
-            # The file grew between stat and read.
+            data = await self.sandbox.read_file(
+                file, max_bytes=SandboxEnvironmentLimits.MAX_READ_FILE_SIZE
+            )
+        except FileTooLarge as exc:
             raise OutputLimitExceededError(
                 SandboxEnvironmentLimits.MAX_READ_FILE_SIZE_STR, truncated_output=None
-            )
+            ) from exc
+        except (SandboxNotFound, ProviderUnavailable) as exc:
+            raise SandboxUnavailableError(str(exc)) from exc
         # newline="" semantics: bytes decode as they are, \r\n stays \r\n.
         return data.decode("utf-8") if text else data
 
