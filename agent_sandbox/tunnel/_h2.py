@@ -83,6 +83,11 @@ class H2Stream:
         """Both directions ended, or the stream failed."""
         return self._error is not None or (self._remote_ended and self._local_ended)
 
+    @property
+    def at_end(self) -> bool:
+        """The peer's body is over and every chunk of it was read."""
+        return self._remote_ended and not self._chunks
+
     # -- events from the channel ----------------------------------------------------------------
 
     def _on_headers(self, headers: Headers) -> None:
@@ -157,7 +162,10 @@ class H2Stream:
         self.channel._forget_if_done(self)
 
     async def send_data(self, data: bytes | memoryview, *, end_stream: bool = False) -> None:
-        """Send body bytes, waiting for flow-control window and for the transport to take them."""
+        """Send body bytes, waiting for flow-control window and for the transport to take them.
+
+        With ``end_stream`` the last frame ends the stream (no extra frame, no extra message).
+        """
         view = memoryview(data)
         conn = self.channel.conn
         while view:
@@ -171,12 +179,15 @@ class H2Stream:
             sent = 0
             while sent < batch:
                 step = min(batch - sent, conn.max_outbound_frame_size)
-                self.channel._call(self, conn.send_data, self.id, view[sent : sent + step])
+                last = end_stream and sent + step == len(view)
+                self.channel._call(self, conn.send_data, self.id, view[sent : sent + step], last)
                 sent += step
+            if end_stream and batch == len(view):
+                self._local_ended = True
             view = view[batch:]
             await self.channel._flush()
         if end_stream:
-            await self.end()
+            await self.end()  # ends an empty body; a no-op after the last frame ended it
 
     async def end(self) -> None:
         """End our side of the stream."""

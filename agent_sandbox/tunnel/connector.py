@@ -383,13 +383,23 @@ class Connector:
                         502, "response_too_large", _too_large(route, self.max_response_bytes)
                     )
                 await stream.send_headers([(":status", str(status)), *out])
+                # A body read whole by its client (not an event stream) goes one chunk behind,
+                # so the last chunk carries END_STREAM: a small response leaves as one message.
+                # An event stream goes at once: its events must not wait for the next one.
+                streaming = dict(out).get("content-type", "").startswith("text/event-stream")
+                pending = b""
                 async for chunk in response.aiter_stream():
                     counts["response_bytes"] += len(chunk)
                     if counts["response_bytes"] > self.max_response_bytes:
                         stream.reset()
                         raise _Cut("response_too_large")
-                    await stream.send_data(chunk)
-                await stream.end()
+                    if streaming:
+                        await stream.send_data(chunk)
+                        continue
+                    if pending:
+                        await stream.send_data(pending)
+                    pending = chunk
+                await stream.send_data(pending, end_stream=True)
                 return status
         except UpstreamRefused as exc:
             raise Refusal(502, "upstream_refused", str(exc)) from exc

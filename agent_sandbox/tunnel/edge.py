@@ -102,15 +102,6 @@ class Edge:
 
     # -- what is connected ----------------------------------------------------------------------
 
-    def routes(self) -> dict[str, int]:
-        """Each served route and how many live connections serve it."""
-        served: dict[str, int] = {}
-        for link in self._links:
-            if not link.channel.closed:
-                for route in link.routes:
-                    served[route] = served.get(route, 0) + 1
-        return served
-
     def _pick(self, route: str) -> _Link:
         serving = [link for link in self._links if route in link.routes]
         ready = [link for link in serving if link.channel.accepting]
@@ -331,7 +322,10 @@ class Edge:
     async def _relay(self, stream: H2Stream, send: ASGISend, counts: dict[str, int]) -> None:
         while chunk := await stream.read():
             counts["response_bytes"] += len(chunk)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            last = stream.at_end  # known without waiting: the last chunk ends the response
+            await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+            if last:
+                return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     # -- serving --------------------------------------------------------------------------------
