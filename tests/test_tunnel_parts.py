@@ -533,3 +533,24 @@ def test_tunnel_is_not_imported_with_the_library() -> None:
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
+
+
+@pytest.mark.anyio
+async def test_a_reset_stops_a_handler_that_waits_on_something_else() -> None:
+    """An abandoned event stream must not hold its upstream until the upstream speaks again."""
+    stopped = anyio.Event()
+
+    async def idle(stream: H2Stream) -> None:
+        await read_all(stream)
+        await stream.send_headers([(":status", "200")])
+        try:
+            await anyio.sleep_forever()  # an upstream with nothing to say
+        finally:
+            stopped.set()
+
+    async with channel_pair(idle) as (client, _, _cut):
+        stream = client.open_stream(request(), end_stream=True)
+        await stream.response_headers()
+        stream.reset()
+        with anyio.fail_after(5):
+            await stopped.wait()
