@@ -314,11 +314,15 @@ async def test_connector_tokens_refused_then_rotated_without_restart(tmp_path: P
                 await anyio.sleep(0.05)
 
         t.token_file.write_text(t.mint(["other"]))  # valid, but not for this route
-        await refused("route_not_granted")
+        record = await refused("route_not_granted")
+        assert record["arguments"]["connector"] == "test-connector"
+        assert record["result"]["status"] == 403
 
         seen = len(events(t.connector_audit))
         t.token_file.write_text(t.mint(["json"]))  # rotated: the same process connects
         await t.wait_connected(2, since=seen)
+        accepted = records(t.edge_audit, op="tunnel.connect", decision="allow")
+        assert accepted[-1]["arguments"]["connector"] == "test-connector"
         async with t.client("json") as client:
             assert text(await client.call_tool("add", {"a": 1, "b": 2})) == "3"
         assert forged not in t.edge_audit.read_text()

@@ -37,7 +37,7 @@ from ._wire import (
     session_digest,
 )
 from .exchange import ExchangeInfo, Refusal, describe, error_body
-from .tokens import Caller, CallerTokens, ConnectorKeys, valid_route_name
+from .tokens import Caller, CallerTokens, ConnectorClaims, ConnectorKeys, valid_route_name
 
 __all__ = ["Edge"]
 
@@ -133,33 +133,41 @@ class Edge:
         headers = _headers(scope)
         peer = _peer(scope)
         announced = [r.strip() for r in headers.get(ROUTES_HEADER, "").split(",") if r.strip()]
-        arguments = {"peer": peer, "routes": announced}
-        with self.audit.span("tunnel.connect", arguments=arguments) as record:
+        claims: ConnectorClaims | None = None
+        refused: Refusal | None = None
+        try:  # decided before the record is opened, so the record names the connector
+            if scope["path"] != CONNECT_PATH:
+                raise Refusal(404, "not_found", "connectors dial /connect")
+            if self._draining:
+                raise Refusal(503, "draining", "the edge is shutting down")
+            token = _bearer(headers)
+            if token is None:
+                raise Refusal(401, "connector_unauthenticated", "no connector token")
             try:
-                if scope["path"] != CONNECT_PATH:
-                    raise Refusal(404, "not_found", "connectors dial /connect")
-                if self._draining:
-                    raise Refusal(503, "draining", "the edge is shutting down")
-                token = _bearer(headers)
-                if token is None:
-                    raise Refusal(401, "connector_unauthenticated", "no connector token")
-                try:
-                    claims = self.connector_keys.verify(token)
-                except AuthenticationError as exc:
-                    raise Refusal(401, "connector_unauthenticated", str(exc)) from exc
-                arguments["connector"] = claims.name
-                if not announced or not all(valid_route_name(r) for r in announced):
-                    raise Refusal(400, "bad_request", f"invalid {ROUTES_HEADER} header")
-                extra = sorted(set(announced) - claims.routes)
-                if extra:
-                    raise Refusal(
-                        403, "route_not_granted", f"the token does not grant route(s) {extra}"
-                    )
-            except Refusal as refusal:
+                claims = self.connector_keys.verify(token)
+            except AuthenticationError as exc:
+                raise Refusal(401, "connector_unauthenticated", str(exc)) from exc
+            if not announced or not all(valid_route_name(r) for r in announced):
+                raise Refusal(400, "bad_request", f"invalid {ROUTES_HEADER} header")
+            extra = sorted(set(announced) - claims.routes)
+            if extra:
+                raise Refusal(
+                    403, "route_not_granted", f"the token does not grant route(s) {extra}"
+                )
+        except Refusal as refusal:
+            refused = refusal
+        arguments = {
+            "peer": peer,
+            "routes": announced,
+            "connector": claims.name if claims is not None else None,
+        }
+        with self.audit.span("tunnel.connect", arguments=arguments) as record:
+            if refused is not None or claims is None:
+                assert refused is not None
                 record.decision = "deny"
-                record.result = {"status": refusal.status, "reason": refusal.reason}
-                log.warning("connector from %s refused: %s", peer, refusal.message)
-                await _reject_upgrade(scope, send, refusal)
+                record.result = {"status": refused.status, "reason": refused.reason}
+                log.warning("connector from %s refused: %s", peer, refused.message)
+                await _reject_upgrade(scope, send, refused)
                 return
             record.decision = "allow"
             record.result = {"status": 101}
