@@ -22,7 +22,8 @@ DOCKER_IMAGE = os.environ.get(
 )
 RUN_LABEL = "agent-sandbox.test-run"
 RUN_ID = uuid.uuid4().hex[:12]
-LOCAL_ROOT = tempfile.mkdtemp(prefix="agent-sandbox-frameworks-")
+LOCAL_ROOT = os.path.join(tempfile.gettempdir(), f"agent-sandbox-frameworks-{RUN_ID}")
+"""The local provider's root for this run: made by the first sandbox, removed at session end."""
 PROVIDERS = ("local", "docker")
 
 
