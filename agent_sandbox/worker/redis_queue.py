@@ -189,19 +189,49 @@ return 'stopped'
 """
 )
 
-# ARGV: prefix, item, attempt. 1 when the item is held at that attempt.
-_FENCE = """
-local h = redis.call('HMGET', ARGV[1] .. ':item:' .. ARGV[2], 'state', 'attempt')
-if h[2] == ARGV[3] and (h[1] == 'starting' or h[1] == 'active' or h[1] == 'stopping') then
-  return 1
+# ARGV: prefix, item, attempt, session, cursor ('-' for the start). The session's first
+# unanswered call after the cursor, in one round trip: {'lost'}, {'closed'},
+# {'call', cursor, entry, call, name, input, started_by} or {'none', cursor, last entry}.
+_NEXT = """
+local p = ARGV[1]
+local h = redis.call('HMGET', p .. ':item:' .. ARGV[2], 'state', 'attempt')
+if h[2] ~= ARGV[3] or not (h[1] == 'starting' or h[1] == 'active' or h[1] == 'stopping') then
+  return {'lost'}
 end
-return 0
+if redis.call('HGET', p .. ':session:' .. ARGV[4], 'state') ~= 'open' then return {'closed'} end
+local calls = p .. ':calls:' .. ARGV[4]
+local answers = p .. ':answers:' .. ARGV[4]
+local cursor = ARGV[5]
+local last = cursor
+while true do
+  local start = '-'
+  if cursor ~= '-' then start = '(' .. cursor end
+  local entries = redis.call('XRANGE', calls, start, '+', 'COUNT', 100)
+  if #entries == 0 then
+    if last == '-' then last = '0-0' end
+    return {'none', cursor, last}
+  end
+  for _, entry in ipairs(entries) do
+    local fields = {}
+    for i = 1, #entry[2], 2 do fields[entry[2][i]] = entry[2][i + 1] end
+    if fields['close'] then return {'closed'} end
+    if redis.call('HEXISTS', answers, fields['call']) == 0 then
+      local started = redis.call('HGET', p .. ':started:' .. ARGV[4], fields['call']) or ''
+      return {'call', cursor, entry[1], fields['call'], fields['name'], fields['input'], started}
+    end
+    cursor = entry[1]
+    last = cursor
+  end
+end
 """
 
-# ARGV: prefix, item, attempt, session, call, answer json.
-_POST = (
-    _FENCE.replace("return 1\nend\nreturn 0", "else return 0 end").rstrip()
-    + """
+# ARGV: prefix, item, attempt, session, call, answer json. 1 when recorded: the item is held at
+# that attempt (the fence) and the call had no answer yet.
+_POST = """
+local h = redis.call('HMGET', ARGV[1] .. ':item:' .. ARGV[2], 'state', 'attempt')
+if h[2] ~= ARGV[3] or not (h[1] == 'starting' or h[1] == 'active' or h[1] == 'stopping') then
+  return 0
+end
 if redis.call('HSETNX', ARGV[1] .. ':answers:' .. ARGV[4], ARGV[5], ARGV[6]) == 0 then
   return 0
 end
@@ -210,7 +240,6 @@ redis.call('RPUSH', reply, ARGV[6])
 redis.call('EXPIRE', reply, 86400)
 return 1
 """
-)
 
 # ARGV: prefix, session, metadata json, item, ttl.
 _CREATE = (
@@ -331,7 +360,7 @@ class RedisQueue:
                 "ack": _ACK,
                 "heartbeat": _HEARTBEAT,
                 "stop": _STOP,
-                "fence": _FENCE,
+                "next": _NEXT,
                 "post": _POST,
                 "create": _CREATE,
                 "call": _CALL,
@@ -488,48 +517,36 @@ class _RedisChannel:
         self._holder = f"{item.id}#{item.attempt}"
         self._cursor = "-"  # every call up to this entry is answered
         p, sid = queue.prefix, item.session_id
-        self._calls, self._answers = f"{p}:calls:{sid}", f"{p}:answers:{sid}"
-        self._started = f"{p}:started:{sid}"
-
-    async def _fenced(self) -> bool:
-        return bool(await self._queue.script("fence", self._item.id, str(self._item.attempt)))
+        self._calls, self._started = f"{p}:calls:{sid}", f"{p}:started:{sid}"
 
     async def next_call(self) -> ToolCall | None:
         """The oldest unanswered call; None at the session's close marker."""
-        redis = self._queue.redis
+        item = self._item
         while True:
-            if not await self._fenced():
+            reply = await self._queue.script(
+                "next", item.id, str(item.attempt), item.session_id, self._cursor
+            )
+            if reply[0] == "lost":
                 raise LeaseLost(
-                    f"work item {self._item.id} (attempt {self._item.attempt}) is no longer "
-                    "held by this worker",
+                    f"work item {item.id} (attempt {item.attempt}) is no longer held by this "
+                    "worker",
                     op="next_call",
                 )
-            start = "-" if self._cursor == "-" else "(" + self._cursor
-            entries = await self._queue._do(redis.xrange(self._calls, start, "+", 50))
-            for entry_id, fields in entries:
-                if fields.get("close"):
-                    return None
-                call_id = fields["call"]
-                answered, started_by = await self._queue._do(self._answered_and_started(call_id))
-                if answered:
-                    self._cursor = entry_id
-                    continue
+            if reply[0] == "closed":
+                return None
+            self._cursor = reply[1]
+            if reply[0] == "call":
+                _, _, entry_id, call_id, name, raw, started_by = reply
                 return ToolCall(
                     id=call_id,
-                    name=fields["name"],
-                    input=json.loads(fields["input"]),
-                    interrupted=started_by is not None and started_by != self._holder,
+                    name=name,
+                    input=json.loads(raw),
+                    interrupted=bool(started_by) and started_by != self._holder,
                     handle=entry_id,
                 )
-            last = entries[-1][0] if entries else (self._cursor if self._cursor != "-" else "0-0")
-            await self._queue._do(redis.xread({self._calls: last}, count=1, block=1000))
-
-    async def _answered_and_started(self, call_id: str) -> tuple[bool, str | None]:
-        pipe = self._queue.redis.pipeline(transaction=False)
-        pipe.hexists(self._answers, call_id)
-        pipe.hget(self._started, call_id)
-        answered, started = await pipe.execute()
-        return bool(answered), started
+            await self._queue._do(
+                self._queue.redis.xread({self._calls: reply[2]}, count=1, block=1000)
+            )
 
     async def started(self, call: ToolCall) -> None:
         """Mark ``call`` as running under this worker's attempt."""
