@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "SandboxBackend": ".backend",
     "ConfigWarning": ".config",
     "ArgumentTypeError": ".errors",
+    "BlockingCallInEventLoop": ".errors",
     "AuthenticationError": ".errors",
     "CommandTimeout": ".errors",
     "ConfigError": ".errors",
@@ -36,6 +37,7 @@ _EXPORTS: dict[str, str] = {
     "OperationTimeout": ".errors",
     "PermissionDenied": ".errors",
     "PolicyDenied": ".errors",
+    "ProcessNotFound": ".errors",
     "ProviderError": ".errors",
     "ProviderNotInstalled": ".errors",
     "ProviderUnavailable": ".errors",
@@ -44,6 +46,7 @@ _EXPORTS: dict[str, str] = {
     "SandboxConflict": ".errors",
     "SandboxError": ".errors",
     "SandboxNotFound": ".errors",
+    "StdinClosed": ".errors",
     "UnsafeArchive": ".errors",
     "Unsupported": ".errors",
     "Capabilities": ".models",
@@ -53,11 +56,16 @@ _EXPORTS: dict[str, str] = {
     "ExecResult": ".models",
     "FileInfo": ".models",
     "NetworkPolicy": ".models",
+    "ProcessInfo": ".models",
     "SandboxInfo": ".models",
     "SandboxSpec": ".models",
+    "StartOptions": ".models",
     "Action": ".policy",
     "Decision": ".policy",
     "Policy": ".policy",
+    "ExitStatus": ".process",
+    "Process": ".process",
+    "ProcessHandle": ".process",
     "Sandbox": ".sandbox",
     "ToolKit": ".tools",
     "ToolResult": ".tools",
@@ -82,6 +90,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     )
     from .errors import (
         ArgumentTypeError as ArgumentTypeError,
+        BlockingCallInEventLoop as BlockingCallInEventLoop,
         AuthenticationError as AuthenticationError,
         CommandTimeout as CommandTimeout,
         ConfigError as ConfigError,
@@ -92,6 +101,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         OperationTimeout as OperationTimeout,
         PermissionDenied as PermissionDenied,
         PolicyDenied as PolicyDenied,
+        ProcessNotFound as ProcessNotFound,
         ProviderError as ProviderError,
         ProviderNotInstalled as ProviderNotInstalled,
         ProviderUnavailable as ProviderUnavailable,
@@ -100,6 +110,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         SandboxConflict as SandboxConflict,
         SandboxError as SandboxError,
         SandboxNotFound as SandboxNotFound,
+        StdinClosed as StdinClosed,
         UnsafeArchive as UnsafeArchive,
         Unsupported as Unsupported,
     )
@@ -111,13 +122,20 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         ExecResult as ExecResult,
         FileInfo as FileInfo,
         NetworkPolicy as NetworkPolicy,
+        ProcessInfo as ProcessInfo,
         SandboxInfo as SandboxInfo,
         SandboxSpec as SandboxSpec,
+        StartOptions as StartOptions,
     )
     from .policy import (
         Action as Action,
         Decision as Decision,
         Policy as Policy,
+    )
+    from .process import (
+        ExitStatus as ExitStatus,
+        Process as Process,
+        ProcessHandle as ProcessHandle,
     )
     from .sandbox import (
         Sandbox as Sandbox,

@@ -1,9 +1,11 @@
 """The provider contract: the :class:`SandboxBackend` primitives and the :class:`BaseBackend` that
 derives everything else from them.
 
-A provider implements seven primitives (create, connect, list, destroy, exec_stream, read_file,
-write_file); ``exec``, directory listing, stat, remove, mkdir, tree upload and download, and
-``sweep`` come from :class:`BaseBackend`. Every method takes the sandbox id, so a backend holds no
+A provider implements the lifecycle (create, connect, list, destroy), the process seam (``start``
+returning a :class:`~agent_sandbox.process.ProcessHandle`, and ``attach`` where processes can be
+reached again) and two file primitives (read_file, write_file); ``exec`` and ``exec_stream``,
+directory listing, stat, remove, mkdir, tree upload and download, and ``sweep`` come from
+:class:`BaseBackend`. Every method takes the sandbox id, so a backend holds no
 per-sandbox state that cannot be rebuilt from the id. Paths given to a backend are absolute: the
 :class:`~agent_sandbox.Sandbox` handle resolves relative ones against the sandbox's workdir.
 """
@@ -11,11 +13,11 @@ per-sandbox state that cannot be rebuilt from the id. Paths given to a backend a
 from __future__ import annotations
 
 import builtins
+import contextlib
 import io
 import posixpath
 import shlex
 import tarfile
-import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -23,13 +25,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+import anyio
+import anyio.lowlevel
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict
 
 from . import labels as _labels
+from ._tasks import spawn
 from .archive import DEFAULT_LIMITS, ArchiveLimits, ArchiveSpool
 from .errors import (
-    CommandTimeout,
     FileNotFound,
     InvalidPath,
     PermissionDenied,
@@ -46,10 +50,14 @@ from .models import (
     ExecResult,
     FileInfo,
     FileType,
+    ProcessInfo,
     SandboxInfo,
     SandboxSpec,
+    StartOptions,
 )
 from .output import CappedBuffer
+from .process import ExitStatus, Process, ProcessHandle, Stream, exec_stream, run
+from .process import argv_of as argv_of
 
 UNLIMITED_OUTPUT = 1 << 62
 
@@ -97,14 +105,22 @@ class SandboxBackend(Protocol):
         """Remove a sandbox promptly; a sandbox already gone is not an error."""
         ...
 
-    def exec_stream(
-        self, sandbox_id: str, command: Command, options: ExecOptions
-    ) -> AsyncIterator[ExecEvent]:
-        """Run a command, yielding output chunks as they come and then one ``exit`` event.
+    async def start(
+        self, sandbox_id: str, argv: builtins.list[str], options: StartOptions
+    ) -> ProcessHandle:
+        """Start ``argv`` (never empty, already checked) and return its handle.
 
-        Raises ``CommandTimeout`` (after killing the whole process tree) when
-        ``options.timeout`` expires, ``SandboxNotFound`` for a gone sandbox.
+        The core owns the rest of the command's life (see :mod:`agent_sandbox.process`): the
+        handle only reads output, writes stdin, waits and kills the whole tree. Raises
+        ``SandboxNotFound`` for a gone sandbox, ``FileNotFound`` for a missing ``cwd``; a
+        command that cannot be found or executed is not an error but an exit status (127 or
+        126) with the shell's message on stderr.
         """
+        ...
+
+    async def attach(self, sandbox_id: str, ref: str) -> ProcessHandle:
+        """A handle on a process started earlier, possibly by another client
+        (``Capabilities.reattach``). Raises ``ProcessNotFound``."""
         ...
 
     async def read_file(
@@ -129,33 +145,23 @@ class SandboxBackend(Protocol):
         ...
 
 
-def argv_of(command: Command) -> list[str]:
-    """The argv that runs ``command``: a string runs under ``sh -c``, a sequence as it is.
-
-    Raises ``ValueError`` for an empty command or non-string arguments.
-    """
-    if isinstance(command, str):
-        if not command.strip():
-            raise ValueError("empty command")
-        return ["sh", "-c", command]
-    if isinstance(command, (bytes, bytearray)):
-        raise TypeError("command must be str (shell) or a sequence of str (argv), not bytes")
-    argv = list(command)
-    if not argv:
-        raise ValueError("empty argv")
-    for arg in argv:
-        if not isinstance(arg, str):
-            raise TypeError(f"argv items must be str, got {type(arg).__name__}: {arg!r}")
-        if "\x00" in arg:
-            raise ValueError("argv items cannot contain NUL bytes")
-    return argv
-
-
 def exit_status(returncode: int) -> tuple[int, int | None]:
     """Map a POSIX wait status as Python reports it (negative = signal) to (exit_code, signal)."""
     if returncode < 0:
         return 128 - returncode, -returncode
     return returncode, None
+
+
+def start_options(options: ExecOptions, *, detached: bool = False) -> StartOptions:
+    """The :class:`StartOptions` of a command run with ``options``."""
+    return StartOptions(
+        cwd=options.cwd,
+        env=options.env,
+        user=options.user,
+        stdin=options.stdin,
+        timeout=options.timeout,
+        detached=detached,
+    )
 
 
 _STAT_FORMAT = "%F\t%s\t%a\t%Y\t%n"
@@ -227,11 +233,34 @@ class BaseBackend(ABC):
     async def destroy(self, sandbox_id: str) -> None:
         """See :class:`SandboxBackend`."""
 
-    @abstractmethod
-    def exec_stream(
-        self, sandbox_id: str, command: Command, options: ExecOptions
-    ) -> AsyncIterator[ExecEvent]:
+    async def start(
+        self, sandbox_id: str, argv: builtins.list[str], options: StartOptions
+    ) -> ProcessHandle:
         """See :class:`SandboxBackend`."""
+        if type(self).exec_stream is BaseBackend.exec_stream:
+            raise NotImplementedError(
+                f"{type(self).__name__} implements neither start nor exec_stream"
+            )
+        # A provider not yet ported onto the process seam: its own exec_stream (and its own
+        # timeout, as a backstop: the core enforces the deadline and closes the stream).
+        legacy = ExecOptions(
+            cwd=options.cwd,
+            env=options.env,
+            stdin=options.stdin,
+            user=options.user,
+            timeout=options.timeout,
+        )
+        return _StreamHandle(self.exec_stream(sandbox_id, argv, legacy))
+
+    async def attach(self, sandbox_id: str, ref: str) -> ProcessHandle:
+        """See :class:`SandboxBackend`. Raises ``Unsupported`` by default."""
+        raise self._unsupported("attaching to a process")
+
+    async def processes(self, sandbox_id: str) -> builtins.list[ProcessInfo]:
+        """Processes started with ``Sandbox.start`` in the sandbox (``Capabilities.reattach``).
+
+        Raises ``Unsupported`` by default."""
+        raise self._unsupported("listing processes")
 
     @abstractmethod
     async def read_file(
@@ -253,41 +282,21 @@ class BaseBackend(ABC):
 
         Raises ``CommandTimeout`` carrying the partial output.
         """
-        out = CappedBuffer(options.output_limit)
-        err = CappedBuffer(options.output_limit)
-        exit_code: int | None = None
-        signal: int | None = None
-        start = time.monotonic()
-        events = self.exec_stream(sandbox_id, command, options)
-        try:
-            async for event in events:
-                if event.kind == "stdout":
-                    out.write(event.data)
-                elif event.kind == "stderr":
-                    err.write(event.data)
-                else:
-                    exit_code, signal = event.exit_code, event.signal
-        except CommandTimeout as exc:
-            exc.stdout, exc.stderr = out.getvalue(), err.getvalue()
-            raise
-        finally:
-            await close_stream(events)
-        if exit_code is None:
-            raise ProviderError(
-                "command stream ended without an exit status",
-                provider=self.name,
-                op="exec",
-                sandbox_id=sandbox_id,
-            )
-        return ExecResult(
-            exit_code=exit_code,
-            signal=signal,
-            stdout_bytes=out.getvalue(),
-            stderr_bytes=err.getvalue(),
-            stdout_truncated=out.truncated,
-            stderr_truncated=err.truncated,
-            duration_s=time.monotonic() - start,
+        proc = await Process.start(
+            self, sandbox_id, command, start_options(options), output_limit=options.output_limit
         )
+        return await run(proc)
+
+    async def exec_stream(
+        self, sandbox_id: str, command: Command, options: ExecOptions
+    ) -> AsyncIterator[ExecEvent]:
+        """Run a command, yielding output chunks as they come, then one ``exit`` event.
+
+        Leaving the iteration early kills the command. Raises as :meth:`exec`.
+        """
+        proc = await Process.start(self, sandbox_id, command, start_options(options))
+        async for event in exec_stream(proc):
+            yield event
 
     async def _helper(
         self, sandbox_id: str, op: str, script: str, *args: str, stdin: bytes | None = None
@@ -462,3 +471,66 @@ def _tar_directory(source: Path) -> bytes:
 def quote(argv: list[str]) -> str:
     """``argv`` as one shell-quoted string (for providers whose API takes a command line)."""
     return shlex.join(argv)
+
+
+class _StreamHandle(ProcessHandle):
+    """A process seen through a provider's own ``exec_stream`` (providers not yet ported),
+    pumped by a task of its own so the command runs whether or not anyone reads."""
+
+    ref = ""
+
+    def __init__(self, stream: AsyncIterator[ExecEvent]) -> None:
+        self._stream = stream
+        self._send, self._receive = anyio.create_memory_object_stream[ExecEvent | Exception](16)
+        self._status = ExitStatus(137, 9)
+        self._done = anyio.Event()
+        self._task = spawn(self._pump)
+
+    async def _pump(self) -> None:
+        try:
+            await self._pump_events()
+        finally:
+            self._done.set()
+
+    async def _pump_events(self) -> None:
+        async with self._send:
+            try:
+                async for event in self._stream:
+                    await self._send.send(event)
+            except anyio.BrokenResourceError:
+                pass
+            except Exception as exc:
+                with contextlib.suppress(anyio.BrokenResourceError):
+                    await self._send.send(exc)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await close_stream(self._stream)
+
+    async def read(self) -> tuple[Stream, bytes] | None:
+        while True:
+            try:
+                item = await self._receive.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                return None
+            if isinstance(item, Exception):
+                raise item
+            if item.kind == "exit":
+                assert item.exit_code is not None
+                self._status = ExitStatus(item.exit_code, item.signal)
+                return None
+            if item.data:
+                return item.kind, item.data
+
+    async def wait(self) -> ExitStatus:
+        return self._status
+
+    async def kill(self) -> None:
+        # One asyncio cancellation (not a cancel scope's, repeated at every await), so the
+        # provider's generator can still clean up (kill the command) in its finally.
+        if self._task is not None and not self._done.is_set():
+            self._task.cancel()
+        await self._done.wait()
+
+    async def close(self) -> None:
+        await self.kill()
+        await self._receive.aclose()

@@ -8,6 +8,8 @@ never escape raw: adapters translate them and keep the original as ``__cause__``
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 
@@ -70,6 +72,18 @@ class SandboxNotFound(SandboxError, LookupError):
     """The sandbox does not exist (never did, was destroyed, or expired)."""
 
     code = "sandbox_not_found"
+
+
+class ProcessNotFound(SandboxError, LookupError):
+    """No process with that ref in the sandbox (it never existed, or the sandbox ended)."""
+
+    code = "process_not_found"
+
+
+class StdinClosed(SandboxError, BrokenPipeError):
+    """A process's stdin was written after it was closed (or the process ended)."""
+
+    code = "stdin_closed"
 
 
 class FileNotFound(SandboxError, FileNotFoundError):
@@ -164,6 +178,13 @@ class ArgumentTypeError(ConfigError, TypeError):
     code = "argument_type"
 
 
+class BlockingCallInEventLoop(SandboxError, RuntimeError):
+    """A blocking (``agent_sandbox.sync``) call was made from inside a running event loop,
+    which it would stall: use the async API there."""
+
+    code = "blocking_call_in_event_loop"
+
+
 class ProviderNotInstalled(SandboxError, ImportError):
     """The provider's package is not installed; the message names the ``pip install`` to run."""
 
@@ -206,3 +227,99 @@ class ProviderError(SandboxError):
     """The provider failed in a way no more specific error describes."""
 
     code = "provider_error"
+
+
+# -- translating a provider's exceptions ---------------------------------------------------------
+
+Table = Callable[[Exception, str], "SandboxError | None"]
+"""A provider's own rows: ``(exception, lowercased message) -> error``, ``None`` for "not mine"."""
+
+_FILE_OPS = ("read_file", "write_file", "stat", "list_dir", "remove", "mkdir")
+
+
+def from_status(status: int | None, message: str, *, op: str | None = None) -> SandboxError | None:
+    """The shared rows of an HTTP status (401, 403, 404, 409, 429, 400/422, 5xx); ``None`` for
+    anything else. A 404 on a file operation is a missing file, elsewhere a missing sandbox; a 403
+    that speaks of a limit or quota is a quota."""
+    if status is None:
+        return None
+    lower = message.lower()
+    if status == 401:
+        return AuthenticationError(f"the provider rejected the credentials: {message}")
+    if status == 403:
+        if "quota" in lower or "limit" in lower:
+            return QuotaExceeded(message)
+        return AuthenticationError(f"the provider refused the request: {message}")
+    if status == 404:
+        if op in _FILE_OPS:
+            return FileNotFound(message)
+        return SandboxNotFound(message)
+    if status == 409:
+        return SandboxConflict(message)
+    if status == 429:
+        return RateLimited(message)
+    if status in (400, 422):
+        return ConfigError(f"the provider refused the request: {message}")
+    if status >= 500:
+        return ProviderUnavailable(f"the provider answered {status}: {message}")
+    return None
+
+
+def translate(
+    exc: BaseException,
+    *,
+    provider: str,
+    op: str,
+    sandbox_id: str | None = None,
+    table: Table | None = None,
+) -> SandboxError:
+    """``exc`` as a :class:`SandboxError` naming where it happened: ours as they are, else the
+    provider's ``table``, else its HTTP status (a ``status_code`` or ``status`` attribute), else
+    timeouts and connection failures, else ``ProviderError``."""
+    if isinstance(exc, SandboxError):
+        err = exc
+    else:
+        message = str(exc) or type(exc).__name__
+        found = (
+            table(exc, message.lower())
+            if table is not None and isinstance(exc, Exception)
+            else None
+        )
+        status = getattr(exc, "status_code", None) or getattr(exc, "status", None)
+        err = (
+            found
+            or from_status(status if isinstance(status, int) else None, message, op=op)
+            or _transport(exc, message)
+            or ProviderError(f"{provider} {op} failed: {message}")
+        )
+    err.provider = err.provider or provider
+    err.op = err.op or op
+    err.sandbox_id = err.sandbox_id or sandbox_id
+    return err
+
+
+def _transport(exc: BaseException, message: str) -> SandboxError | None:
+    if isinstance(exc, TimeoutError):
+        return OperationTimeout(f"the provider did not answer in time: {message}")
+    if isinstance(exc, (ConnectionError, OSError)):
+        return ProviderUnavailable(f"cannot reach the provider: {message}")
+    return None
+
+
+@contextlib.contextmanager
+def translating(
+    provider: str, op: str, sandbox_id: str | None = None, *, table: Table | None = None
+) -> Iterator[None]:
+    """Raise whatever the block raises as a :class:`SandboxError` (see :func:`translate`), the
+    original kept as ``__cause__``::
+
+        with translating("acme", "read_file", sandbox_id, table=ACME_ROWS):
+            data = await client.files.read(path)
+    """
+    try:
+        yield
+    except Exception as exc:
+        err = translate(exc, provider=provider, op=op, sandbox_id=sandbox_id, table=table)
+        if err is exc:
+            raise
+        raise err from exc

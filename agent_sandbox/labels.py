@@ -12,6 +12,19 @@ MANAGED = "agent-sandbox.managed"
 OWNER = "agent-sandbox.owner"
 CREATED_AT = "agent-sandbox.created-at"
 EXPIRES_AT = "agent-sandbox.expires-at"
+# Written by providers, not by stamp():
+PROVIDER = "agent-sandbox.provider"
+"""Which provider made a resource (where one engine or account holds others' too)."""
+WORKDIR = "agent-sandbox.workdir"
+"""The sandbox's workdir, where the vendor does not keep one."""
+USER = "agent-sandbox.user"
+"""The sandbox's default user, where the vendor does not keep one."""
+CREATE_KEY = "agent-sandbox.create-key"
+"""One value per ``create`` call, reused by its retries: finds what a failed attempt made."""
+SNAPSHOT_OF = "agent-sandbox.snapshot-of"
+ROLE = "agent-sandbox.role"
+"""A helper resource's role beside a sandbox (e.g. ``egress-proxy``)."""
+EGRESS = "agent-sandbox.egress"
 
 
 def default_owner() -> str:

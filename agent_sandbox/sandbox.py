@@ -25,10 +25,13 @@ from .models import (
     ExecResult,
     FileInfo,
     NetworkPolicy,
+    ProcessInfo,
     SandboxInfo,
     SandboxSpec,
+    StartOptions,
 )
 from .policy import Policy
+from .process import Process
 
 log = logging.getLogger("agent_sandbox")
 
@@ -48,6 +51,14 @@ def _guarded(backend: BaseBackend, audit: AuditLog | None, policy: Policy | None
         return backend
 
     return AuditingBackend(backend, audit, policy)
+
+
+def _stdin_bytes(stdin: bytes | str | None) -> bytes | None:
+    if stdin is None or isinstance(stdin, bytes):
+        return stdin
+    if isinstance(stdin, (str, bytearray, memoryview)):
+        return stdin.encode() if isinstance(stdin, str) else bytes(stdin)
+    raise ArgumentTypeError(f"stdin must be bytes or str, not {type(stdin).__name__}")
 
 
 class Sandbox:
@@ -271,7 +282,7 @@ class Sandbox:
         return ExecOptions(
             cwd=self.path(cwd) if cwd is not None else self.info.workdir,
             env=dict(env or {}),
-            stdin=stdin.encode() if isinstance(stdin, str) else stdin,
+            stdin=_stdin_bytes(stdin),
             timeout=timeout,
             user=user,
             output_limit=output_limit,
@@ -316,13 +327,68 @@ class Sandbox:
 
         Leaving the loop early kills the command. Raises as :meth:`exec`.
         """
-        options = self._options(cwd, env, stdin, timeout, user, DEFAULT_OUTPUT_LIMIT)
+        options = self._options(cwd, env, stdin, timeout, user, 0)
         stream = self.backend.exec_stream(self.id, command, options)
         try:
             async for event in stream:
                 yield event
         finally:
             await close_stream(stream)
+
+    async def start(
+        self,
+        command: Command,
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | str | bool | None = None,
+        timeout: float | None = None,
+        user: str | None = None,
+        output_limit: int = DEFAULT_OUTPUT_LIMIT,
+    ) -> Process:
+        """Start a command in the background and return at once.
+
+        The :class:`Process` streams its output (``async for event in proc``), waits
+        (``await proc.wait()``), takes stdin (``stdin=True``, then ``proc.write_stdin`` and
+        ``proc.close_stdin``; bytes or str are fed and stdin closed) and is killed with
+        ``proc.kill()``. It runs until it ends, is killed, or the sandbox ends (TTL included):
+        ``timeout`` is opt-in. ``proc.ref`` reaches it again through :meth:`attach`, from this
+        client or another (``Capabilities.reattach``).
+
+        Raises:
+            Unsupported: ``stdin=True`` without ``Capabilities.stdin_streaming``.
+            SandboxNotFound: the sandbox is gone.
+        """
+        options = StartOptions(
+            cwd=self.path(cwd) if cwd is not None else self.info.workdir,
+            env=dict(env or {}),
+            user=user,
+            stdin=None if isinstance(stdin, bool) else _stdin_bytes(stdin),
+            stdin_open=stdin is True,
+            detached=True,
+            timeout=timeout,
+        )
+        return await Process.start(
+            self.backend, self.id, command, options, output_limit=output_limit
+        )
+
+    async def attach(self, ref: str, *, output_limit: int = DEFAULT_OUTPUT_LIMIT) -> Process:
+        """The process :meth:`start` returned with this ``ref``, from any client.
+
+        What it printed before is replayed where the provider keeps it (see the provider's
+        page). Raises ``ProcessNotFound``, ``Unsupported`` (``Capabilities.reattach``).
+        """
+        handle = await self.backend.attach(self.id, ref)
+        return Process(
+            handle, provider=self.provider, sandbox_id=self.id, output_limit=output_limit
+        )
+
+    async def processes(self) -> builtins.list[ProcessInfo]:
+        """The processes started with :meth:`start` in this sandbox, running or ended.
+
+        Raises ``Unsupported`` (``Capabilities.reattach``).
+        """
+        return await self.backend.processes(self.id)
 
     # -- files ------------------------------------------------------------------------------
 

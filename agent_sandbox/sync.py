@@ -7,15 +7,23 @@ Every method has the async one's arguments, return value and errors::
     with Sandbox.create() as sb:
         print(sb.exec("echo hi").stdout)
 
-Calls run on one background event-loop thread (a daemon) shared by the process. Do not call these from
-inside a running event loop: use the async API there.
+Calls run on one background event-loop thread (a daemon) shared by the process (a forked child
+starts its own). Called from inside a running event loop they raise ``BlockingCallInEventLoop``:
+use the async API there.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import builtins
+import concurrent.futures
+import contextlib
+import os
+import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -24,6 +32,7 @@ import anyio
 from anyio.from_thread import BlockingPortal
 
 from .backend import close_stream
+from .errors import BlockingCallInEventLoop
 from .models import (
     DEFAULT_OUTPUT_LIMIT,
     DEFAULT_READ_LIMIT,
@@ -31,14 +40,18 @@ from .models import (
     ExecEvent,
     ExecResult,
     FileInfo,
+    ProcessInfo,
     SandboxInfo,
 )
+from .process import Process as AsyncProcess
 from .sandbox import Sandbox as AsyncSandbox
 
 T = TypeVar("T")
 
 _portal: BlockingPortal | None = None
 _portal_lock = threading.Lock()
+_open_iterators: weakref.WeakSet[_Events] = weakref.WeakSet()
+_exiting = False
 
 
 def _serve_portal(ready: threading.Event, holder: list[BlockingPortal]) -> None:
@@ -71,11 +84,150 @@ def _get_portal() -> BlockingPortal:
         return _portal
 
 
+def _forget_portal_after_fork() -> None:
+    """In a forked child the event-loop thread does not exist: start afresh on first use."""
+    global _portal, _portal_lock, _open_iterators
+    _portal = None
+    _portal_lock = threading.Lock()
+    _open_iterators = weakref.WeakSet()
+
+
+os.register_at_fork(after_in_child=_forget_portal_after_fork)
+
+
+@atexit.register
+def _close_open_iterators() -> None:
+    """At exit, end the commands of streams and processes still being iterated (while the
+    event-loop thread still runs); a generator finalised later must not wait for it."""
+    global _exiting
+    _exiting = True
+    if _portal is None:
+        return
+    for events in list(_open_iterators):
+        with contextlib.suppress(Exception):
+            events.close(timeout=5)
+
+
+def _check_no_running_loop() -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise BlockingCallInEventLoop(
+            "agent_sandbox.sync was called from inside a running event loop, which it would "
+            "block; use the async API there (await agent_sandbox.Sandbox.create(...), "
+            "await sb.exec(...))"
+        )
+
+
 def _run(func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    _check_no_running_loop()
+
     async def call() -> T:
         return await func(*args, **kwargs)
 
     return _get_portal().call(call)
+
+
+class _Events:
+    """A blocking iterator over an async iterator of events, driven on the portal."""
+
+    def __init__(self, events: AsyncIterator[ExecEvent], on_close: Callable[[], Awaitable[None]]):
+        self._events = events
+        self._on_close = on_close
+        self._closed = False
+        _open_iterators.add(self)
+
+    def __iter__(self) -> Iterator[ExecEvent]:
+        return self
+
+    def __next__(self) -> ExecEvent:
+        if self._closed:
+            raise StopIteration
+        try:
+            return _run(self._events.__anext__)
+        except StopAsyncIteration:
+            self.close()
+            raise StopIteration from None
+
+    def close(self, timeout: float | None = None) -> None:
+        """End the iteration (and the command, where leaving early kills it)."""
+        if self._closed:
+            return
+        self._closed = True
+        _open_iterators.discard(self)
+        if _portal is None or sys.is_finalizing():
+            return
+        future = _portal.start_task_soon(self._on_close)
+        with contextlib.suppress(concurrent.futures.TimeoutError):
+            future.result(timeout)
+
+    def __del__(self) -> None:
+        # Never block a finalising interpreter on the event-loop thread (it may be gone).
+        if not self._closed and not _exiting and not sys.is_finalizing():
+            with contextlib.suppress(Exception):
+                self.close(timeout=5)
+
+
+class Process:
+    """A background process whose methods block. Mirrors :class:`agent_sandbox.Process`.
+
+    Iterate it for events (``for event in proc``); leaving the loop does not kill it. As a
+    context manager it kills the process on exit.
+    """
+
+    def __init__(self, inner: AsyncProcess) -> None:
+        self.aio = inner
+        """The underlying async process."""
+
+    @property
+    def ref(self) -> str:
+        """Reaches the process again through :meth:`Sandbox.attach`, from any client."""
+        return self.aio.ref
+
+    @property
+    def exit_code(self) -> int | None:
+        """The exit status once the process ended and was waited for, else ``None``."""
+        return self.aio.exit_code
+
+    def __iter__(self) -> Iterator[ExecEvent]:
+        events = self.aio.__aiter__()
+        return _Events(events, lambda: close_stream(events))
+
+    def wait(self) -> ExecResult:
+        """Wait for the process to end; see :meth:`agent_sandbox.Process.wait`."""
+        return _run(self.aio.wait)
+
+    def kill(self) -> None:
+        """Kill the process and everything it started."""
+        _run(self.aio.kill)
+
+    def write_stdin(self, data: bytes | str) -> None:
+        """Write to the process's stdin."""
+        _run(self.aio.write_stdin, data)
+
+    def close_stdin(self) -> None:
+        """Close the process's stdin."""
+        _run(self.aio.close_stdin)
+
+    def close(self) -> None:
+        """Release the client's hold; a process still running keeps running."""
+        _run(self.aio.close)
+
+    def __enter__(self) -> Process:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _run(self.aio.end)
+
+    def __repr__(self) -> str:
+        return f"<sync.Process {self.aio.provider}:{self.aio.sandbox_id} {self.ref}>"
 
 
 class Sandbox:
@@ -179,15 +331,40 @@ class Sandbox:
         stream = self.aio.exec_stream(
             command, cwd=cwd, env=env, stdin=stdin, timeout=timeout, user=user
         )
-        portal = _get_portal()
-        try:
-            while True:
-                try:
-                    yield portal.call(stream.__anext__)
-                except StopAsyncIteration:
-                    return
-        finally:
-            portal.call(close_stream, stream)
+        return _Events(stream, lambda: close_stream(stream))
+
+    def start(
+        self,
+        command: Command,
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | str | bool | None = None,
+        timeout: float | None = None,
+        user: str | None = None,
+        output_limit: int = DEFAULT_OUTPUT_LIMIT,
+    ) -> Process:
+        """Start a command in the background; see :meth:`agent_sandbox.Sandbox.start`."""
+        return Process(
+            _run(
+                self.aio.start,
+                command,
+                cwd=cwd,
+                env=env,
+                stdin=stdin,
+                timeout=timeout,
+                user=user,
+                output_limit=output_limit,
+            )
+        )
+
+    def attach(self, ref: str, *, output_limit: int = DEFAULT_OUTPUT_LIMIT) -> Process:
+        """The process with this ref; see :meth:`agent_sandbox.Sandbox.attach`."""
+        return Process(_run(self.aio.attach, ref, output_limit=output_limit))
+
+    def processes(self) -> builtins.list[ProcessInfo]:
+        """Processes started with :meth:`start`, running or ended."""
+        return _run(self.aio.processes)
 
     def read_file(self, path: str, *, max_bytes: int = DEFAULT_READ_LIMIT) -> bytes:
         """The bytes of a regular file (see :meth:`agent_sandbox.Sandbox.read_file`)."""

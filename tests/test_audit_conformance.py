@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from agent_sandbox import Sandbox
+from agent_sandbox import BaseBackend
 from agent_sandbox.audit import AuditingBackend, AuditLog, JsonlSink, verify_chain
 from agent_sandbox.local import LocalBackend, LocalOptions
 from agent_sandbox.testing import ConformanceSuite, FakeBackend
@@ -29,24 +29,15 @@ def audit_log(tmp_path: Path) -> Iterator[AuditLog]:
 
 
 class AuditedSuite(ConformanceSuite):
-    async def test_connect_by_id_from_a_new_backend(  # type: ignore[override]
-        self, sandbox: Sandbox, conformance_backend: AuditingBackend
-    ) -> None:
-        # The suite builds the new backend as type(backend)(backend.options); a wrapper is built
-        # around a new inner backend instead (AuditingBackend forwards the inner options).
-        await sandbox.write_file("kept.txt", b"still here")
-        inner = type(conformance_backend.inner)(conformance_backend.options)
-        other = AuditingBackend(inner, conformance_backend.audit)
-        try:
-            again = await Sandbox.connect(sandbox.id, backend=other)
-            assert again.id == sandbox.id
-            assert await again.read_file("kept.txt") == b"still here"
-            assert (await again.exec(["cat", "kept.txt"])).stdout == "still here"
-            await again.close()
-            assert (await sandbox.exec("echo ok")).stdout == "ok\n"
-        finally:
-            with anyio.CancelScope(shield=True):
-                await other.aclose()
+    def new_backend(self, backend: BaseBackend) -> BaseBackend:
+        # A wrapper is built around a new inner backend (AuditingBackend forwards its options).
+        assert isinstance(backend, AuditingBackend)
+        return AuditingBackend(type(backend.inner)(backend.options), backend.audit)
+
+    @pytest.fixture
+    def separate_client_processes(self) -> bool:
+        # Another process would build the plain backend: the unaudited suites cover that.
+        return False
 
 
 class TestAuditedFakeConformance(AuditedSuite):

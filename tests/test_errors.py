@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pickle
 
+import anyio
 import pytest
 
 import agent_sandbox
 from agent_sandbox import errors
 from agent_sandbox.errors import CommandTimeout, SandboxError
+from agent_sandbox.retry import retry
 
 
 def _all_errors() -> list[type[SandboxError]]:
@@ -127,3 +129,89 @@ def test_cause_is_kept_when_translating() -> None:
     with pytest.raises(errors.ProviderUnavailable) as caught:
         translate()
     assert caught.value.__cause__ is original
+
+
+# -- translation and retries ------------------------------------------------------------------
+
+
+class _VendorError(Exception):
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "op", "expected"),
+    [
+        (401, "bad key", "create", errors.AuthenticationError),
+        (403, "forbidden", "create", errors.AuthenticationError),
+        (403, "sandbox limit reached", "create", errors.QuotaExceeded),
+        (404, "missing", "connect", errors.SandboxNotFound),
+        (404, "missing", "read_file", errors.FileNotFound),
+        (409, "exists", "create", errors.SandboxConflict),
+        (429, "slow down", "exec", errors.RateLimited),
+        (422, "bad field", "create", errors.ConfigError),
+        (503, "down", "create", errors.ProviderUnavailable),
+        (418, "teapot", "create", errors.ProviderError),
+        (None, "boom", "create", errors.ProviderError),
+    ],
+)
+def test_translating_maps_the_shared_statuses(
+    status: int | None, message: str, op: str, expected: type[Exception]
+) -> None:
+    with pytest.raises(expected) as caught, errors.translating("acme", op, "sb-1"):
+        raise _VendorError(message, status)
+    err = caught.value
+    assert isinstance(err, errors.SandboxError)
+    assert (err.provider, err.op, err.sandbox_id) == ("acme", op, "sb-1")
+    assert isinstance(err.__cause__, _VendorError)
+
+
+def test_a_provider_table_comes_first_and_ours_pass_through() -> None:
+    def rows(exc: Exception, lower: str) -> errors.SandboxError | None:
+        return errors.IsADirectory("a directory") if "is a directory" in lower else None
+
+    with pytest.raises(errors.IsADirectory), errors.translating("acme", "read_file", table=rows):
+        raise _VendorError("path is a directory", 400)
+    with pytest.raises(errors.ConfigError), errors.translating("acme", "read_file", table=rows):
+        raise _VendorError("nope", 400)
+    ours = errors.FileNotFound("gone")
+    with pytest.raises(errors.FileNotFound) as caught, errors.translating("acme", "stat", "s"):
+        raise ours
+    assert caught.value is ours
+    assert (ours.provider, ours.op) == ("acme", "stat")
+    with pytest.raises(errors.OperationTimeout), errors.translating("acme", "exec"):
+        raise TimeoutError("slow")
+    with pytest.raises(errors.ProviderUnavailable), errors.translating("acme", "exec"):
+        raise ConnectionResetError("reset")
+
+
+def test_retry_retries_only_what_is_retryable() -> None:
+    calls: list[int] = []
+
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise errors.ProviderUnavailable("down for a moment")
+        return "ok"
+
+    assert anyio.run(lambda: retry(flaky, attempts=3, backoff=0.001)) == "ok"
+    assert len(calls) == 3
+
+    async def refused() -> str:
+        calls.append(1)
+        raise errors.AuthenticationError("bad key")
+
+    calls.clear()
+    with pytest.raises(errors.AuthenticationError):
+        anyio.run(lambda: retry(refused, attempts=5, backoff=0.001))
+    assert len(calls) == 1
+
+    async def always_down() -> str:
+        calls.append(1)
+        raise errors.RateLimited("later")
+
+    calls.clear()
+    with pytest.raises(errors.RateLimited):
+        anyio.run(lambda: retry(always_down, attempts=2, backoff=0.001))
+    assert len(calls) == 2

@@ -16,3 +16,8 @@ class TestFakeBackendConformance(ConformanceSuite):
     def egress_target(self) -> None:
         # The fake has no network: an open sandbox cannot reach this machine either.
         return None
+
+    @pytest.fixture
+    def separate_client_processes(self) -> bool:
+        # The fake's sandboxes live in this process's memory.
+        return False

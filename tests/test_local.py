@@ -544,7 +544,7 @@ async def test_expired_sandbox_is_gone_and_its_command_stopped(root: Path, mode:
     backend = make_backend(root, mode)
     sb = await asb.Sandbox.create(backend=backend, ttl_seconds=1.5)
     try:
-        with pytest.raises(asb.CommandTimeout, match="TTL"):
+        with pytest.raises(asb.SandboxNotFound, match="TTL"):
             await sb.exec(["sleep", "30"])
         with pytest.raises(asb.SandboxNotFound):
             await backend.connect(sb.id)

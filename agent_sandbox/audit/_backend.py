@@ -20,10 +20,13 @@ from ..models import (
     ExecOptions,
     ExecResult,
     FileInfo,
+    ProcessInfo,
     SandboxInfo,
     SandboxSpec,
+    StartOptions,
 )
 from ..policy import Action, Policy
+from ..process import ProcessHandle
 from ._log import AuditLog, AuditRecord
 
 
@@ -206,6 +209,35 @@ class AuditingBackend(BaseBackend):
                 raise
             finally:
                 await close_stream(stream)
+
+    async def start(
+        self, sandbox_id: str, argv: builtins.list[str], options: StartOptions
+    ) -> ProcessHandle:
+        """Start a background process through the inner backend (policy op ``start``,
+        ``command`` checked); the record holds its ref."""
+        arguments: dict[str, Any] = {"command": list(argv)}
+        if options.cwd is not None:
+            arguments["cwd"] = options.cwd
+        if options.env:
+            arguments["env"] = dict(options.env)
+        if options.timeout is not None:
+            arguments["timeout"] = options.timeout
+        with self._guard("start", sandbox_id, arguments, command=argv) as record:
+            handle = await self.inner.start(sandbox_id, argv, options)
+            record.result = {"ref": handle.ref}
+        return handle
+
+    async def attach(self, sandbox_id: str, ref: str) -> ProcessHandle:
+        """Attach through the inner backend (policy op ``attach``)."""
+        with self._guard("attach", sandbox_id, {"ref": ref}):
+            return await self.inner.attach(sandbox_id, ref)
+
+    async def processes(self, sandbox_id: str) -> builtins.list[ProcessInfo]:
+        """List processes through the inner backend (policy op ``processes``)."""
+        with self._guard("processes", sandbox_id, None) as record:
+            found = await self.inner.processes(sandbox_id)
+            record.result = {"count": len(found)}
+        return found
 
     async def read_file(
         self, sandbox_id: str, path: str, *, max_bytes: int = DEFAULT_READ_LIMIT

@@ -1,4 +1,4 @@
-"""Launching the local provider's commands: from argv and options to a spawned :class:`Child`."""
+"""Starting the local provider's commands: from argv and options to a process handle."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ import os
 import secrets
 import stat
 import time
-from typing import Any
 
-from ..backend import argv_of, exit_status
-from ..errors import CommandTimeout, FileNotFound, Unsupported
-from ..models import Command, ExecEvent, ExecOptions
-from . import _jail
-from ._process import Child, Deadline
+from ..errors import FileNotFound, Unsupported
+from ..models import StartOptions
+from ..process import CompletedHandle, ExitStatus, ProcessHandle
+from . import _background, _jail
+from ._process import Child, PipeHandle
 from ._store import MARK_EXEC, MARK_SANDBOX, PROVIDER, Box, Store
 
 _RECORD_AFTER = 0.05
@@ -28,15 +27,9 @@ class Launcher:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def _deadline(self, box: Box, timeout: float | None) -> tuple[float | None, str]:
-        """Monotonic deadline of a command: its timeout or the sandbox's TTL, whichever first
-        (a running command keeps the sandbox from being idle)."""
-        left = box.expires - time.time()
-        if timeout is not None and timeout <= left:
-            return time.monotonic() + timeout, "timeout"
-        return time.monotonic() + max(left, 0.0), "expired"
-
-    def _missing_command(self, box: Box, argv0: str, cwd: str, path_var: str) -> ExecEvent | None:
+    def _missing_command(
+        self, box: Box, argv0: str, cwd: str, path_var: str
+    ) -> CompletedHandle | None:
         """In a jail, tell "not found" (127) and "not executable" (126) apart before spawning:
         bwrap itself would exit 1 for both."""
         fs = box.fs
@@ -64,15 +57,11 @@ class Launcher:
             if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
                 return None
             denied = True
-        if denied:
-            return ExecEvent(kind="stderr", data=f"{argv0}: Permission denied\n".encode())
-        return ExecEvent(kind="stderr", data=f"{argv0}: command not found\n".encode())
+        return _failed(argv0, denied)
 
-    def launch(
-        self, sandbox_id: str, command: Command, options: ExecOptions
-    ) -> Run | list[ExecEvent]:
-        """Spawn a command; the running command, or the events of one that could not start
-        (127 not found, 126 not executable)."""
+    async def start(self, sandbox_id: str, argv: list[str], options: StartOptions) -> ProcessHandle:
+        """Spawn ``argv`` in the sandbox: held through pipes by this client, or (``detached``)
+        under a supervisor of its own. A command that cannot start is a 127/126 result."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -82,13 +71,6 @@ class Launcher:
                 op="exec",
             ) from None
         box = self.store.live(sandbox_id, "exec")
-        argv = argv_of(command)
-        if options.user is not None:
-            raise Unsupported(
-                "the local provider does not support running as another user",
-                provider=PROVIDER,
-                op="exec",
-            )
         nonce = f"{os.getpid()}-{next(_exec_counter)}-{secrets.token_hex(4)}"
         cwd = options.cwd or box.workdir
         if box.isolation == "bwrap":
@@ -98,8 +80,7 @@ class Launcher:
             path_var = options.env.get("PATH") or box.env.get("PATH", _jail.JAIL_PATH)
             failure = self._missing_command(box, argv[0], cwd, path_var)
             if failure is not None:
-                code = 126 if b"Permission denied" in failure.data else 127
-                return [failure, ExecEvent(kind="exit", exit_code=code)]
+                return failure
             full = list(box.prefix)
             for key, value in options.env.items():
                 full += ["--setenv", key, value]
@@ -112,13 +93,26 @@ class Launcher:
             host_cwd = cwd
         if box.wrap:
             full = [*box.wrap, *full]
-        deadline, reason = self._deadline(box, options.timeout)
+        jailed = box.isolation == "bwrap"
+        if options.detached:
+            return await _background.start(
+                box,
+                full,
+                env=env,
+                cwd=host_cwd,
+                shown_cwd=cwd,
+                command=argv,
+                stdin=options.stdin,
+                stdin_open=options.stdin_open,
+                marker=f"{MARK_EXEC}={nonce}",
+                signal_from_status=jailed,
+            )
         try:
             child = Child(
                 full,
                 env=env,
                 cwd=host_cwd,
-                stdin=options.stdin,
+                stdin=options.stdin is not None or options.stdin_open,
                 marker=f"{MARK_EXEC}={nonce}".encode(),
             )
         except FileNotFoundError as exc:
@@ -129,15 +123,9 @@ class Launcher:
                     op="exec",
                     sandbox_id=sandbox_id,
                 ) from exc
-            return [
-                ExecEvent(kind="stderr", data=f"{argv[0]}: command not found\n".encode()),
-                ExecEvent(kind="exit", exit_code=127),
-            ]
+            return _failed(argv[0], denied=False)
         except PermissionError:
-            return [
-                ExecEvent(kind="stderr", data=f"{argv[0]}: Permission denied\n".encode()),
-                ExecEvent(kind="exit", exit_code=126),
-            ]
+            return _failed(argv[0], denied=True)
         except NotADirectoryError as exc:
             raise FileNotFound(
                 f"working directory not found: {cwd}",
@@ -149,7 +137,22 @@ class Launcher:
         # from another process can kill it; short commands skip the cost (~0.1 ms on ext4).
         record = _Record(os.path.join(box.procs, f"{child.pid}.{nonce}"))
         box.running += 1
-        return Run(self.store, box, child, record, deadline, reason, options.timeout)
+
+        def forget() -> None:
+            record.remove()
+            box.running -= 1
+            self.store.touch(box, time.time())
+
+        return PipeHandle(
+            child,
+            ref=nonce,
+            stdin=options.stdin,
+            keep_stdin_open=options.stdin_open,
+            expires=box.expires,
+            signal_from_status=jailed,
+            sandbox_id=sandbox_id,
+            on_close=forget,
+        )
 
     def _check_cwd_jail(self, box: Box, cwd: str) -> None:
         assert box.fs is not None
@@ -164,64 +167,6 @@ class Launcher:
                 op="exec",
                 sandbox_id=box.id,
             )
-
-
-class Run:
-    """A spawned command of a sandbox, from launch to reaping."""
-
-    def __init__(
-        self,
-        store: Store,
-        box: Box,
-        child: Child,
-        record: _Record,
-        deadline: float | None,
-        reason: str,
-        timeout: float | None,
-    ) -> None:
-        self.store, self.box, self.child, self.record = store, box, child, record
-        self.deadline, self.reason, self.timeout = deadline, reason, timeout
-        self.finished = False
-        self.closed = False
-
-    def finish(self) -> tuple[int, int | None]:
-        """Reap the (exited or killed) command: ``(exit_code, signal)``."""
-        returncode = self.child.finish()
-        self.finished = True
-        code, sig = exit_status(returncode)
-        if self.box.isolation == "bwrap" and sig is None and 128 < code <= 128 + 64:
-            # bwrap reports a command killed by signal N as exit status 128+N.
-            sig = code - 128
-        return code, sig
-
-    def timed_out(self, deadline: Deadline) -> CommandTimeout:
-        """Reap the killed command; the error to raise."""
-        self.finish()
-        where: dict[str, Any] = {
-            "provider": PROVIDER,
-            "op": "exec",
-            "sandbox_id": self.box.id,
-            "timeout": self.timeout,
-        }
-        if deadline.reason == "expired":
-            return CommandTimeout(
-                f"sandbox {self.box.id} reached its TTL while the command ran; killed", **where
-            )
-        return CommandTimeout(
-            f"command timed out after {self.timeout}s; its process tree was killed", **where
-        )
-
-    def close(self) -> None:
-        """Kill whatever still runs (an abandoned stream), reap, and forget the command."""
-        if self.closed:
-            return
-        self.closed = True
-        if not self.finished:
-            self.child.kill()
-            self.child.finish()
-        self.record.remove()
-        self.box.running -= 1
-        self.store.touch(self.box, time.time())
 
 
 class _Record:
@@ -250,3 +195,12 @@ class _Record:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
             self.written = False
+
+
+def _failed(argv0: str, denied: bool) -> CompletedHandle:
+    """The result of a command that could not start: 126 (not executable) or 127 (not found)."""
+    if denied:
+        return CompletedHandle(
+            ExitStatus(126), [("stderr", f"{argv0}: Permission denied\n".encode())]
+        )
+    return CompletedHandle(ExitStatus(127), [("stderr", f"{argv0}: command not found\n".encode())])

@@ -1,4 +1,4 @@
-"""Running one command as a host process: spawn, stream, time out, kill the whole tree.
+"""A command as a host process held by this client: spawn it, read its pipes, kill its tree.
 
 The event-loop side is plain asyncio (``add_reader`` on the pipes and on a pidfd), which costs a
 few microseconds per command where :func:`asyncio.create_subprocess_exec` on Python 3.10/3.11
@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import select
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+
+from ..errors import SandboxNotFound
+from ..process import ExitStatus, ProcessHandle, Stream, exit_status, from_returncode
 
 CHUNK = 64 * 1024
 _WAIT_FLAGS = os.WEXITED | os.WNOHANG | os.WNOWAIT
@@ -27,19 +28,9 @@ _DRAIN_LIMIT = 4 * 1024 * 1024
 _EXIT_GRACE_MS = 1
 QUICK_WAIT = 0.002
 
-Kind = Literal["stdout", "stderr"]
-
-
-class Deadline(Exception):
-    """The command ran past its deadline; its group was killed. ``reason`` says which one."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
 
 def kill_marked(marker: bytes, *, skip: int | None = None) -> int:
-    """SIGKILL every process of ours whose initial environment holds ``marker`` (``KEY=value``).
+    """SIGKILL every process whose initial environment holds ``marker`` (``KEY=value``).
 
     Catches processes that left their process group (``setsid``); returns how many were hit.
     A process that re-executed itself with a cleared environment escapes this (documented).
@@ -94,7 +85,7 @@ class Child:
         *,
         env: dict[str, str],
         cwd: str | None,
-        stdin: bytes | None,
+        stdin: bool,
         marker: bytes | None = None,
     ) -> None:
         self.popen = subprocess.Popen(
@@ -117,11 +108,9 @@ class Child:
         os.set_blocking(self.out_fd, False)
         os.set_blocking(self.err_fd, False)
         self.in_fd: int | None = None
-        self.pending = memoryview(stdin or b"")
         if stdin and self.popen.stdin is not None:
             self.in_fd = self.popen.stdin.fileno()
             os.set_blocking(self.in_fd, False)
-            self._feed()
         self.pidfd: int | None = None
         try:
             self.pidfd = os.pidfd_open(self.pid)
@@ -129,32 +118,8 @@ class Child:
             self.pidfd = None
         self.returncode: int | None = None
 
-    # -- stdin ------------------------------------------------------------------------------
-
-    def _feed(self) -> None:
-        """Write as much pending stdin as the pipe takes; close it when done or refused."""
-        if self.in_fd is None:
-            return
-        try:
-            while self.pending:
-                written = os.write(self.in_fd, self.pending[: 1 << 20])
-                self.pending = self.pending[written:]
-        except BlockingIOError:
-            return
-        except OSError:  # EPIPE: the command does not read its stdin; that is its business
-            self.pending = memoryview(b"")
-        self._close_stdin()
-
-    def _close_stdin(self) -> None:
-        if self.in_fd is not None and self.popen.stdin is not None:
-            with contextlib.suppress(OSError):
-                self.popen.stdin.close()
-        self.in_fd = None
-
-    # -- exit -------------------------------------------------------------------------------
-
     def exited(self) -> bool:
-        """True once the leader has ended (it stays unreaped until :meth:`finish`)."""
+        """True once the leader has ended (it stays unreaped until :meth:`reap`)."""
         if self.returncode is not None:
             return True
         try:
@@ -169,17 +134,23 @@ class Child:
         if self.marker is not None:
             kill_marked(self.marker)
 
-    def finish(self) -> int:
-        """Kill what is left of the group, reap the leader, close everything; the return code."""
+    def reap(self) -> int:
+        """Kill what is left of the group, reap the leader; its return code."""
         if self.returncode is None:
             killpg(self.pid)
             self.returncode = self.popen.wait()
-        self.close()
         return self.returncode
+
+    def close_stdin(self) -> None:
+        """Close our end of stdin (idempotent)."""
+        if self.in_fd is not None and self.popen.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.popen.stdin.close()
+        self.in_fd = None
 
     def close(self) -> None:
         """Close our ends of the pipes and the pidfd (idempotent)."""
-        self._close_stdin()
+        self.close_stdin()
         for stream in (self.popen.stdout, self.popen.stderr):
             if stream is not None:
                 with contextlib.suppress(OSError):
@@ -190,160 +161,215 @@ class Child:
             self.pidfd = None
 
 
-async def pump(
-    child: Child, deadline: float | None, reason: str = "timeout"
-) -> AsyncIterator[tuple[Kind, bytes]]:
-    """Yield ``(stream, chunk)`` as the command writes, until it exits; raises :class:`Deadline`.
+class PipeHandle(ProcessHandle):
+    """A :class:`Child` read through its pipes on the event loop: the fast path ``exec`` takes.
 
-    On return the leader has exited and its group was killed; the caller reaps with
-    :meth:`Child.finish` (in a ``finally``, which also covers an abandoned iteration).
+    The command is killed when the sandbox's TTL passes (``expires``, wall time); its ``wait``
+    then raises ``SandboxNotFound``. ``on_close`` runs once, when the handle is closed.
     """
-    loop = asyncio.get_running_loop()
-    open_fds: dict[int, Kind] = {child.out_fd: "stdout", child.err_fd: "stderr"}
-    waiter: asyncio.Future[None] | None = None
-    expired = False
 
-    def wake() -> None:
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    def __init__(
+        self,
+        child: Child,
+        *,
+        ref: str,
+        stdin: bytes | None,
+        keep_stdin_open: bool,
+        expires: float,
+        signal_from_status: bool,
+        sandbox_id: str,
+        on_close: Callable[[], None],
+    ) -> None:
+        self.ref = ref
+        self._child = child
+        self._loop = asyncio.get_running_loop()
+        self._open: dict[int, Stream] = {child.out_fd: "stdout", child.err_fd: "stderr"}
+        self._pending = memoryview(stdin or b"")
+        self._close_after_pending = not keep_stdin_open
+        self._signal_from_status = signal_from_status
+        self._sandbox_id = sandbox_id
+        self._on_close: Callable[[], None] | None = on_close
+        self._fresh = True
+        self._exited = False
+        self._drained = False
+        self._expired = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._ttl = self._loop.call_later(max(expires - time.time(), 0), self._expire)
+        self._feed()
 
-    def expire() -> None:
-        nonlocal expired
-        expired = True
-        wake()
+    # -- stdin ------------------------------------------------------------------------------
 
-    timer = loop.call_at(deadline, expire) if deadline is not None else None
-    # A command just spawned has not written or exited yet: start by waiting.
-    fresh = True
-    done = False
-    try:
-        if child.pidfd is not None and child.in_fd is None:
-            # Quick path: most commands an agent runs end within a moment of starting. Waiting
-            # for them with a blocking poll bounded to QUICK_WAIT seconds (the order of the
-            # spawn itself, which holds the event loop too) saves the event loop's machinery;
-            # a command still running after that is waited for through the loop.
-            quick_end = time.monotonic() + QUICK_WAIT
-            if deadline is not None:
-                quick_end = min(quick_end, deadline)
-            quick = select.poll()
-            for fd in (child.out_fd, child.err_fd, child.pidfd):
-                quick.register(fd, select.POLLIN)
-            while not done:
-                left = quick_end - time.monotonic()
-                if left <= 0:
-                    break
-                ready = quick.poll(left * 1000)
-                if not ready:
-                    break
-                for fd, _events in ready:
-                    if fd == child.pidfd:
-                        done = True
-                        continue
-                    kind = open_fds.get(fd)
-                    if kind is None:
-                        continue
-                    try:
-                        data = os.read(fd, CHUNK)
-                    except BlockingIOError:
-                        continue
-                    except OSError:
-                        data = b""
-                    if data:
-                        yield kind, data
-                    else:
-                        del open_fds[fd]
-                        quick.unregister(fd)
-            fresh = not done and open_fds == {child.out_fd: "stdout", child.err_fd: "stderr"}
-        while not done:
-            progressed = False
-            for fd, kind in () if fresh else list(open_fds.items()):
-                try:
-                    data = os.read(fd, CHUNK)
-                except BlockingIOError:
-                    continue
-                except OSError as exc:  # pragma: no cover - EIO and the like
-                    if exc.errno != errno.EINTR:
-                        del open_fds[fd]
-                    continue
-                if data:
-                    progressed = True
-                    yield kind, data
-                else:
-                    del open_fds[fd]
-            if child.in_fd is not None and child.pending:
-                child._feed()
-            if expired:
-                child.kill()
-                raise Deadline(reason)
-            if not open_fds or (not progressed and not fresh and child.exited()):
-                break
-            if progressed:
-                continue
-            fresh = False
-            waiter = loop.create_future()
-            watched = list(open_fds)
-            for fd in watched:
-                loop.add_reader(fd, wake)
+    def _feed(self) -> None:
+        """Write as much pending stdin as the pipe takes; close it when done (unless kept)."""
+        child = self._child
+        if child.in_fd is None:
+            return
+        try:
+            while self._pending:
+                written = os.write(child.in_fd, self._pending[: 1 << 20])
+                self._pending = self._pending[written:]
+        except BlockingIOError:
+            return
+        except OSError:  # EPIPE: the command does not read its stdin; that is its business
+            self._pending = memoryview(b"")
+            child.close_stdin()
+            return
+        if self._close_after_pending:
+            child.close_stdin()
+
+    async def write_stdin(self, data: bytes) -> None:
+        """Queue ``data`` for stdin and wait until the pipe has taken it."""
+        if self._child.in_fd is None:
+            raise BrokenPipeError("stdin is closed")
+        self._pending = memoryview(bytes(self._pending) + data)
+        self._feed()
+        while self._pending and self._child.in_fd is not None:
+            await self._wait_for([], writing=True)
+            self._feed()
+
+    async def close_stdin(self) -> None:
+        """Close stdin once what was written has been taken."""
+        self._close_after_pending = True
+        if not self._pending:
+            self._child.close_stdin()
+
+    # -- output -----------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _expire(self) -> None:
+        self._expired = True
+        self._child.kill()
+        self._wake()
+
+    async def _wait_for(self, fds: list[int], *, writing: bool = False) -> None:
+        """Sleep until one of ``fds`` is readable, the leader exits, or stdin can take more."""
+        loop, child = self._loop, self._child
+        self._waiter = loop.create_future()
+        for fd in fds:
+            loop.add_reader(fd, self._wake)
+        if child.pidfd is not None:
+            loop.add_reader(child.pidfd, self._wake)
+        poller = loop.call_later(_POLL_INTERVAL, self._wake) if child.pidfd is None else None
+        writer = child.in_fd if (writing or self._pending) else None
+        if writer is not None:
+            loop.add_writer(writer, self._wake)
+        try:
+            await self._waiter
+        finally:
+            for fd in fds:
+                loop.remove_reader(fd)
             if child.pidfd is not None:
-                loop.add_reader(child.pidfd, wake)
-            poller = loop.call_later(_POLL_INTERVAL, wake) if child.pidfd is None else None
-            writing = child.in_fd
-            if writing is not None:
-                loop.add_writer(writing, wake)
+                loop.remove_reader(child.pidfd)
+            if writer is not None:
+                loop.remove_writer(writer)
+            if poller is not None:
+                poller.cancel()
+            self._waiter = None
+
+    def _read_ready(self) -> tuple[Stream, bytes] | None:
+        """A chunk from the first pipe that has one, dropping pipes at end-of-file."""
+        for fd, kind in list(self._open.items()):
             try:
-                await waiter
-            finally:
-                for fd in watched:
-                    loop.remove_reader(fd)
-                if child.pidfd is not None:
-                    loop.remove_reader(child.pidfd)
-                if writing is not None:
-                    loop.remove_writer(writing)
-                if poller is not None:
-                    poller.cancel()
-                waiter = None
-        # The leader has exited (or closed both pipes): wait for it, then kill the rest of its
-        # group so nothing outlives the command, then drain what is already in the pipes.
-        if not open_fds and child.pidfd is not None and not child.exited():
-            # Both pipes reached EOF: the leader is almost always in the last microseconds of
-            # its exit (the kernel closes files before it reports the exit). A poll of its pidfd
-            # bounded to a millisecond is far cheaper than another trip through the event loop;
-            # a command that closed its outputs and runs on is left to the loop below.
-            exit_poll = select.poll()
-            exit_poll.register(child.pidfd, select.POLLIN)
-            exit_poll.poll(_EXIT_GRACE_MS)
+                data = os.read(fd, CHUNK)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if data:
+                # Round robin, so a chatty stdout cannot starve stderr.
+                del self._open[fd]
+                self._open[fd] = kind
+                return kind, data
+            del self._open[fd]
+        return None
+
+    def _quick_wait(self) -> None:
+        """Most commands an agent runs end within a moment: a blocking poll bounded to
+        ``QUICK_WAIT`` (the order of the spawn itself) saves a trip through the event loop."""
+        child = self._child
+        if child.pidfd is None or child.in_fd is not None:
+            return
+        poller = select.poll()
+        for fd in (*self._open, child.pidfd):
+            poller.register(fd, select.POLLIN)
+        poller.poll(QUICK_WAIT * 1000)
+
+    async def read(self) -> tuple[Stream, bytes] | None:
+        """The next chunk; ``None`` once both pipes ended (or, after the leader's exit, once
+        what it left in them was drained: a straggler cannot keep the command alive)."""
+        if self._fresh:
+            self._fresh = False
+            self._quick_wait()
+        while self._open:
+            chunk = self._read_ready()
+            if chunk is not None:
+                return chunk
+            if not self._open:
+                break
+            self._feed()
+            if self._exited or self._child.exited():
+                return self._drain()
+            await self._wait_for(list(self._open))
+        return None
+
+    def _drain(self) -> tuple[Stream, bytes] | None:
+        """After the leader's exit: kill its group, then hand out what is already in the pipes
+        (bounded, so a process outside the group cannot keep them full)."""
+        if not self._exited:
+            self._exited = True
+            self._child.kill()
+            self._budget = _DRAIN_LIMIT
+        if self._budget > 0:
+            chunk = self._read_ready()
+            if chunk is not None:
+                self._budget -= len(chunk[1])
+                return chunk
+        self._open.clear()
+        return None
+
+    # -- end --------------------------------------------------------------------------------
+
+    async def wait(self) -> ExitStatus:
+        """Wait for the leader, kill what is left of its group, reap it."""
+        child = self._child
+        if child.returncode is None and not child.exited() and child.pidfd is not None:
+            # Both pipes ended: the leader is almost always in the last microseconds of its
+            # exit. A poll bounded to a millisecond is cheaper than a trip through the loop.
+            poller = select.poll()
+            poller.register(child.pidfd, select.POLLIN)
+            poller.poll(_EXIT_GRACE_MS)
         while not child.exited():
-            if expired:
-                child.kill()
-                raise Deadline(reason)
-            waiter = loop.create_future()
-            if child.pidfd is not None:
-                loop.add_reader(child.pidfd, wake)
-                try:
-                    await waiter
-                finally:
-                    loop.remove_reader(child.pidfd)
-                    waiter = None
-            else:
-                poller = loop.call_later(_POLL_INTERVAL, wake)
-                try:
-                    await waiter
-                finally:
-                    poller.cancel()
-                    waiter = None
-        killpg(child.pid)
-        for fd, kind in list(open_fds.items()):
-            # Bounded: a straggler outside the group could otherwise keep the pipe full.
-            budget = _DRAIN_LIMIT
-            while budget > 0:
-                try:
-                    data = os.read(fd, CHUNK)
-                except OSError:  # EAGAIN: nothing more was written before the exit
-                    break
-                if not data:
-                    break
-                budget -= len(data)
-                yield kind, data
-    finally:
-        if timer is not None:
-            timer.cancel()
+            await self._wait_for([])
+        returncode = child.reap()
+        if self._expired:
+            raise SandboxNotFound(
+                f"sandbox {self._sandbox_id} reached its TTL while the command ran; it was killed",
+                provider="local",
+                op="exec",
+                sandbox_id=self._sandbox_id,
+            )
+        status = from_returncode(returncode)
+        if self._signal_from_status and status.signal is None and 128 < returncode <= 128 + 64:
+            # bwrap reports a command killed by signal N as exit status 128+N.
+            status = exit_status(None, returncode - 128)
+        return status
+
+    async def kill(self) -> None:
+        """Kill the command's whole tree."""
+        self._child.kill()
+        self._wake()
+
+    async def close(self) -> None:
+        """Kill whatever still runs, reap it, and release the pipes and the on-disk record."""
+        self._ttl.cancel()
+        child = self._child
+        if child.returncode is None:
+            child.kill()
+            child.reap()
+        child.close()
+        if self._on_close is not None:
+            on_close, self._on_close = self._on_close, None
+            on_close()

@@ -16,8 +16,7 @@ from __future__ import annotations
 import builtins
 import logging
 import os
-import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -27,19 +26,16 @@ from ..errors import ConfigError
 from ..models import (
     DEFAULT_READ_LIMIT,
     Capabilities,
-    Command,
-    ExecEvent,
-    ExecOptions,
-    ExecResult,
     FileInfo,
+    ProcessInfo,
     SandboxInfo,
     SandboxSpec,
+    StartOptions,
 )
-from ..output import CappedBuffer
-from . import _cgroup, _jail
+from ..process import ProcessHandle
+from . import _background, _cgroup, _jail
 from ._exec import Launcher
 from ._files import Files
-from ._process import Deadline, pump
 from ._store import Store
 
 log = logging.getLogger("agent_sandbox.local")
@@ -119,6 +115,8 @@ class LocalBackend(BaseBackend):
             persistent=True,
             stdin=True,
             signals=True,
+            stdin_streaming=True,
+            reattach=True,
         )
 
     def check_spec(self, spec: SandboxSpec) -> None:
@@ -217,68 +215,23 @@ class LocalBackend(BaseBackend):
 
     # -- commands ---------------------------------------------------------------------------
 
-    async def exec_stream(
-        self, sandbox_id: str, command: Command, options: ExecOptions
-    ) -> AsyncIterator[ExecEvent]:
-        """Run a command in the sandbox, yielding output chunks as they come, then the exit.
+    async def start(
+        self, sandbox_id: str, argv: builtins.list[str], options: StartOptions
+    ) -> ProcessHandle:
+        """Start a command (see :meth:`BaseBackend.start`): a host process held by this client,
+        or with ``options.detached`` one under a supervisor of its own that any client can
+        attach to. Raises ``SandboxNotFound`` for a gone or expired sandbox, ``FileNotFound``
+        for a missing working directory."""
+        return await self.launcher.start(sandbox_id, argv, options)
 
-        Raises ``CommandTimeout`` (the whole process tree killed) when ``options.timeout``
-        passes, ``SandboxNotFound`` for a gone or expired sandbox, ``FileNotFound`` for a
-        missing working directory. Leaving the iteration early kills the command.
-        """
-        run = self.launcher.launch(sandbox_id, command, options)
-        if isinstance(run, builtins.list):
-            for event in run:
-                yield event
-            return
-        try:
-            try:
-                async for kind, data in pump(run.child, run.deadline, run.reason):
-                    yield ExecEvent(kind=kind, data=data)
-            except Deadline as exc:
-                raise run.timed_out(exc) from None
-            code, sig = run.finish()
-        finally:
-            run.close()
-        yield ExecEvent(kind="exit", exit_code=code, signal=sig)
+    async def attach(self, sandbox_id: str, ref: str) -> ProcessHandle:
+        """The background process ``ref``. Raises ``ProcessNotFound``, ``SandboxNotFound``."""
+        box = self.store.live(sandbox_id, "attach")
+        return _background.attach(box, ref, box.isolation == "bwrap")
 
-    async def exec(self, sandbox_id: str, command: Command, options: ExecOptions) -> ExecResult:
-        """Run a command to completion, keeping at most ``options.output_limit`` bytes per
-        stream (as :meth:`BaseBackend.exec`, without the per-chunk events)."""
-        start = time.monotonic()
-        out = CappedBuffer(options.output_limit)
-        err = CappedBuffer(options.output_limit)
-        run = self.launcher.launch(sandbox_id, command, options)
-        code: int | None = None
-        sig: int | None = None
-        if isinstance(run, builtins.list):
-            for event in run:
-                if event.kind == "exit":
-                    code, sig = event.exit_code, event.signal
-                else:
-                    (out if event.kind == "stdout" else err).write(event.data)
-        else:
-            try:
-                try:
-                    async for kind, data in pump(run.child, run.deadline, run.reason):
-                        (out if kind == "stdout" else err).write(data)
-                except Deadline as exc:
-                    error = run.timed_out(exc)
-                    error.stdout, error.stderr = out.getvalue(), err.getvalue()
-                    raise error from None
-                code, sig = run.finish()
-            finally:
-                run.close()
-        assert code is not None
-        return ExecResult(
-            exit_code=code,
-            signal=sig,
-            stdout_bytes=out.getvalue(),
-            stderr_bytes=err.getvalue(),
-            stdout_truncated=out.truncated,
-            stderr_truncated=err.truncated,
-            duration_s=time.monotonic() - start,
-        )
+    async def processes(self, sandbox_id: str) -> builtins.list[ProcessInfo]:
+        """The sandbox's background processes, running or ended, oldest first."""
+        return _background.list_processes(self.store.live(sandbox_id, "processes"))
 
     # -- files ------------------------------------------------------------------------------
 

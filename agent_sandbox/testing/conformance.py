@@ -52,6 +52,7 @@ from ..errors import (
 )
 from ..models import Capabilities, ExecEvent, NetworkPolicy, SandboxSpec
 from ..sandbox import Sandbox
+from ._processes import HEARTBEAT, ProcessTests, assert_stops_growing
 from .plugin import MARKER
 
 __all__ = ["ConformanceSuite", "EgressServer", "requires"]
@@ -144,8 +145,6 @@ echo "no network probe tool (python3, nc, wget) in the sandbox" >&2
 exit 3
 """
 
-_HEARTBEAT = 'while true; do echo beat >> "$1"; sleep 0.1; done\n'
-
 
 @contextlib.asynccontextmanager
 async def _closing(stream: AsyncIterator[ExecEvent]) -> AsyncIterator[AsyncIterator[ExecEvent]]:
@@ -175,7 +174,7 @@ def _tree(root: Path) -> dict[str, bytes | None]:
     }
 
 
-class ConformanceSuite:
+class ConformanceSuite(ProcessTests):
     """The provider conformance tests. Subclass it and provide ``sandbox_backend``.
 
     Every test is independent, labels its sandboxes uniquely, and destroys them however it
@@ -402,27 +401,8 @@ class ConformanceSuite:
 
     # -- exec: timeouts and streaming -------------------------------------------------------
 
-    async def _assert_stops_growing(self, sandbox: Sandbox, path: str) -> None:
-        """The heartbeat file at ``path`` (a line every 0.1 s while its writer lives) stops
-        growing within a generous bound, and then stays as it is: its writer is dead."""
-        first = await sandbox.read_file(path)
-        assert first.startswith(b"beat\n"), "the background writer never ran"
-        size, deadline = len(first), time.monotonic() + 15
-        while True:
-            await anyio.sleep(1)
-            now = len(await sandbox.read_file(path))
-            if now == size:
-                break
-            assert time.monotonic() < deadline, (
-                f"a process survived: {path} still grows ({size} -> {now} bytes) 15 s later"
-            )
-            size = now
-        await anyio.sleep(1.5)
-        last = len(await sandbox.read_file(path))
-        assert last == size, f"a process survived: {path} grew from {size} to {last} bytes"
-
     async def test_timeout_kills_the_process_tree(self, sandbox: Sandbox) -> None:
-        await sandbox.write_file("heartbeat.sh", _HEARTBEAT)
+        await sandbox.write_file("heartbeat.sh", HEARTBEAT)
         with pytest.raises(CommandTimeout) as caught:
             await sandbox.exec(
                 "sh heartbeat.sh beats.txt & echo started; echo on-err >&2; sleep 60",
@@ -433,9 +413,25 @@ class ConformanceSuite:
         assert exc.code == "command_timeout"
         assert b"started" in exc.stdout
         assert b"on-err" in exc.stderr
-        await self._assert_stops_growing(sandbox, "beats.txt")
+        await assert_stops_growing(sandbox, "beats.txt")
         after = await sandbox.exec("echo still usable")
         assert after.stdout == "still usable\n"
+
+    @requires("isolated")
+    async def test_timeout_kills_children_that_escape(self, sandbox: Sandbox) -> None:
+        # Children that leave the process group (setsid) and clear their environment (env -i)
+        # must die with the command too: an isolated provider owns the whole tree.
+        await sandbox.write_file("heartbeat.sh", HEARTBEAT)
+        if not (await sandbox.exec("command -v setsid")).ok:
+            pytest.skip("no setsid in the sandbox's image")
+        script = (
+            "setsid env -i /bin/sh heartbeat.sh escaped.txt </dev/null >/dev/null 2>&1 & "
+            "echo started; sleep 60"
+        )
+        with pytest.raises(CommandTimeout) as caught:
+            await sandbox.exec(script, timeout=3)
+        assert b"started" in caught.value.stdout
+        await assert_stops_growing(sandbox, "escaped.txt")
 
     async def test_exec_stream_yields_before_the_command_ends(self, sandbox: Sandbox) -> None:
         # The command waits for a file the test writes only after seeing the first chunk:
@@ -473,7 +469,7 @@ class ConformanceSuite:
             async for event in events:
                 if event.kind == "stdout":
                     break
-        await self._assert_stops_growing(sandbox, "beats.txt")
+        await assert_stops_growing(sandbox, "beats.txt")
 
     # -- files -----------------------------------------------------------------------------
 
@@ -749,7 +745,7 @@ class ConformanceSuite:
         self, sandbox: Sandbox, conformance_backend: BaseBackend
     ) -> None:
         await sandbox.write_file("kept.txt", b"still here")
-        other = type(conformance_backend)(conformance_backend.options)
+        other = self.new_backend(conformance_backend)
         try:
             again = await Sandbox.connect(sandbox.id, backend=other)
             assert again.id == sandbox.id

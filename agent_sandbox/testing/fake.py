@@ -19,13 +19,12 @@ started and no network is reachable. It passes the conformance suite::
 from __future__ import annotations
 
 import builtins
-import contextlib
 import copy
 import io
 import posixpath
 import tarfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -33,28 +32,28 @@ from typing import Any, ClassVar, Literal
 
 import anyio
 import anyio.lowlevel
-from anyio.streams.memory import MemoryObjectSendStream
 
+from .._tasks import spawn
 from ..archive import extract_tar
-from ..backend import BaseBackend, ProviderOptions, argv_of
+from ..backend import BaseBackend, ProviderOptions
 from ..errors import (
-    CommandTimeout,
     FileNotFound,
     FileTooLarge,
     InvalidPath,
     IsADirectory,
+    ProcessNotFound,
     SandboxNotFound,
 )
 from ..models import (
     DEFAULT_READ_LIMIT,
     Capabilities,
-    Command,
-    ExecEvent,
-    ExecOptions,
     FileInfo,
+    ProcessInfo,
     SandboxInfo,
     SandboxSpec,
+    StartOptions,
 )
+from ..process import ExitStatus, ProcessHandle, Stream
 from ._fs import CHUNK, FS, Node
 from ._interp import (
     IO,
@@ -62,6 +61,7 @@ from ._interp import (
     CommandContext,
     Handler,
     Input,
+    Proc,
     Shell,
     Writer,
     command_name,
@@ -94,6 +94,7 @@ class FakeOptions(ProviderOptions):
 @dataclass
 class _World:
     boxes: dict[str, Box] = field(default_factory=dict)
+    jobs: dict[tuple[str, str], _Job] = field(default_factory=dict)
     snapshots: dict[str, FS] = field(default_factory=dict)
 
 
@@ -123,6 +124,7 @@ class FakeBackend(BaseBackend):
         network_none=True,  # there is no network at all, so "none" always holds
         snapshot=True,
         stdin=True,
+        reattach=True,
         persistent=True,
         isolated=True,
         signals=True,
@@ -226,6 +228,8 @@ class FakeBackend(BaseBackend):
         box = self._world.boxes.pop(sandbox_id, None)
         if box is not None:
             kill_all(box)
+        for key in [k for k in self._world.jobs if k[0] == sandbox_id]:
+            del self._world.jobs[key]
 
     async def snapshot(self, sandbox_id: str) -> str:
         """Copy the filesystem; create from it with ``SandboxSpec(snapshot=id)``."""
@@ -330,29 +334,97 @@ class FakeBackend(BaseBackend):
 
     # -- commands ----------------------------------------------------------------------------
 
-    async def exec_stream(
-        self, sandbox_id: str, command: Command, options: ExecOptions
-    ) -> AsyncIterator[ExecEvent]:
-        """Run a command in the fake shell, streaming its output, then one ``exit`` event.
+    async def start(
+        self, sandbox_id: str, argv: builtins.list[str], options: StartOptions
+    ) -> ProcessHandle:
+        """Run a command of the fake shell in a task of its own (see :meth:`BaseBackend.start`).
 
-        Raises ``SandboxNotFound`` and ``CommandTimeout`` (the command and everything it
-        started in the background are stopped).
+        Its output is kept in memory, so any backend of the same world can attach to a
+        ``detached`` one by ref and read it from the start. Raises ``SandboxNotFound``.
         """
         box = self._box(sandbox_id, "exec")
-        argv = argv_of(command)
-        if options.user is not None:
-            raise self._unsupported("running as another user")
-        send, receive = anyio.create_memory_object_stream[ExecEvent | BaseException](64)
-        runner = _Runner(self, box, argv, options, send)
-        await runner.start()
+        job = _Job(argv, keep=options.detached)
+        ref = "fakeproc-" + uuid.uuid4().hex[:12]
+        if options.detached:
+            self._world.jobs[(sandbox_id, ref)] = job
+        spawn(lambda: self._run(box, job, argv, options))
+        await anyio.lowlevel.checkpoint()
+        return _Handle(job, ref)
+
+    async def attach(self, sandbox_id: str, ref: str) -> ProcessHandle:
+        """A process started by any backend of this world. Raises ``ProcessNotFound``."""
+        self._box(sandbox_id, "attach")
+        job = self._world.jobs.get((sandbox_id, ref))
+        if job is None:
+            raise ProcessNotFound(
+                f"no process {ref!r} in sandbox {sandbox_id}",
+                provider=self.name,
+                op="attach",
+                sandbox_id=sandbox_id,
+            )
+        return _Handle(job, ref)
+
+    async def processes(self, sandbox_id: str) -> builtins.list[ProcessInfo]:
+        """The processes started with ``Sandbox.start`` in the sandbox."""
+        self._box(sandbox_id, "processes")
+        return [
+            ProcessInfo(
+                ref=ref,
+                command=tuple(job.argv),
+                running=job.status is None,
+                exit_code=None if job.status is None else job.status.exit_code,
+                started_at=job.started_at,
+            )
+            for (sid, ref), job in self._world.jobs.items()
+            if sid == sandbox_id
+        ]
+
+    async def _run(
+        self, box: Box, job: _Job, argv: builtins.list[str], options: StartOptions
+    ) -> None:
+        def writer(kind: Literal["stdout", "stderr"]) -> Writer:
+            async def write(data: bytes) -> None:
+                for start in range(0, len(data), CHUNK):
+                    await job.append(kind, bytes(data[start : start + CHUNK]))
+                await anyio.lowlevel.checkpoint()
+
+            return write
+
+        env = {**box.env, **options.env}
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        env.setdefault("HOME", "/root")
+        cwd = posixpath.normpath(options.cwd or box.info.workdir)
+        node = box.fs.get(cwd)
+        io_ = IO(Input(options.stdin or b""), writer("stdout"), writer("stderr"))
+        proc = box.new_proc()
+        job.proc, job.box = proc, box
         try:
-            async with receive:
-                async for item in receive:
-                    if isinstance(item, BaseException):
-                        raise item
-                    yield item
+            if node is None or node.kind != "dir":
+                await io_.stderr(f"sh: cd: can't cd to {cwd}: No such file or directory\n".encode())
+                job.finish(ExitStatus(2))
+                return
+            shell = Shell(box, proc, self._commands, env, cwd, [])
+            work: Awaitable[int]
+            if command_name(argv[0]) == "sh":
+                work = sh_main(shell, argv, io_)
+            else:
+                work = shell.run_utility(argv, env, io_)
+            expires = box.info.expires_at
+            left = (
+                None if expires is None else (expires - datetime.now(timezone.utc)).total_seconds()
+            )
+            with anyio.move_on_after(left):
+                code, signal = await run_as_proc(box, proc, work)
+                job.finish(ExitStatus(code, signal))
+                return
+            # The sandbox's TTL ran out while the command ran: the sandbox ends, and it with it.
+            self._world.boxes.pop(box.info.id, None)
+            kill_all(box)
+            job.finish(ExitStatus(137, 9))
+        except Exception as exc:  # a bug in a scripted command: the caller sees it
+            job.error = exc
         finally:
-            await runner.stop()
+            job.finish(ExitStatus(137, 9))
 
 
 def _read_tree(source: Path) -> builtins.list[tuple[str, bytes | None, int]]:
@@ -383,111 +455,77 @@ def _add_tree(tar: tarfile.TarFile, node: Node, name: str) -> None:
         tar.addfile(info, io.BytesIO(bytes(node.data)))
 
 
-class _Runner:
-    """Runs one exec in a task of its own, so the stream holds no cancel scope across yields
-    (which lets any task, e.g. the sync twin's portal, iterate it)."""
+class _Job:
+    """One command's output and end, shared by every handle on it (the fake's "supervisor")."""
 
-    def __init__(
-        self,
-        backend: FakeBackend,
-        box: Box,
-        argv: builtins.list[str],
-        options: ExecOptions,
-        send: MemoryObjectSendStream[ExecEvent | BaseException],
-    ) -> None:
-        self.backend = backend
-        self.box = box
+    def __init__(self, argv: builtins.list[str], *, keep: bool) -> None:
         self.argv = argv
-        self.options = options
-        self.send = send
-        self.scope = anyio.CancelScope()
-        self.done = anyio.Event()
+        self.keep = keep
+        self.started_at = datetime.now(timezone.utc)
+        self.chunks: builtins.list[tuple[Stream, bytes]] = []
+        self.dropped = 0
+        self.status: ExitStatus | None = None
+        self.changed = anyio.Event()
+        self.error: Exception | None = None
+        self.proc: Proc | None = None
+        self.box: Box | None = None
 
-    async def start(self) -> None:
-        _spawn(self.main)
+    def _notify(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    async def append(self, kind: Stream, data: bytes) -> None:
+        """Add output; a command nobody reads waits, like a writer on a full pipe (unless its
+        output is kept for attaching)."""
+        while not self.keep and len(self.chunks) - self.dropped >= _PIPE_CHUNKS:
+            await self.changed.wait()
+        self.chunks.append((kind, data))
+        self._notify()
+
+    def finish(self, status: ExitStatus) -> None:
+        if self.status is None:
+            self.status = status
+            self._notify()
+
+    def kill(self) -> None:
+        if self.status is None and self.proc is not None and self.proc.scope is not None:
+            self.proc.signal = 9
+            self.proc.scope.cancel()
+
+
+class _Handle(ProcessHandle):
+    """A client's view of a :class:`_Job`: its own read position."""
+
+    def __init__(self, job: _Job, ref: str) -> None:
+        self.ref = ref
+        self._job = job
+        self._next = job.dropped if not job.keep else 0
+
+    async def read(self) -> tuple[Stream, bytes] | None:
+        job = self._job
+        while True:
+            if self._next < len(job.chunks):
+                chunk = job.chunks[self._next]
+                self._next += 1
+                if not job.keep:  # a pipe: what was read is gone
+                    job.chunks[self._next - 1] = ("stdout", b"")
+                    job.dropped = self._next
+                    job._notify()
+                return chunk
+            if job.status is not None:
+                if job.error is not None:
+                    raise job.error
+                return None
+            await job.changed.wait()
+
+    async def wait(self) -> ExitStatus:
+        while self._job.status is None:
+            await self._job.changed.wait()
+        return self._job.status
+
+    async def kill(self) -> None:
+        self._job.kill()
         await anyio.lowlevel.checkpoint()
 
-    async def stop(self) -> None:
-        self.scope.cancel()
-        await self.done.wait()
 
-    async def main(self) -> None:
-        try:
-            with self.scope:
-                async with self.send:
-                    try:
-                        await self._run()
-                    except anyio.BrokenResourceError:
-                        pass  # the consumer stopped listening
-                    except Exception as exc:
-                        with contextlib.suppress(anyio.BrokenResourceError):
-                            await self.send.send(exc)
-        finally:
-            self.done.set()
-
-    async def _run(self) -> None:
-        box, options = self.box, self.options
-
-        def writer(kind: Literal["stdout", "stderr"]) -> Writer:
-            async def write(data: bytes) -> None:
-                for start in range(0, len(data), CHUNK):
-                    await self.send.send(
-                        ExecEvent(kind=kind, data=bytes(data[start : start + CHUNK]))
-                    )
-                await anyio.lowlevel.checkpoint()
-
-            return write
-
-        env = {**box.env, **options.env}
-        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-        env.setdefault("HOME", "/root")
-        cwd = posixpath.normpath(options.cwd or box.info.workdir)
-        node = box.fs.get(cwd)
-        io_ = IO(Input(options.stdin or b""), writer("stdout"), writer("stderr"))
-        if node is None or node.kind != "dir":
-            await io_.stderr(f"sh: cd: can't cd to {cwd}: No such file or directory\n".encode())
-            await self.send.send(ExecEvent(kind="exit", exit_code=2))
-            return
-        proc = box.new_proc()
-        shell = Shell(box, proc, self.backend._commands, env, cwd, [])
-        work: Awaitable[int]
-        if command_name(self.argv[0]) == "sh":
-            work = sh_main(shell, self.argv, io_)
-        else:
-            work = shell.run_utility(self.argv, env, io_)
-        timed_out = False
-        with anyio.move_on_after(options.timeout) as deadline:
-            code, signal = await run_as_proc(box, proc, work)
-        if deadline.cancelled_caught:
-            timed_out = True
-        if timed_out:
-            await self.send.send(
-                CommandTimeout(
-                    f"command timed out after {options.timeout} s",
-                    timeout=options.timeout,
-                    provider=self.backend.name,
-                    op="exec",
-                    sandbox_id=box.info.id,
-                )
-            )
-            return
-        await self.send.send(ExecEvent(kind="exit", exit_code=code, signal=signal))
-
-
-def _spawn(func: Callable[[], Awaitable[None]]) -> None:
-    """Start ``func`` as a task that belongs to no task group of the caller."""
-    try:
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        import trio  # type: ignore[import-not-found,unused-ignore]
-
-        trio.lowlevel.spawn_system_task(func)
-        return
-    task: asyncio.Task[None] = loop.create_task(func())  # type: ignore[arg-type]
-    _TASKS.add(task)
-    task.add_done_callback(_TASKS.discard)
-
-
-_TASKS: set[Any] = set()
+_PIPE_CHUNKS = 16

@@ -46,3 +46,11 @@ def egress_target(egress_server: object) -> tuple[str, int] | None:
     """
     port = getattr(egress_server, "port")  # noqa: B009 - the server type lives in the suite
     return ("127.0.0.1", int(port))
+
+
+@pytest.fixture
+def separate_client_processes() -> bool:
+    """Whether another client process can reach the backend's sandboxes (built from the
+    backend's class and options): the conformance suite attaches to a process from one. A
+    backend whose sandboxes live in one process (an in-memory fake) overrides it to ``False``."""
+    return True

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field, SecretStr
 
 from agent_sandbox import file_access
+from agent_sandbox import labels as _labels
 from agent_sandbox.backend import BaseBackend, ProviderOptions, argv_of
 from agent_sandbox.errors import (
     AuthenticationError,
@@ -70,7 +71,7 @@ if TYPE_CHECKING:
     from daytona import AsyncDaytona, AsyncSandbox
 
 NAME = "daytona"
-WORKDIR_LABEL = "agent-sandbox.workdir"
+WORKDIR_LABEL = _labels.WORKDIR
 LANGUAGE_LABEL = "code-toolbox-language"  # the SDK adds it to every sandbox; not ours to show
 EXIT_STATUS_GRACE = 30.0
 """Seconds to wait, after a command's output ends, for the daemon to record its exit status."""

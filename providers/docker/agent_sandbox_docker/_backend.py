@@ -69,11 +69,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("agent_sandbox.docker")
 T = TypeVar("T")
 
-LABEL_PROVIDER = "agent-sandbox.provider"
-LABEL_WORKDIR = "agent-sandbox.workdir"
-LABEL_SNAPSHOT_OF = "agent-sandbox.snapshot-of"
-LABEL_EGRESS = "agent-sandbox.egress"
-LABEL_ROLE = "agent-sandbox.role"
+LABEL_PROVIDER = _labels.PROVIDER
+LABEL_WORKDIR = _labels.WORKDIR
+LABEL_SNAPSHOT_OF = _labels.SNAPSHOT_OF
+LABEL_EGRESS = _labels.EGRESS
+LABEL_ROLE = _labels.ROLE
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 
 _KILL_GROUP = 'kill -KILL "-$1" 2>/dev/null || kill -KILL "$1" 2>/dev/null; exit 0'

@@ -74,9 +74,9 @@ if TYPE_CHECKING:
     from e2b.envd.process.process_connect import ProcessClient
 
 NAME = "e2b"
-WORKDIR_LABEL = "agent-sandbox.workdir"
-USER_LABEL = "agent-sandbox.user"
-CREATE_KEY_LABEL = "agent-sandbox.create-key"
+WORKDIR_LABEL = _labels.WORKDIR
+USER_LABEL = _labels.USER
+CREATE_KEY_LABEL = _labels.CREATE_KEY
 _INTERNAL_LABELS = (WORKDIR_LABEL, USER_LABEL, CREATE_KEY_LABEL)
 EXEC_MARK = "AGENT_SANDBOX_EXEC"
 """Environment variable marking every process of one command, so its whole tree can be killed."""

@@ -1,0 +1,26 @@
+"""Tasks that belong to no task group of the caller (a process's reader outlives the call
+that started it)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+_TASKS: set[Any] = set()
+
+
+def spawn(func: Callable[[], Awaitable[None]]) -> asyncio.Task[None] | None:
+    """Start ``func`` as a task of the running event loop (asyncio or trio), owned by nobody;
+    the asyncio task (``None`` under trio)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        import trio  # type: ignore[import-not-found,unused-ignore]
+
+        trio.lowlevel.spawn_system_task(func)
+        return None
+    task: asyncio.Task[None] = loop.create_task(func())  # type: ignore[arg-type]
+    _TASKS.add(task)  # a strong reference, or the task could be collected while it runs
+    task.add_done_callback(_TASKS.discard)
+    return task
