@@ -28,6 +28,7 @@ from .errors import (
     ConfigError,
     ProcessNotFound,
     ProviderError,
+    SandboxError,
     SandboxNotFound,
     Unsupported,
 )
@@ -408,11 +409,12 @@ class Process:
         """Kill the tree, keep what it had already written, and build the error."""
         with anyio.CancelScope(shield=True):
             await self._handle.kill()
-            with anyio.move_on_after(_DRAIN_AFTER_KILL):
+            # What the dying process left is kept; its stream may end in an error now: moot.
+            with anyio.move_on_after(_DRAIN_AFTER_KILL), contextlib.suppress(SandboxError):
                 while not self._ended:
                     self._take(await self._handle.read())
             self._ended = True
-            with anyio.move_on_after(_DRAIN_AFTER_KILL):
+            with anyio.move_on_after(_DRAIN_AFTER_KILL), contextlib.suppress(SandboxError):
                 self._status = await self._handle.wait()
             if self._status is None:
                 self._status = ExitStatus(137, 9)
