@@ -254,9 +254,10 @@ class DockerBackend(BaseBackend):
                 provider=PROVIDER,
                 op="create",
             )
-        if spec.ports and spec.network.mode == "none":
+        if spec.ports and spec.network.mode != "open":
             raise ConfigError(
-                "ports cannot be published with network policy 'none'",
+                f"ports cannot be published with network policy {spec.network.mode!r} (the "
+                "sandbox has no network interface)",
                 provider=PROVIDER,
                 op="create",
             )
@@ -284,23 +285,24 @@ class DockerBackend(BaseBackend):
             workdir = await self._image_workdir(image, pull=spec.snapshot is None)
         labels[LABEL_WORKDIR] = workdir
         env = dict(spec.env)
-        network_mode = "none" if spec.network.mode == "none" else None
         egress_key = None
         if spec.network.mode == "allowlist":
+            # no network of its own: its one way out is the egress relay (see _egress)
             egress_key = uuid.uuid4().hex[:12]
             labels[LABEL_EGRESS] = egress_key
             env = {**_egress.proxy_env(), **env}
-            network_mode = await self._call(
-                "create", lambda api: self._start_egress(api, egress_key, spec, ttl())
+            await self._call(
+                "create", lambda api: self._start_egress_proxy(api, egress_key, spec, ttl())
             )
 
         def run(api: docker.APIClient) -> str:
             import docker.errors  # type: ignore[import-untyped,unused-ignore]
 
+            open_network = spec.network.mode == "open"
             host_config = api.create_host_config(
                 auto_remove=True,
                 init=self.opts.init or None,
-                network_mode=network_mode,
+                network_mode=_open_network(api) if open_network else "none",
                 nano_cpus=int(spec.cpus * 1e9) if spec.cpus is not None else None,
                 mem_limit=f"{spec.memory_mib}m" if spec.memory_mib is not None else None,
                 memswap_limit=f"{spec.memory_mib}m" if spec.memory_mib is not None else None,
@@ -334,6 +336,8 @@ class DockerBackend(BaseBackend):
             cid: str = created["Id"]
             try:
                 api.start(cid)
+                if egress_key is not None:
+                    self._start_egress_relay(api, egress_key, cid, ttl())
             except BaseException:
                 try:
                     api.remove_container(cid, force=True)
@@ -433,42 +437,75 @@ class DockerBackend(BaseBackend):
             ) from exc
         log.info("pulled image %s", image)
 
-    def _start_egress(self, api: docker.APIClient, key: str, spec: SandboxSpec, ttl: str) -> str:
-        """Create the internal network and start its egress proxy; returns the network name."""
+    def _helper_image(self, api: docker.APIClient, kwargs: dict[str, Any]) -> str:
+        """Create a helper container from the egress proxy image (pulled if missing)."""
         import docker.errors  # type: ignore[import-untyped,unused-ignore]
 
-        network = f"agent-sandbox-egress-{key}"
+        try:
+            created = api.create_container(image=self.opts.egress_proxy_image, **kwargs)
+        except docker.errors.ImageNotFound:
+            self._pull_blocking(api, self.opts.egress_proxy_image)
+            created = api.create_container(image=self.opts.egress_proxy_image, **kwargs)
+        return str(created["Id"])
+
+    def _start_egress_proxy(
+        self, api: docker.APIClient, key: str, spec: SandboxSpec, ttl: str
+    ) -> None:
+        """Create the volume the egress helpers share and start the proxy, on the default
+        bridge, listening on a unix socket in it."""
         labels = {k: v for k, v in spec.labels.items() if k != LABEL_PROVIDER}
         labels[LABEL_EGRESS] = key
-        api.create_network(network, driver="bridge", internal=True, labels=labels)
+        api.create_volume(_egress_volume(key), labels=labels)
         try:
-            kwargs: dict[str, Any] = {
-                "image": self.opts.egress_proxy_image,
-                "entrypoint": ["python3", "-c", _egress.PROXY_SCRIPT],
-                "command": [str(_egress.PROXY_PORT), ttl, *spec.network.allow],
-                "labels": {**labels, LABEL_ROLE: "egress-proxy"},
-                "host_config": api.create_host_config(
-                    auto_remove=True, init=True, pids_limit=512, mem_limit="256m"
-                ),
-                "detach": True,
-            }
-            try:
-                proxy = api.create_container(**kwargs)
-            except docker.errors.ImageNotFound:
-                self._pull_blocking(api, self.opts.egress_proxy_image)
-                proxy = api.create_container(**kwargs)
-            api.connect_container_to_network(proxy["Id"], network, aliases=[_egress.PROXY_ALIAS])
-            api.start(proxy["Id"])
+            proxy = self._helper_image(
+                api,
+                {
+                    "entrypoint": ["python3", "-c", _egress.PROXY_SCRIPT],
+                    "command": [_egress.SOCKET, ttl, *spec.network.allow],
+                    "labels": {**labels, LABEL_ROLE: "egress-proxy"},
+                    "host_config": api.create_host_config(
+                        auto_remove=True,
+                        init=True,
+                        pids_limit=512,
+                        mem_limit="256m",
+                        binds={_egress_volume(key): {"bind": _egress.SOCKET_DIR, "mode": "rw"}},
+                    ),
+                    "detach": True,
+                },
+            )
+            api.start(proxy)
         except BaseException:
             _remove_egress(api, key)
             raise
-        return network
+
+    def _start_egress_relay(self, api: docker.APIClient, key: str, sandbox: str, ttl: str) -> None:
+        """Start the relay inside the sandbox's network namespace: its loopback port 3128
+        carried to the proxy's socket."""
+        labels = api.inspect_volume(_egress_volume(key)).get("Labels") or {}
+        relay = self._helper_image(
+            api,
+            {
+                "entrypoint": ["python3", "-c", _egress.RELAY_SCRIPT],
+                "command": [str(_egress.PROXY_PORT), _egress.SOCKET, ttl],
+                "labels": {**labels, LABEL_ROLE: "egress-relay"},
+                "host_config": api.create_host_config(
+                    auto_remove=True,
+                    init=True,
+                    pids_limit=128,
+                    mem_limit="128m",
+                    network_mode=f"container:{sandbox}",
+                    binds={_egress_volume(key): {"bind": _egress.SOCKET_DIR, "mode": "ro"}},
+                ),
+                "detach": True,
+            },
+        )
+        api.start(relay)
 
     async def sweep(
         self, *, now: datetime | None = None, labels: Mapping[str, str] | None = None
     ) -> builtins.list[str]:
         """Destroy expired sandboxes (see :class:`BaseBackend`), then the expired egress
-        helpers of allowlist sandboxes; ``labels`` narrows both."""
+        helpers (proxy, relay, volume) of allowlist sandboxes; ``labels`` narrows both."""
         removed = await super().sweep(now=now, labels=labels)
         moment = now or datetime.now(timezone.utc)
         await self._call("sweep", lambda api: _sweep_egress(api, moment, labels or {}))
@@ -991,8 +1028,54 @@ def _user_labels(labels: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in labels.items() if k not in hidden}
 
 
+OPEN_NETWORK = "agent-sandbox-open"
+_ICC = "com.docker.network.bridge.enable_icc"
+
+
+def _open_network(api: docker.APIClient) -> str:
+    """The id of the bridge network every ``open`` sandbox joins, created on first use with
+    inter-container traffic off (Docker's hardening advice, ``--icc=false``, for one network):
+    its sandboxes reach out and are reached through their published ports, never each other,
+    nor containers on other networks. Raises ``ConfigError`` for a network of that name that
+    lets containers talk to each other."""
+    import docker.errors  # type: ignore[import-untyped,unused-ignore]
+
+    def find() -> builtins.list[dict[str, Any]]:
+        named = [n for n in api.networks(names=[OPEN_NETWORK]) if n.get("Name") == OPEN_NETWORK]
+        return sorted(named, key=lambda n: (str(n.get("Created", "")), str(n["Id"])))
+
+    found = find()
+    if not found:
+        with contextlib.suppress(docker.errors.APIError):  # another client made it meanwhile
+            api.create_network(
+                OPEN_NETWORK,
+                driver="bridge",
+                options={_ICC: "false"},
+                labels={LABEL_ROLE: "open-network"},
+                check_duplicate=True,
+            )
+        found = find()
+    if not found:
+        raise ProviderError(
+            f"could not create the Docker network {OPEN_NETWORK!r}", provider=PROVIDER, op="create"
+        )
+    network = found[0]
+    if (network.get("Options") or {}).get(_ICC) != "false":
+        raise ConfigError(
+            f"the Docker network {OPEN_NETWORK!r} lets its containers reach each other "
+            f"({_ICC} is not false); remove it and it is recreated isolated",
+            provider=PROVIDER,
+            op="create",
+        )
+    return str(network["Id"])
+
+
+def _egress_volume(key: str) -> str:
+    return f"agent-sandbox-egress-{key}"
+
+
 def _remove_egress(api: docker.APIClient, key: str) -> None:
-    """Remove the egress proxy and internal network of one allowlist sandbox (gone is fine)."""
+    """Remove the egress proxy, relay and volume of one allowlist sandbox (gone is fine)."""
     import docker.errors  # type: ignore[import-untyped,unused-ignore]
 
     for row in api.containers(all=True, filters={"label": f"{LABEL_EGRESS}={key}"}):
@@ -1000,23 +1083,23 @@ def _remove_egress(api: docker.APIClient, key: str) -> None:
             api.remove_container(row["Id"], force=True)
     for attempt in range(50):
         try:
-            api.remove_network(f"agent-sandbox-egress-{key}")
+            api.remove_volume(_egress_volume(key))
             return
         except docker.errors.NotFound:
             return
         except docker.errors.APIError as exc:
-            if "active endpoints" not in str(exc.explanation) or attempt == 49:
+            if "in use" not in str(exc.explanation) or attempt == 49:
                 raise
-            time.sleep(0.1)  # a removal in progress still holds its endpoint
+            time.sleep(0.1)  # a removal in progress still holds its mount
 
 
 def _sweep_egress(api: docker.APIClient, now: datetime, labels: Mapping[str, str]) -> None:
     wanted = [LABEL_EGRESS, *(f"{k}={v}" for k, v in labels.items())]
-    for network in api.networks(filters={"label": wanted}):
-        labels = network.get("Labels") or {}
-        expires = _labels.expires_at(labels)
+    for volume in api.volumes(filters={"label": wanted}).get("Volumes") or []:
+        found = volume.get("Labels") or {}
+        expires = _labels.expires_at(found)
         if expires is not None and expires <= now:
-            _remove_egress(api, labels[LABEL_EGRESS])
+            _remove_egress(api, found[LABEL_EGRESS])
 
 
 def _run_quick(api: docker.APIClient, container: str, argv: list[str]) -> str:

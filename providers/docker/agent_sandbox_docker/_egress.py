@@ -1,61 +1,36 @@
-"""The egress proxy behind network policy ``allowlist``.
+"""Network policy ``allowlist`` on Docker: a sandbox with no network at all, and one way out.
 
-A sandbox with an allowlist sits alone on an *internal* Docker network (no route out at all).
-The only other member of that network is a small HTTP proxy container, also attached to the
-default bridge, that forwards ``CONNECT host:port`` tunnels and plain ``http://`` requests to
-the hosts and CIDRs of the allowlist and answers 403 to everything else. The sandbox gets
-``HTTP_PROXY``/``HTTPS_PROXY`` pointing at it, so proxy-aware clients (curl, pip, requests,
-urllib, npm, git) reach allowed hosts; any other connection has nowhere to go.
+The sandbox container runs with ``network_mode: none``: it has loopback and nothing else, so no
+packet of its own reaches this host, another container or the outside, whatever it tries (raw
+sockets included). Two helper containers give it its only way out:
 
-The proxy is the script below, run by ``python3 -c`` (standard library only); like a sandbox,
-it exits by itself when its TTL runs out. Arguments: port, TTL seconds, then the allowlist
-entries (``host``, ``*.domain``, an IP or a CIDR).
+- the *egress proxy*, on the engine's default bridge: an HTTP proxy (``CONNECT host:port`` tunnels
+  and plain ``http://`` requests) listening on a unix socket in a volume the helpers share. It
+  dials only what the allowlist admits and answers 403 to everything else;
+- the *relay*, which joins the sandbox's network namespace (``network_mode: container:<id>``) and
+  carries each connection made to ``127.0.0.1:3128`` there to that unix socket, byte for byte.
+
+The sandbox gets ``HTTP_PROXY``/``HTTPS_PROXY`` = ``http://127.0.0.1:3128``, so proxy-aware clients
+(curl, pip, requests, urllib, npm, git) reach allowed hosts; nothing else has anywhere to go.
+
+What the allowlist admits: an IP or CIDR entry admits those addresses; a host name (or
+``*.domain``) admits the *public* addresses it resolves to. A private, loopback, link-local or
+otherwise non-public address (this host's own, a container's, a cloud metadata service) is
+reached only through an IP or CIDR entry naming it, so a name that resolves, or is rebound, to an
+internal address opens nothing. The address checked is the address dialled.
+
+Both helpers are small scripts run by ``python3 -c`` (standard library only); like a sandbox they
+end by themselves when the TTL runs out.
 """
 
 from __future__ import annotations
 
 PROXY_PORT = 3128
-PROXY_ALIAS = "egress-proxy"
+SOCKET_DIR = "/run/agent-sandbox-egress"
+SOCKET = f"{SOCKET_DIR}/proxy.sock"
 
-PROXY_SCRIPT = r"""
-import ipaddress, select, socket, sys, threading, time
-from urllib.parse import urlsplit
-
-port_number, deadline = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
-names, nets = [], []
-for entry in sys.argv[3:]:
-    try:
-        nets.append(ipaddress.ip_network(entry, strict=False))
-    except ValueError:
-        names.append(entry.lower().rstrip("."))
-
-def resolve(host, port):
-    # the address checked is the address used: no second lookup to race with
-    host = host.strip("[]").lower().rstrip(".")
-    by_name = any(host == n or (n.startswith("*.") and host.endswith(n[1:])) for n in names)
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        return []
-    return [
-        (family, addr)
-        for family, _, _, _, addr in infos
-        if by_name or any(ipaddress.ip_address(addr[0].split("%")[0]) in net for net in nets)
-    ]
-
-def dial(candidates):
-    error = OSError("no address")
-    for family, addr in candidates:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(15)
-            sock.connect(addr)
-            sock.settimeout(None)
-            return sock
-        except OSError as exc:
-            sock.close()
-            error = exc
-    raise error
+_RELAY = r"""
+import select, socket, sys, threading, time
 
 def relay(a, b):
     socks = [a, b]
@@ -74,6 +49,59 @@ def relay(a, b):
                     pass
             else:
                 other.sendall(data)
+
+def serve(server, deadline, handle):
+    server.settimeout(1)
+    while time.monotonic() < deadline:
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            continue
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+"""
+
+PROXY_SCRIPT = (
+    _RELAY
+    + r"""
+import ipaddress, os
+from urllib.parse import urlsplit
+
+listen_at, deadline = sys.argv[1], time.monotonic() + float(sys.argv[2])
+names, nets = [], []
+for entry in sys.argv[3:]:
+    try:
+        nets.append(ipaddress.ip_network(entry, strict=False))
+    except ValueError:
+        names.append(entry.lower().rstrip("."))
+
+def resolve(host, port):
+    # the address checked is the address used: no second lookup to race with
+    host = host.strip("[]").lower().rstrip(".")
+    by_name = any(host == n or (n.startswith("*.") and host.endswith(n[1:])) for n in names)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return []
+    found = []
+    for family, _, _, _, addr in infos:
+        ip = ipaddress.ip_address(addr[0].split("%")[0])
+        if any(ip in net for net in nets) or (by_name and ip.is_global):
+            found.append((family, addr))
+    return found
+
+def dial(candidates):
+    error = OSError("no address")
+    for family, addr in candidates:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(15)
+            sock.connect(addr)
+            sock.settimeout(None)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error
 
 def handle(client):
     upstream = None
@@ -98,7 +126,8 @@ def handle(client):
         if not found:
             print("egress denied:", method, target, file=sys.stderr, flush=True)
             client.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n"
-                           b"Connection: close\r\n\r\nagent-sandbox: host not in the allowlist\n")
+                           b"Connection: close\r\n\r\nagent-sandbox: host not in the allowlist "
+                           b"(a name admits public addresses only; allow others by IP or CIDR)\n")
             return
         try:
             upstream = dial(found)
@@ -122,20 +151,52 @@ def handle(client):
         if upstream is not None:
             upstream.close()
 
-server = socket.create_server(("0.0.0.0", port_number))
-server.settimeout(1)
-while time.monotonic() < deadline:
-    try:
-        conn, _ = server.accept()
-    except OSError:
-        continue
-    threading.Thread(target=handle, args=(conn,), daemon=True).start()
+if os.path.exists(listen_at):
+    os.unlink(listen_at)
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(listen_at)
+server.listen(64)
+serve(server, deadline, handle)
 """
+)
+"""The egress proxy. Arguments: its unix socket's path, TTL seconds, then the allowlist entries
+(``host``, ``*.domain``, an IP or a CIDR)."""
+
+RELAY_SCRIPT = (
+    _RELAY
+    + r"""
+port, target, deadline = int(sys.argv[1]), sys.argv[2], time.monotonic() + float(sys.argv[3])
+
+def handle(client):
+    upstream = None
+    try:
+        for _ in range(100):  # the proxy may still be starting
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                upstream.connect(target)
+                break
+            except OSError:
+                upstream.close()
+                upstream = None
+                time.sleep(0.1)
+        if upstream is not None:
+            relay(client, upstream)
+    except OSError:
+        pass
+    finally:
+        client.close()
+        if upstream is not None:
+            upstream.close()
+
+serve(socket.create_server(("127.0.0.1", port)), deadline, handle)
+"""
+)
+"""The relay. Arguments: the loopback port to listen on, the proxy's socket, TTL seconds."""
 
 
 def proxy_env() -> dict[str, str]:
     """The environment that sends a sandbox's proxy-aware clients through the egress proxy."""
-    url = f"http://{PROXY_ALIAS}:{PROXY_PORT}"
+    url = f"http://127.0.0.1:{PROXY_PORT}"
     return {
         "HTTP_PROXY": url,
         "HTTPS_PROXY": url,

@@ -62,7 +62,8 @@ def engine() -> Any:
 
 
 def remove_labelled(label: str) -> int:
-    """Force-remove every container carrying ``label`` (key=value); returns how many."""
+    """Force-remove every container, network and volume carrying ``label`` (key=value);
+    returns how many containers."""
     if isinstance(_ENGINE, Exception):
         return 0
     rows = _ENGINE.containers(all=True, filters={"label": label})
@@ -72,6 +73,9 @@ def remove_labelled(label: str) -> int:
     for network in _ENGINE.networks(filters={"label": label}):
         with contextlib.suppress(Exception):
             _ENGINE.remove_network(network["Id"])
+    for volume in _ENGINE.volumes(filters={"label": label}).get("Volumes") or []:
+        with contextlib.suppress(Exception):
+            _ENGINE.remove_volume(volume["Name"], force=True)
     return len(rows)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import sys
 import textwrap
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from agent_sandbox.errors import (
 )
 from agent_sandbox.labels import stamp
 from agent_sandbox.models import ExecOptions, NetworkPolicy, SandboxSpec
+from agent_sandbox.testing.conformance import EgressServer
 
 pytestmark = pytest.mark.anyio
 
@@ -534,19 +536,121 @@ FETCH = (
 )
 
 
-async def test_network_open_and_none(backend: DockerBackend, test_server: str) -> None:
-    open_sb = await make(backend, network="open")
-    closed = await make(backend, network="none")
+PROBE = (
+    "import socket, sys\n"
+    "for target in sys.argv[1:]:\n"
+    "    host, port = target.rsplit(':', 1)\n"
+    "    try:\n"
+    "        socket.create_connection((host, int(port)), timeout=3).close()\n"
+    "        print(target, 'reached')\n"
+    "    except OSError:\n"
+    "        print(target, 'blocked')\n"
+)
+
+
+def _host_addresses() -> list[str]:
+    """This host's own IPv4 addresses but loopback: its LAN address, docker0's, every
+    bridge's gateway. A service listening on all interfaces answers on each."""
+    out = subprocess.run(
+        ["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=True
+    ).stdout
+    found = {line.split()[3].split("/")[0] for line in out.splitlines() if line.split()[1] != "lo"}
+    assert found, out
+    return sorted(found)
+
+
+@pytest.fixture
+def host_listener() -> Iterator[EgressServer]:
+    """A TCP server on every address of this host (what a developer's database or an
+    engine's unauthenticated port would be), counting the connections it gets."""
+    server = EgressServer()
     try:
-        reached = await open_sb.exec(["python3", "-c", FETCH, test_server])
-        assert reached.stdout.strip() == "egress-ok"
-        blocked = await closed.exec(["python3", "-c", FETCH, test_server])
-        assert blocked.stdout.startswith("blocked")
-        interfaces = (await closed.exec("ls /sys/class/net")).stdout.split()
-        assert interfaces == ["lo"]
+        yield server
     finally:
-        await open_sb.destroy()
-        await closed.destroy()
+        server.close()
+
+
+async def _probe(sb: Sandbox, targets: list[str], **env: str) -> dict[str, str]:
+    result = await sb.exec(["python3", "-c", PROBE, *targets], env=env, timeout=120)
+    assert result.ok, result.stderr
+    return dict(line.rsplit(" ", 1) for line in result.stdout.splitlines())
+
+
+async def test_network_none_reaches_nothing_on_the_host(
+    backend: DockerBackend, host_listener: EgressServer
+) -> None:
+    sandbox = await make(backend, network="none")
+    try:
+        targets = [f"{a}:{host_listener.port}" for a in _host_addresses()]
+        assert set((await _probe(sandbox, targets)).values()) == {"blocked"}
+        assert host_listener.connections == 0
+        assert (await sandbox.exec("ls /sys/class/net")).stdout.split() == ["lo"]
+    finally:
+        await sandbox.destroy()
+
+
+async def test_allowlist_fails_closed_for_the_hosts_own_addresses(
+    docker_api: Any, docker_label: str, host_listener: EgressServer
+) -> None:
+    """An allowlist sandbox reaches no address of this host unless the list names it: not
+    directly (it has no network), not through the proxy (403)."""
+    from docker_testkit import LabelledDockerBackend
+
+    allowed = _start_server(docker_api, docker_label, "allowed-ok")
+    allowed_ip = allowed.split("//")[1].split(":")[0]
+    backend = LabelledDockerBackend(DockerOptions(egress_proxy_image=IMAGE))
+    backend.run_label = docker_label
+    try:
+        sandbox = await make(
+            backend, network=NetworkPolicy(mode="allowlist", allow=(f"{allowed_ip}/32",))
+        )
+        try:
+
+            async def through_proxy() -> bool:
+                result = await sandbox.exec(["python3", "-c", FETCH, allowed])
+                return result.stdout.strip() == "allowed-ok"
+
+            assert await wait_until(through_proxy, 20)  # the path out works for what is allowed
+            targets = [f"{a}:{host_listener.port}" for a in _host_addresses()]
+            direct = await _probe(sandbox, targets)
+            assert set(direct.values()) == {"blocked"}, direct
+            assert (await sandbox.exec("ls /sys/class/net")).stdout.split() == ["lo"]
+            for address in _host_addresses():
+                url = f"http://{address}:{host_listener.port}/"
+                proxied = await sandbox.exec(["python3", "-c", FETCH, url])
+                assert proxied.stdout.startswith("blocked HTTPError"), (address, proxied)
+            assert host_listener.connections == 0
+        finally:
+            await sandbox.destroy()
+    finally:
+        await backend.aclose()
+
+
+async def test_allowlist_reaches_a_host_address_only_when_listed(
+    docker_api: Any, docker_label: str, host_listener: EgressServer
+) -> None:
+    from docker_testkit import LabelledDockerBackend
+
+    bridge = docker_api.inspect_network("bridge")["IPAM"]["Config"][0]
+    gateway = bridge.get("Gateway") or str(next(ipaddress.ip_network(bridge["Subnet"]).hosts()))
+    backend = LabelledDockerBackend(DockerOptions(egress_proxy_image=IMAGE))
+    backend.run_label = docker_label
+    try:
+        sandbox = await make(backend, network=NetworkPolicy(mode="allowlist", allow=(gateway,)))
+        try:
+            url = f"http://{gateway}:{host_listener.port}/"
+
+            async def reached() -> bool:
+                result = await sandbox.exec(["python3", "-c", FETCH, url])
+                return host_listener.token in result.stdout
+
+            assert await wait_until(reached, 20)
+            direct = await _probe(sandbox, [f"{gateway}:{host_listener.port}"])
+            assert set(direct.values()) == {"blocked"}  # only through the proxy
+        finally:
+            await sandbox.destroy()
+    finally:
+        await backend.aclose()
 
 
 async def test_allowlist_through_the_egress_proxy(docker_api: Any, docker_label: str) -> None:
@@ -576,9 +680,17 @@ async def test_allowlist_through_the_egress_proxy(docker_api: Any, docker_label:
                 ["python3", "-c", FETCH, allowed], env={"HTTP_PROXY": "", "http_proxy": ""}
             )
             assert direct.stdout.startswith("blocked"), direct  # no route but the proxy
+            roles = {
+                row["Labels"].get("agent-sandbox.role")
+                for row in docker_api.containers(filters={"label": f"agent-sandbox.egress={key}"})
+            }
+            assert roles == {None, "egress-proxy", "egress-relay"}  # sandbox, proxy, relay
         finally:
             await sandbox.destroy()
-        assert docker_api.networks(filters={"label": f"agent-sandbox.egress={key}"}) == []
+        assert docker_api.volumes(filters={"label": f"agent-sandbox.egress={key}"})["Volumes"] in (
+            None,
+            [],
+        )
         assert (
             docker_api.containers(all=True, filters={"label": f"agent-sandbox.egress={key}"}) == []
         )
@@ -586,7 +698,50 @@ async def test_allowlist_through_the_egress_proxy(docker_api: Any, docker_label:
         await backend.aclose()
 
 
-async def test_sweep_removes_expired_egress_networks(docker_api: Any, docker_label: str) -> None:
+async def test_open_sandboxes_reach_out_but_not_each_other(
+    docker_api: Any, backend: DockerBackend, test_server: str, host_listener: EgressServer
+) -> None:
+    """Network ``open``: the host and the outside, yes; another sandbox, or a container on
+    another network, no (one shared network with inter-container traffic off)."""
+    server = await make(backend, network="open")
+    client = await make(backend, network="open")
+    try:
+        started = await server.exec(
+            "nohup python3 -m http.server 8080 --bind 0.0.0.0 >/dev/null 2>&1 & echo $!"
+        )
+        assert started.ok
+        networks = docker_api.inspect_container(server.id)["NetworkSettings"]["Networks"]
+        assert list(networks) == ["agent-sandbox-open"]
+        options = docker_api.inspect_network("agent-sandbox-open")["Options"]
+        assert options["com.docker.network.bridge.enable_icc"] == "false"
+        server_ip = networks["agent-sandbox-open"]["IPAddress"]
+
+        async def serving() -> bool:
+            own = await _probe(server, [f"{server_ip}:8080"])
+            return own[f"{server_ip}:8080"] == "reached"
+
+        assert await wait_until(serving, 20)  # the server answers on that address
+        assert (await _probe(client, [f"{server_ip}:8080"]))[f"{server_ip}:8080"] == "blocked"
+        assert (await client.exec(["python3", "-c", FETCH, test_server])).stdout.startswith(
+            "blocked"
+        )
+        bridge = docker_api.inspect_network("bridge")["IPAM"]["Config"][0]
+        gateway = bridge.get("Gateway") or str(next(ipaddress.ip_network(bridge["Subnet"]).hosts()))
+        url = f"http://{gateway}:{host_listener.port}/"
+        assert host_listener.token in (await client.exec(["python3", "-c", FETCH, url])).stdout
+    finally:
+        await server.destroy()
+        await client.destroy()
+
+
+async def test_ports_need_network_open(backend: DockerBackend) -> None:
+    for mode in ("none", "allowlist"):
+        network = NetworkPolicy(mode=mode, allow=("10.0.0.0/8",) if mode == "allowlist" else ())
+        with pytest.raises(ConfigError, match="ports cannot be published"):
+            await make(backend, network=network, ports=(8000,))
+
+
+async def test_sweep_removes_expired_egress_helpers(docker_api: Any, docker_label: str) -> None:
     from docker_testkit import LabelledDockerBackend
 
     backend = LabelledDockerBackend(DockerOptions(egress_proxy_image=IMAGE))
@@ -596,17 +751,16 @@ async def test_sweep_removes_expired_egress_networks(docker_api: Any, docker_lab
             backend, network=NetworkPolicy(mode="allowlist", allow=("10.0.0.0/8",))
         )
         key = docker_api.inspect_container(sandbox.id)["Config"]["Labels"]["agent-sandbox.egress"]
-        # as if the TTL had run out with no client left: the containers end, the network stays
-        for row in docker_api.containers(
-            all=True, filters={"label": f"agent-sandbox.egress={key}"}
-        ):
+        mine = {"label": f"agent-sandbox.egress={key}"}
+        # as if the TTL had run out with no client left: the containers end, the volume stays
+        for row in docker_api.containers(all=True, filters=mine):
             docker_api.remove_container(row["Id"], force=True)
-        assert len(docker_api.networks(filters={"label": f"agent-sandbox.egress={key}"})) == 1
-        mine = {RUN_LABEL: docker_label}
-        await backend.sweep(labels=mine)  # not expired yet: kept
-        assert len(docker_api.networks(filters={"label": f"agent-sandbox.egress={key}"})) == 1
-        await backend.sweep(now=datetime.now(timezone.utc) + timedelta(hours=2), labels=mine)
-        assert docker_api.networks(filters={"label": f"agent-sandbox.egress={key}"}) == []
+        assert len(docker_api.volumes(filters=mine)["Volumes"]) == 1
+        scope = {RUN_LABEL: docker_label}
+        await backend.sweep(labels=scope)  # not expired yet: kept
+        assert len(docker_api.volumes(filters=mine)["Volumes"]) == 1
+        await backend.sweep(now=datetime.now(timezone.utc) + timedelta(hours=2), labels=scope)
+        assert docker_api.volumes(filters=mine)["Volumes"] in (None, [])
     finally:
         await backend.aclose()
 
