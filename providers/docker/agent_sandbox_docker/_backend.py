@@ -105,8 +105,8 @@ class DockerOptions(ProviderOptions):
             pquota); without it a ``disk_mib`` in the spec raises ``Unsupported``.
         init: run the engine's tiny init (tini) as PID 1, reaping orphaned processes.
         api_timeout: seconds to wait for an ordinary API answer.
-        egress_proxy_image: image of the egress proxy behind network policy ``allowlist`` (needs
-            ``python3``; pulled on first use like any image).
+        egress_proxy_image: image of the egress proxy and relay behind network policy
+            ``allowlist`` (needs ``python3``; pulled on first use like any image).
     """
 
     provider: Literal["docker"] = "docker"
