@@ -136,8 +136,8 @@ def sandbox_backend(docker_label: str) -> DockerBackend:
 
 @pytest.fixture
 def egress_target(egress_server: Any) -> tuple[str, int]:
-    """Where a sandbox on the default bridge reaches the suite's server on this machine: the
-    bridge's gateway address (this host's end of docker0)."""
+    """Where an open-network sandbox reaches the suite's server on this machine: the default
+    bridge's gateway address (this host's end of docker0, one of the host's own addresses)."""
     api = engine()
     config = api.inspect_network("bridge")["IPAM"]["Config"]
     first = config[0]
