@@ -1,7 +1,9 @@
 """Create-to-first-command: ``Sandbox.create`` + ``exec(["true"])`` against docker-py's own
 ``create_container`` + ``start`` + ``exec_run(["true"])`` with the same image, interleaved, median
 of N runs; then the removal of each: ``Sandbox.destroy()`` against docker-py's
-``remove_container(force=True)``.
+``remove_container(force=True)``. docker-py runs twice: on the default bridge (what a bare
+``docker run`` does) and on ``agent-sandbox-open``, the network our open sandboxes join (inter-
+container traffic off), so the network's own cost shows apart from the library's.
 
 Run: ``uv run --all-extras python benchmarks/docker_create.py [--runs N]``.
 Target: ours / docker-py <= 1.15 (create + first exec); destroy: no graceful 10 s stop.
@@ -13,6 +15,7 @@ import argparse
 
 import anyio
 from agent_sandbox_docker import DockerBackend
+from agent_sandbox_docker._backend import OPEN_NETWORK
 from docker_common import BENCH_LABEL, IMAGE, RUN_ID, cleanup, raw_client, report, timed, timed_sync
 
 from agent_sandbox import Sandbox
@@ -35,13 +38,16 @@ async def main(runs: int) -> None:
             mine.append(sb)
             assert (await sb.exec(["true"])).exit_code == 0
 
-        def raw() -> None:
+        def raw(network: str | None = None) -> None:
             container = client.containers.create(
-                IMAGE, command=["sleep", "600"], labels={BENCH_LABEL: RUN_ID}
+                IMAGE, command=["sleep", "600"], labels={BENCH_LABEL: RUN_ID}, network=network
             )
             ids.append(container.id)
             container.start()
             assert container.exec_run(["true"]).exit_code == 0
+
+        def raw_same_network() -> None:
+            raw(OPEN_NETWORK)
 
         removal: dict[str, list[float]] = {
             "docker-py remove_container(force)": [],
@@ -61,22 +67,24 @@ async def main(runs: int) -> None:
                     removal["Sandbox.destroy"].append(took)
 
         for _ in range(3):
-            await ours()
+            await ours()  # also creates agent-sandbox-open when missing
             raw()
+            raw_same_network()
             await remove_all(record=False)
-        samples: dict[str, list[float]] = {
-            "docker-py create+start+exec_run": [],
-            "Sandbox.create+exec": [],
-        }
+        bridge, same = "docker-py, default bridge", "docker-py, agent-sandbox-open"
+        samples: dict[str, list[float]] = {bridge: [], same: [], "Sandbox.create+exec": []}
         for i in range(runs):
             if i % 2 == 0:
-                samples["docker-py create+start+exec_run"].append(timed_sync(raw))
+                samples[bridge].append(timed_sync(raw))
+                samples[same].append(timed_sync(raw_same_network))
                 samples["Sandbox.create+exec"].append(await timed(ours))
             else:
                 samples["Sandbox.create+exec"].append(await timed(ours))
-                samples["docker-py create+start+exec_run"].append(timed_sync(raw))
+                samples[same].append(timed_sync(raw_same_network))
+                samples[bridge].append(timed_sync(raw))
             await remove_all()
-        report("create + first exec", samples, "docker-py create+start+exec_run")
+        report("create + first exec", samples, same)
+        report("create + first exec (against a bare docker run)", samples, bridge)
         report("destroy (kill + remove)", removal, "docker-py remove_container(force)")
     finally:
         await backend.aclose()
