@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import shutil
 import stat
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from .errors import InvalidPath, IsADirectory, UnsafeArchive
+from .errors import FileNotFound, InvalidPath, IsADirectory, UnsafeArchive
 
 _MAX_NAME = 4096
 _MAX_HEADER = 1 << 20
@@ -439,3 +440,16 @@ def _check_placed_links(target: Path, links: list[str]) -> None:
             f"through links that were already there: {', '.join(map(repr, escaped[:10]))}",
             op="download",
         )
+
+
+def tar_directory(source: Path) -> bytes:
+    """A local directory tree as an uncompressed tar (what ``upload`` sends into a sandbox).
+
+    Raises ``FileNotFound`` when ``source`` is not a directory.
+    """
+    if not source.is_dir():
+        raise FileNotFound(f"local directory not found: {source}", op="upload")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(str(source), arcname=".")
+    return buffer.getvalue()

@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import io
-import posixpath
 import shlex
-import tarfile
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import anyio
 import anyio.lowlevel
@@ -32,12 +28,8 @@ from pydantic import BaseModel, ConfigDict
 
 from . import labels as _labels
 from ._tasks import spawn
-from .archive import DEFAULT_LIMITS, ArchiveLimits, ArchiveSpool
+from .derived import DerivedOperations
 from .errors import (
-    FileNotFound,
-    InvalidPath,
-    PermissionDenied,
-    ProviderError,
     SandboxError,
     Unsupported,
 )
@@ -48,18 +40,14 @@ from .models import (
     ExecEvent,
     ExecOptions,
     ExecResult,
-    FileInfo,
-    FileType,
     ProcessInfo,
     SandboxInfo,
     SandboxSpec,
     StartOptions,
 )
-from .output import CappedBuffer
 from .process import ExitStatus, Process, ProcessHandle, Stream, exec_stream, run
 from .process import argv_of as argv_of
-
-UNLIMITED_OUTPUT = 1 << 62
+from .process import close_stream as close_stream
 
 
 @dataclass(frozen=True)
@@ -164,41 +152,7 @@ def start_options(options: ExecOptions, *, detached: bool = False) -> StartOptio
     )
 
 
-_STAT_FORMAT = "%F\t%s\t%a\t%Y\t%n"
-_MISSING = 44
-_NOT_DIR = 45
-_STAT_SCRIPT = f"""
-for p do
-  if [ ! -e "$p" ] && [ ! -L "$p" ]; then echo "$p" >&2; exit {_MISSING}; fi
-done
-exec stat -c '{_STAT_FORMAT}' -- "$@"
-"""
-_LIST_SCRIPT = f"""
-if [ ! -e "$1" ]; then exit {_MISSING}; fi
-if [ ! -d "$1" ]; then exit {_NOT_DIR}; fi
-find "$1" -mindepth 1 -maxdepth 1 -exec stat -c '{_STAT_FORMAT}' -- {{}} +
-"""
-_TYPES: dict[str, FileType] = {
-    "regular file": "file",
-    "regular empty file": "file",
-    "directory": "dir",
-    "symbolic link": "symlink",
-}
-
-
-def _parse_stat_line(line: str) -> FileInfo:
-    kind, size, mode, mtime, path = line.split("\t", 4)
-    return FileInfo(
-        path=path,
-        name=posixpath.basename(path.rstrip("/")) or "/",
-        type=_TYPES.get(kind, "other"),
-        size=int(size),
-        mode=int(mode, 8),
-        mtime=float(mtime),
-    )
-
-
-class BaseBackend(ABC):
+class BaseBackend(DerivedOperations, ABC):
     """Base class of providers: implement the primitives, inherit the derived operations.
 
     Subclasses set ``name``, ``Options`` and ``capabilities``, and are constructed with an
@@ -209,7 +163,6 @@ class BaseBackend(ABC):
     name: ClassVar[str]
     Options: ClassVar[type[ProviderOptions]] = ProviderOptions
     capabilities: Capabilities = Capabilities()
-    archive_limits: ArchiveLimits = DEFAULT_LIMITS
     """Bounds on the archive a tree ``download`` reads from a sandbox (size, member count)."""
 
     def __init__(self, options: ProviderOptions | None = None) -> None:
@@ -298,96 +251,6 @@ class BaseBackend(ABC):
         async for event in exec_stream(proc):
             yield event
 
-    async def _helper(
-        self, sandbox_id: str, op: str, script: str, *args: str, stdin: bytes | None = None
-    ) -> ExecResult:
-        """Run a derived operation's shell script with positional ``args`` (never spliced)."""
-        options = ExecOptions(stdin=stdin, output_limit=UNLIMITED_OUTPUT)
-        return await self.exec(sandbox_id, ["sh", "-c", script, "sh", *args], options)
-
-    def _fail(self, result: ExecResult, op: str, sandbox_id: str, path: str) -> SandboxError:
-        message = result.stderr.strip() or f"exit status {result.exit_code}"
-        where: dict[str, Any] = {"provider": self.name, "op": op, "sandbox_id": sandbox_id}
-        if result.exit_code == _MISSING or "No such file" in message:
-            return FileNotFound(f"no such file or directory: {path}", **where)
-        if result.exit_code == _NOT_DIR:
-            return InvalidPath(f"not a directory: {path}", **where)
-        if "ermission denied" in message or "Read-only file system" in message:
-            return PermissionDenied(f"{op} {path}: {message}", **where)
-        return ProviderError(f"{op} {path} failed: {message}", **where)
-
-    async def stat(self, sandbox_id: str, path: str) -> FileInfo:
-        """Describe one path (not following a final symlink). Raises ``FileNotFound``."""
-        result = await self._helper(sandbox_id, "stat", _STAT_SCRIPT, path)
-        if not result.ok:
-            raise self._fail(result, "stat", sandbox_id, path)
-        return _parse_stat_line(result.stdout.rstrip("\n"))
-
-    async def exists(self, sandbox_id: str, path: str) -> bool:
-        """True when ``path`` exists (a dangling symlink counts)."""
-        try:
-            await self.stat(sandbox_id, path)
-        except FileNotFound:
-            return False
-        return True
-
-    async def list_dir(self, sandbox_id: str, path: str) -> builtins.list[FileInfo]:
-        """Entries of a directory, sorted by name. Raises ``FileNotFound``, ``InvalidPath``."""
-        result = await self._helper(sandbox_id, "list_dir", _LIST_SCRIPT, path)
-        if not result.ok:
-            raise self._fail(result, "list_dir", sandbox_id, path)
-        entries = [_parse_stat_line(line) for line in result.stdout.splitlines() if line]
-        return sorted(entries, key=lambda e: e.name)
-
-    async def remove(self, sandbox_id: str, path: str, *, recursive: bool = False) -> None:
-        """Delete a file, or a directory tree with ``recursive``. Raises ``FileNotFound``."""
-        script = f'[ -e "$1" ] || [ -L "$1" ] || exit {_MISSING}; rm {"-rf" if recursive else "-f"} -- "$1"'
-        result = await self._helper(sandbox_id, "remove", script, path)
-        if not result.ok:
-            raise self._fail(result, "remove", sandbox_id, path)
-
-    async def mkdir(self, sandbox_id: str, path: str) -> None:
-        """Create a directory and its missing parents; an existing directory is fine."""
-        result = await self._helper(sandbox_id, "mkdir", 'mkdir -p -- "$1"', path)
-        if not result.ok:
-            raise self._fail(result, "mkdir", sandbox_id, path)
-
-    async def upload(self, sandbox_id: str, local_dir: str | Path, remote_dir: str) -> None:
-        """Copy a local directory tree into ``remote_dir`` (created if missing), as a tar on stdin."""
-        archive = await anyio.to_thread.run_sync(_tar_directory, Path(local_dir))
-        script = 'mkdir -p -- "$1" && tar -x -f - -C "$1"'
-        result = await self._helper(sandbox_id, "upload", script, remote_dir, stdin=archive)
-        if not result.ok:
-            raise self._fail(result, "upload", sandbox_id, remote_dir)
-
-    async def download(self, sandbox_id: str, remote_dir: str, local_dir: str | Path) -> None:
-        """Copy the tree at ``remote_dir`` into ``local_dir`` (created if missing).
-
-        The sandbox's ``tar`` output is hostile input: it is bounded and unpacked by
-        :mod:`agent_sandbox.archive`'s rules. Raises ``FileNotFound``, ``UnsafeArchive``.
-        """
-        script = f'[ -d "$1" ] || exit {_MISSING}; tar -c -f - -C "$1" .'
-        err = CappedBuffer(64 * 1024)
-        exit_code: int | None = None
-        with ArchiveSpool(self.archive_limits) as spool:
-            options = ExecOptions(output_limit=spool.limits.max_bytes + 1)
-            events = self.exec_stream(sandbox_id, ["sh", "-c", script, "sh", remote_dir], options)
-            try:
-                async for event in events:
-                    if event.kind == "stdout":
-                        spool.write(event.data)
-                    elif event.kind == "stderr":
-                        err.write(event.data)
-                    else:
-                        exit_code = event.exit_code
-            finally:
-                await close_stream(events)
-            if exit_code != 0:
-                code = -1 if exit_code is None else exit_code
-                result = ExecResult(exit_code=code, stderr_bytes=err.getvalue())
-                raise self._fail(result, "download", sandbox_id, remote_dir)
-            await anyio.to_thread.run_sync(spool.extract, Path(local_dir))
-
     async def sweep(
         self, *, now: datetime | None = None, labels: Mapping[str, str] | None = None
     ) -> builtins.list[str]:
@@ -450,22 +313,6 @@ class BaseBackend(ABC):
             raise self._unsupported("snapshots")
         if spec.user is not None and not caps.exec_user:
             raise self._unsupported("running as another user")
-
-
-async def close_stream(stream: AsyncIterator[Any]) -> None:
-    """Close an async generator (kills its command if still running); plain iterators need nothing."""
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        await aclose()
-
-
-def _tar_directory(source: Path) -> bytes:
-    if not source.is_dir():
-        raise FileNotFound(f"local directory not found: {source}", op="upload")
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        tar.add(str(source), arcname=".")
-    return buffer.getvalue()
 
 
 def quote(argv: list[str]) -> str:

@@ -181,6 +181,29 @@ class FileInfo(_Model):
     """Seconds since the epoch."""
 
 
+class FoundFiles(_Model):
+    """What ``find`` found: absolute paths, sorted; ``truncated`` when the list was cut."""
+
+    paths: list[str] = Field(default_factory=list)
+    truncated: bool = False
+
+
+class GrepMatch(_Model):
+    """One matching line."""
+
+    path: str
+    line: int
+    """1-based line number."""
+    text: str
+
+
+class GrepResult(_Model):
+    """What ``grep`` found, sorted by path and line; ``truncated`` when the answer was cut."""
+
+    matches: list[GrepMatch] = Field(default_factory=list)
+    truncated: bool = False
+
+
 SandboxState = Literal["running", "paused", "stopped", "unknown"]
 
 

@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
@@ -444,3 +444,10 @@ async def run(process: Process) -> ExecResult:
         return await process.wait()
     finally:
         await process.end()
+
+
+async def close_stream(stream: AsyncIterator[Any]) -> None:
+    """Close an async generator (kills its command if still running); plain iterators need nothing."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -14,6 +14,7 @@ import anyio
 
 from .audit import AuditingBackend, AuditLog
 from .backend import BaseBackend, close_stream
+from .derived import LISTING_LIMIT
 from .errors import ArgumentTypeError, ConfigError, InvalidPath, SandboxError
 from .labels import default_owner, stamp
 from .models import (
@@ -24,6 +25,8 @@ from .models import (
     ExecOptions,
     ExecResult,
     FileInfo,
+    FoundFiles,
+    GrepResult,
     NetworkPolicy,
     ProcessInfo,
     SandboxInfo,
@@ -452,6 +455,37 @@ class Sandbox:
     async def mkdir(self, path: str) -> None:
         """Create a directory with its parents."""
         await self.backend.mkdir(self.id, self.path(path))
+
+    async def realpath(self, path: str) -> str:
+        """``path`` made absolute with every symlink resolved (as the sandbox sees it)."""
+        (resolved,) = await self.backend.realpath(self.id, [self.path(path)])
+        return resolved
+
+    async def find(self, path: str = ".", *, limit: int = LISTING_LIMIT) -> FoundFiles:
+        """Every file and symlink below the directory ``path`` (``.git`` skipped), sorted; past
+        ``limit`` bytes of answer the list is cut (``truncated``).
+
+        Raises ``FileNotFound``, ``InvalidPath`` (not a directory)."""
+        return await self.backend.find(self.id, self.path(path), limit=limit)
+
+    async def grep(
+        self, pattern: str, path: str = ".", *, limit: int = LISTING_LIMIT
+    ) -> GrepResult:
+        """Lines matching the extended regular expression ``pattern`` in a file or the files
+        below a directory (binary files and ``.git`` skipped), sorted by path and line; past
+        ``limit`` bytes of answer the list is cut (``truncated``).
+
+        Raises ``FileNotFound``, ``ConfigError`` for a pattern the sandbox refuses."""
+        return await self.backend.grep(self.id, pattern, self.path(path), limit=limit)
+
+    async def read_lines(
+        self, path: str, start: int = 1, end: int | None = None, *, max_bytes: int = 1 << 20
+    ) -> bytes:
+        """Lines ``start`` to ``end`` (1-based, inclusive; ``None``: to the end) of a file,
+        cut out in the sandbox: at most ``max_bytes`` come back, whatever the file's size."""
+        return await self.backend.read_lines(
+            self.id, self.path(path), start, end, max_bytes=max_bytes
+        )
 
     async def upload(self, local_dir: str | Path, remote_dir: str = ".") -> None:
         """Copy a local directory tree into the sandbox."""

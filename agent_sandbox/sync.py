@@ -40,6 +40,8 @@ from .models import (
     ExecEvent,
     ExecResult,
     FileInfo,
+    FoundFiles,
+    GrepResult,
     ProcessInfo,
     SandboxInfo,
 )
@@ -399,6 +401,24 @@ class Sandbox:
     def mkdir(self, path: str) -> None:
         """Create a directory with its parents."""
         _run(self.aio.mkdir, path)
+
+    def realpath(self, path: str) -> str:
+        """``path`` with every symlink resolved; see :meth:`agent_sandbox.Sandbox.realpath`."""
+        return _run(self.aio.realpath, path)
+
+    def find(self, path: str = ".") -> FoundFiles:
+        """Files below a directory; see :meth:`agent_sandbox.Sandbox.find`."""
+        return _run(self.aio.find, path)
+
+    def grep(self, pattern: str, path: str = ".") -> GrepResult:
+        """Matching lines; see :meth:`agent_sandbox.Sandbox.grep`."""
+        return _run(self.aio.grep, pattern, path)
+
+    def read_lines(
+        self, path: str, start: int = 1, end: int | None = None, *, max_bytes: int = 1 << 20
+    ) -> bytes:
+        """Some lines of a file; see :meth:`agent_sandbox.Sandbox.read_lines`."""
+        return _run(self.aio.read_lines, path, start, end, max_bytes=max_bytes)
 
     def upload(self, local_dir: str | Path, remote_dir: str = ".") -> None:
         """Copy a local directory tree into the sandbox."""

@@ -126,7 +126,7 @@ async def test_bash_state_persists_between_calls(any_sb: Sandbox) -> None:
 @pytest.mark.anyio
 async def test_bash_output_exit_code_and_stderr(any_sb: Sandbox) -> None:
     kit = ToolKit(any_sb)
-    result = await kit.run("bash", {"command": "echo out; echo err >&2; exit 3"})
+    result = await kit.run("bash", {"command": "echo out; echo err >&2; (exit 3)"})
     assert not result.is_error
     assert result.content == "out\nerr\n[exit code: 3]"
     assert (await kit.run("bash", {"command": "true"})).content == "(no output)"
@@ -134,6 +134,18 @@ async def test_bash_output_exit_code_and_stderr(any_sb: Sandbox) -> None:
     script = "cat <<'EOF'\nsingle ' and double \" quotes, $HOME stays literal\nEOF"
     out = await run_ok(kit, "bash", {"command": script})
     assert out == "single ' and double \" quotes, $HOME stays literal"
+
+
+@pytest.mark.anyio
+async def test_bash_exit_ends_the_shell_and_the_next_call_gets_a_new_one(any_sb: Sandbox) -> None:
+    kit = ToolKit(any_sb)
+    await run_ok(kit, "bash", {"command": "cd /tmp"})
+    ended = await run_ok(kit, "bash", {"command": "echo bye; exit 4"})
+    assert ended.startswith("bye\n")
+    assert ended.endswith("[exit code: 4]")
+    if any_sb.backend.capabilities.stdin_streaming:  # one long-lived shell: it has ended
+        assert "[the shell exited; the next command starts a new one]" in ended
+    assert (await run_ok(kit, "bash", {"command": "echo again"})) == "again"
 
 
 @pytest.mark.anyio

@@ -5,12 +5,13 @@ from __future__ import annotations
 import builtins
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ..backend import BaseBackend, Diagnostic, close_stream
+from ..derived import LISTING_LIMIT
 from ..errors import PolicyDenied
 from ..models import (
     DEFAULT_READ_LIMIT,
@@ -20,6 +21,8 @@ from ..models import (
     ExecOptions,
     ExecResult,
     FileInfo,
+    FoundFiles,
+    GrepResult,
     ProcessInfo,
     SandboxInfo,
     SandboxSpec,
@@ -292,6 +295,39 @@ class AuditingBackend(BaseBackend):
         """The inner backend's ``mkdir`` (policy op ``mkdir``)."""
         with self._guard("mkdir", sandbox_id, {"path": path}, path=path):
             await self.inner.mkdir(sandbox_id, path)
+
+    async def realpath(self, sandbox_id: str, paths: Sequence[str]) -> builtins.list[str]:
+        """The inner backend's ``realpath`` (policy op ``realpath``; it reads nothing, so no
+        path rule applies)."""
+        with self._guard("realpath", sandbox_id, {"paths": list(paths)}):
+            return await self.inner.realpath(sandbox_id, paths)
+
+    async def find(self, sandbox_id: str, root: str, *, limit: int = LISTING_LIMIT) -> FoundFiles:
+        """The inner backend's ``find`` (policy op ``find``, ``root`` checked)."""
+        with self._guard("find", sandbox_id, {"path": root}, path=root) as record:
+            found = await self.inner.find(sandbox_id, root, limit=limit)
+            record.result = {"count": len(found.paths), "truncated": found.truncated}
+        return found
+
+    async def grep(
+        self, sandbox_id: str, pattern: str, path: str, *, limit: int = LISTING_LIMIT
+    ) -> GrepResult:
+        """The inner backend's ``grep`` (policy op ``grep``, ``path`` checked)."""
+        arguments = {"pattern": pattern, "path": path}
+        with self._guard("grep", sandbox_id, arguments, path=path) as record:
+            found = await self.inner.grep(sandbox_id, pattern, path, limit=limit)
+            record.result = {"count": len(found.matches), "truncated": found.truncated}
+        return found
+
+    async def read_lines(
+        self, sandbox_id: str, path: str, start: int, end: int | None, *, max_bytes: int
+    ) -> bytes:
+        """The inner backend's ``read_lines`` (policy op ``read_file``, ``path`` checked)."""
+        arguments = {"path": path, "start": start, "end": end}
+        with self._guard("read_file", sandbox_id, arguments, path=path) as record:
+            data = await self.inner.read_lines(sandbox_id, path, start, end, max_bytes=max_bytes)
+            record.result = {"bytes": len(data)}
+        return data
 
     async def upload(self, sandbox_id: str, local_dir: str | Path, remote_dir: str) -> None:
         """The inner backend's ``upload`` (policy op ``upload``, ``remote_dir`` checked)."""

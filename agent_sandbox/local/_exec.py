@@ -157,9 +157,12 @@ class Launcher:
     def _check_cwd_jail(self, box: Box, cwd: str) -> None:
         assert box.fs is not None
         try:
-            located = box.fs.host_of(box.fs.resolve(_jail.normalise(cwd)))
+            resolved = box.fs.resolve(_jail.normalise(cwd))
         except _jail.JailPathError:
-            located = None
+            resolved = None
+        if resolved == "/":  # the jail's own root: always there
+            return
+        located = None if resolved is None else box.fs.host_of(resolved)
         if located is None or not os.path.isdir(located[1]):
             raise FileNotFound(
                 f"working directory not found: {cwd}",

@@ -22,9 +22,10 @@ import builtins
 import copy
 import io
 import posixpath
+import re
 import tarfile
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -36,7 +37,9 @@ import anyio.lowlevel
 from .._tasks import spawn
 from ..archive import extract_tar
 from ..backend import BaseBackend, ProviderOptions
+from ..derived import LISTING_LIMIT
 from ..errors import (
+    ConfigError,
     FileNotFound,
     FileTooLarge,
     InvalidPath,
@@ -48,6 +51,9 @@ from ..models import (
     DEFAULT_READ_LIMIT,
     Capabilities,
     FileInfo,
+    FoundFiles,
+    GrepMatch,
+    GrepResult,
     ProcessInfo,
     SandboxInfo,
     SandboxSpec,
@@ -294,16 +300,82 @@ class FakeBackend(BaseBackend):
         return result
 
     async def remove(self, sandbox_id: str, path: str, *, recursive: bool = False) -> None:
-        """Delete a file, or a tree with ``recursive``. Raises ``FileNotFound``."""
+        """Delete a file, or a tree with ``recursive``. Raises ``FileNotFound``;
+        ``IsADirectory`` for a directory without ``recursive``."""
         await anyio.lowlevel.checkpoint()
         p = self._check(path)
-        self._fs_call(sandbox_id, "remove", lambda fs: fs.remove(p, recursive=recursive))
+
+        def remove(fs: FS) -> None:
+            if not recursive and fs.lookup(p).kind == "dir":
+                raise IsADirectory(f"is a directory: {p}")
+            fs.remove(p, recursive=recursive)
+
+        self._fs_call(sandbox_id, "remove", remove)
 
     async def mkdir(self, sandbox_id: str, path: str) -> None:
         """Create a directory and its parents."""
         await anyio.lowlevel.checkpoint()
         p = self._check(path)
         self._fs_call(sandbox_id, "mkdir", lambda fs: fs.mkdir(p))
+
+    async def realpath(self, sandbox_id: str, paths: Sequence[str]) -> builtins.list[str]:
+        """The paths, normalised (the fake's filesystem has no symlinks)."""
+        await anyio.lowlevel.checkpoint()
+        self._box(sandbox_id, "realpath")
+        return [self._check(p) for p in paths]
+
+    async def find(self, sandbox_id: str, root: str, *, limit: int = LISTING_LIMIT) -> FoundFiles:
+        """Every file below ``root`` (``.git`` skipped). Raises ``FileNotFound``, ``InvalidPath``."""
+        await anyio.lowlevel.checkpoint()
+        p = self._check(root)
+
+        def walk(fs: FS) -> FoundFiles:
+            node = fs.lookup(p)
+            if node.kind != "dir":
+                raise InvalidPath(f"not a directory: {p}")
+            found = [path for path, child in _files_below(node, p) if child.kind != "dir"]
+            return FoundFiles(paths=sorted(found))
+
+        result: FoundFiles = self._fs_call(sandbox_id, "find", walk)
+        return result
+
+    async def grep(
+        self, sandbox_id: str, pattern: str, path: str, *, limit: int = LISTING_LIMIT
+    ) -> GrepResult:
+        """Lines matching ``pattern`` (Python's syntax, close to grep -E), binary files and
+        ``.git`` skipped. Raises ``FileNotFound``, ``ConfigError`` for a bad pattern."""
+        await anyio.lowlevel.checkpoint()
+        p = self._check(path)
+        try:
+            regex = re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"grep {pattern!r}: {exc}", provider=self.name, op="grep") from exc
+
+        def search(fs: FS) -> GrepResult:
+            node = fs.lookup(p)
+            files = _files_below(node, p) if node.kind == "dir" else [(p, node)]
+            matches = []
+            for name, child in files:
+                data = bytes(child.data)
+                if child.kind != "file" or b"\x00" in data[:8192]:
+                    continue
+                for number, line in enumerate(data.decode(errors="replace").splitlines(), 1):
+                    if regex.search(line):
+                        matches.append(GrepMatch(path=name, line=number, text=line))
+            return GrepResult(matches=sorted(matches, key=lambda m: (m.path, m.line)))
+
+        result: GrepResult = self._fs_call(sandbox_id, "grep", search)
+        return result
+
+    async def read_lines(
+        self, sandbox_id: str, path: str, start: int, end: int | None, *, max_bytes: int
+    ) -> bytes:
+        """Lines ``start`` to ``end`` of a file, at most ``max_bytes`` of them."""
+        await anyio.lowlevel.checkpoint()
+        p = self._check(path)
+        data: bytes = self._fs_call(sandbox_id, "read_lines", lambda fs: fs.read(p))
+        lines = data.splitlines(keepends=True)[start - 1 : end]
+        return b"".join(lines)[:max_bytes]
 
     async def upload(self, sandbox_id: str, local_dir: str | Path, remote_dir: str) -> None:
         """Copy a local tree into ``remote_dir``."""
@@ -529,3 +601,16 @@ class _Handle(ProcessHandle):
 
 
 _PIPE_CHUNKS = 16
+
+
+def _files_below(node: Node, path: str) -> builtins.list[tuple[str, Node]]:
+    """``(path, node)`` of everything below the directory ``node`` (``.git`` skipped)."""
+    found = []
+    for name, child in sorted(node.children.items()):
+        if name == ".git":
+            continue
+        below = posixpath.join(path, name)
+        found.append((below, child))
+        if child.kind == "dir":
+            found.extend(_files_below(child, below))
+    return found

@@ -8,6 +8,7 @@ import logging
 import posixpath
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import anyio
@@ -15,20 +16,16 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import (
     CommandTimeout,
-    FileNotFound,
     InvalidPath,
-    IsADirectory,
-    PermissionDenied,
     PolicyDenied,
     SandboxError,
     SandboxNotFound,
 )
-from ..models import ExecResult
-from . import _python
-from ._glob import compile_glob, split_static_prefix
+from . import _python, bash, edit, glob, grep, read, write
 from ._inputs import BashInput, EditInput, GlobInput, GrepInput, ReadInput, WriteInput
 from ._schema import JsonDict, Tool, ToolResult, format_validation_error
-from ._shell import ShellState
+from .bash import CAPTURE_LIMIT, Shell
+from .read import MAX_READ_BYTES
 
 if TYPE_CHECKING:
     from ..audit import AuditLog
@@ -42,91 +39,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_OUTPUT_BUDGET = 30_000
 DEFAULT_BASH_TIMEOUT_MS = 120_000
 MAX_BASH_TIMEOUT_MS = 600_000
-CAPTURE_LIMIT = 8 * 1024 * 1024
-"""Bytes of a command's output kept in memory; beyond that the output is cut at the source."""
-MAX_READ_BYTES = 16 * 1024 * 1024
-"""Files larger than this are not loaded whole by ``read``: the lines asked for are cut out in the
-sandbox."""
-MAX_LINE_CHARS = 2_000
-MAX_RESULTS = 1_000
 
 FILE_TOOLS = frozenset({"read", "write", "edit", "glob", "grep"})
 _CONTENT_FIELDS = {"write": ("content",), "edit": ("old_string", "new_string")}
 """Arguments holding file content: the audit log keeps their size and digest, not the text."""
-
-_REALPATH = """
-for p do
-  r=$(realpath -m -- "$p" 2>/dev/null) ||
-  r=$(python3 -c 'import os,sys; print(os.path.realpath(sys.argv[1]))' "$p" 2>/dev/null) ||
-  r=$(readlink -f -- "$p" 2>/dev/null) || { echo "cannot resolve $p" >&2; exit 3; }
-  [ -n "$r" ] || { echo "cannot resolve $p" >&2; exit 3; }
-  printf '%s\\0' "$r"
-done
-"""
-
-_GLOB_LIST = """
-[ -e "$1" ] || exit 44
-[ -d "$1" ] || exit 45
-find "$1" -name .git -prune -o \\( -type f -o -type l \\) -print0
-"""
-
-_GREP = """
-[ -e "$2" ] || exit 44
-if command -v rg >/dev/null 2>&1; then
-  exec rg --line-number --no-heading --with-filename --null --color never --hidden \\
-    --no-ignore --glob '!.git' --no-messages -e "$1" -- "$2"
-fi
-grep -rnHIZ --exclude-dir=.git -s -e x -- /dev/null >/dev/null 2>&1
-if [ $? -le 1 ]; then
-  exec grep -rnHIEZ --exclude-dir=.git -s -e "$1" -- "$2"
-fi
-# a minimal grep (busybox): one file at a time, the NUL after the name added here
-find "$2" -name .git -prune -o -type f -exec sh -c '
-  pattern=$1; shift; rc=1
-  for f do
-    out=$(grep -nE -e "$pattern" -- "$f"); r=$?
-    if [ $r -ge 2 ]; then rc=2; elif [ $r -eq 0 ]; then
-      n=$(head -c 8192 "$f" | wc -c); t=$(head -c 8192 "$f" | tr -d "\\000" | wc -c)
-      [ "$n" -eq "$t" ] || continue
-      [ $rc -eq 1 ] && rc=0
-      printf "%s\\n" "$out" | while IFS= read -r l; do printf "%s\\0%s\\n" "$f" "$l"; done
-    fi
-  done
-  exit $rc' sh "$1" {} +
-"""
-
-BASH_DESCRIPTION = """Run a shell command in the sandbox and return its combined stdout and stderr.
-
-The shell is persistent: the working directory, exported variables, shell variables and functions \
-carry over from one call to the next. Set restart to true to get a fresh shell. Commands run \
-non-interactively with no stdin; a command that runs longer than timeout_ms (default {default}, \
-at most {maximum}) is \
-killed and the shell restarted. Long output is cut, and the whole output is saved to a file whose \
-path is given."""
-
-READ_DESCRIPTION = """Read a text file from the sandbox, with line numbers (like cat -n).
-
-Use view_range [start, end] (1-based, inclusive; end -1 = end of file) to read part of a long \
-file. Binary files are not shown; their size is reported instead."""
-
-WRITE_DESCRIPTION = """Create a file, or overwrite it, with the given content.
-
-Parent directories are created as needed. To change part of an existing file, prefer edit."""
-
-EDIT_DESCRIPTION = """Replace an exact string in a file.
-
-old_string must match the file exactly (whitespace and indentation included) and occur exactly \
-once, unless replace_all is true; otherwise the edit fails and says how many matches were \
-found. Read the file first to copy the text exactly."""
-
-GLOB_DESCRIPTION = """Find files by name with a glob pattern such as '**/*.py' or 'src/*.{ts,tsx}'.
-
-Returns matching file paths, sorted. '.git' directories are skipped."""
-
-GREP_DESCRIPTION = """Search file contents with a regular expression (extended syntax).
-
-Returns matching lines as path:line_number:text, sorted by path and line. Binary files and '.git' \
-directories are skipped."""
 
 
 def _audited_arguments(name: str, arguments: Any) -> Any:
@@ -195,25 +111,22 @@ class ToolKit:
         self.default_timeout_ms = default_timeout_ms
         self.max_timeout_ms = max_timeout_ms
         self.max_read_bytes = max_read_bytes
-        self._shell = ShellState(state_dir)
-        self._shell_lock = anyio.Lock()
+        self.shell = Shell(sandbox, state_dir)
+        self.shell_lock = anyio.Lock()
         self._root: str | None = None
         self._workdir_ready = False
         self._saved = 0
         self._tools: dict[str, Tool] = {}
+        bash_description = bash.DESCRIPTION.format(
+            default=default_timeout_ms, maximum=max_timeout_ms
+        )
         for tool in (
-            Tool(
-                "bash",
-                BASH_DESCRIPTION.format(default=default_timeout_ms, maximum=max_timeout_ms),
-                BashInput,
-                self._bash,
-                keep_tail=True,
-            ),
-            Tool("read", READ_DESCRIPTION, ReadInput, self._read),
-            Tool("write", WRITE_DESCRIPTION, WriteInput, self._write),
-            Tool("edit", EDIT_DESCRIPTION, EditInput, self._edit),
-            Tool("glob", GLOB_DESCRIPTION, GlobInput, self._glob),
-            Tool("grep", GREP_DESCRIPTION, GrepInput, self._grep),
+            Tool("bash", bash_description, BashInput, partial(bash.run, self), keep_tail=True),
+            Tool("read", read.DESCRIPTION, ReadInput, partial(read.run, self)),
+            Tool("write", write.DESCRIPTION, WriteInput, partial(write.run, self)),
+            Tool("edit", edit.DESCRIPTION, EditInput, partial(edit.run, self)),
+            Tool("glob", glob.DESCRIPTION, GlobInput, partial(glob.run, self)),
+            Tool("grep", grep.DESCRIPTION, GrepInput, partial(grep.run, self)),
         ):
             self._tools[tool.name] = tool
 
@@ -339,7 +252,7 @@ class ToolKit:
                 ["sh", "-c", _python.LAUNCHER, _python.RUNNER],
                 stdin=payload,
                 timeout=seconds,
-                cwd=await self._cwd(),
+                cwd=await self.cwd(),
                 output_limit=CAPTURE_LIMIT,
             )
         except CommandTimeout:
@@ -452,7 +365,7 @@ class ToolKit:
                 raw = arguments.get("file_path", arguments.get("path"))
                 pattern = arguments.get("pattern")
                 if tool.name == "glob" and isinstance(pattern, str):
-                    raw, _ = _glob_search(raw if isinstance(raw, str) else None, pattern)
+                    raw, _ = glob.search_base(raw if isinstance(raw, str) else None, pattern)
                 if isinstance(raw, str) and raw and "\x00" not in raw:
                     path = _absolute(raw, self._base)
                 elif raw is None and tool.name in ("glob", "grep"):
@@ -505,7 +418,7 @@ class ToolKit:
                 self.outputs_dir = (
                     probe.stdout.strip().rstrip("/") or "/tmp"
                 ) + "/agent-sandbox-outputs"
-            target = f"{self.outputs_dir}/{tool.name}-{self._shell.token}-{self._saved:04d}.txt"
+            target = f"{self.outputs_dir}/{tool.name}-{self.shell.token}-{self._saved:04d}.txt"
             await self.sandbox.write_file(target, text)
             saved = target
         except Exception as exc:  # the cut still happens; the note says the save failed
@@ -597,7 +510,7 @@ class ToolKit:
     def _base(self) -> str:
         return self.workdir or self.sandbox.info.workdir
 
-    async def _cwd(self) -> str | None:
+    async def cwd(self) -> str | None:
         """The directory commands start in: the workdir (created on first use), else the
         sandbox's default."""
         if self.workdir is not None and not self._workdir_ready:
@@ -605,27 +518,21 @@ class ToolKit:
             self._workdir_ready = True
         return self.workdir
 
-    async def _realpaths(self, *paths: str) -> list[str]:
-        result = await self.sandbox.exec(["sh", "-c", _REALPATH, "sh", *paths], timeout=60)
-        if not result.ok:
-            raise InvalidPath(
-                f"cannot resolve {', '.join(paths)}: {result.stderr.strip()}",
-                sandbox_id=self.sandbox.id,
-            )
-        return result.stdout.split("\0")[: len(paths)]
+    async def resolve(self, raw: str) -> str:
+        """The absolute path a file tool acts on; inside the workdir when one is set.
 
-    async def _resolve(self, raw: str) -> str:
-        """The absolute path a file tool acts on; inside the workdir when one is set."""
+        Raises ``InvalidPath`` for a path that resolves outside the workdir."""
         if not raw or "\x00" in raw:
             raise InvalidPath(f"invalid path: {raw!r}")
         joined = raw if raw.startswith("/") else posixpath.join(self._base, raw)
         if self.workdir is None:
             return _absolute(raw, self._base)
         if self._root is None:
-            root, real = await self._realpaths(self.workdir, joined)
-            self._root = root
+            self._root, real = await self.sandbox.backend.realpath(
+                self.sandbox.id, [self.workdir, joined]
+            )
         else:
-            (real,) = await self._realpaths(joined)
+            (real,) = await self.sandbox.backend.realpath(self.sandbox.id, [joined])
         root = self._root
         if real != root and not real.startswith(root.rstrip("/") + "/"):
             raise InvalidPath(
@@ -634,254 +541,12 @@ class ToolKit:
             )
         return real
 
-    # -- built-in tools ---------------------------------------------------------------------
-
-    async def _bash(self, args: BashInput) -> ToolResult:
-        async with self._shell_lock:
-            notes: list[str] = []
-            if args.restart:
-                self._shell.restart()
-                notes.append("The shell was restarted.")
-            if args.command is None or not args.command.strip():
-                if args.restart:
-                    return ToolResult(" ".join(notes))
-                return ToolResult("no command given (pass command, or restart: true)", True)
-            timeout_ms = args.timeout_ms or self.default_timeout_ms
-            if timeout_ms > self.max_timeout_ms:
-                notes.append(f"[timeout_ms lowered to the maximum, {self.max_timeout_ms}]")
-                timeout_ms = self.max_timeout_ms
-            try:
-                has_stdin = self.sandbox.backend.capabilities.stdin
-                result = await self.sandbox.exec(
-                    self._shell.argv(None if has_stdin else args.command),
-                    stdin=args.command if has_stdin else None,
-                    timeout=timeout_ms / 1000,
-                    cwd=await self._cwd(),
-                    output_limit=CAPTURE_LIMIT,
-                )
-            except CommandTimeout as exc:
-                self._shell.restart()
-                partial = exc.stdout.decode("utf-8", errors="replace")
-                message = (
-                    f"[the command timed out after {timeout_ms} ms and was killed; the shell was "
-                    "restarted, so the working directory and variables are reset]"
-                )
-                return ToolResult((partial + "\n" + message) if partial else message, True)
-            return ToolResult(_shell_output(result, notes))
-
-    async def _read(self, args: ReadInput) -> ToolResult:
-        path = await self._resolve(args.file_path)
-        try:
-            info = await self.sandbox.stat(path)
-        except FileNotFound:
-            return ToolResult(f"file not found: {path}", is_error=True)
-        if info.type == "dir":
-            return ToolResult(
-                f"{path} is a directory, not a file; use glob, or ls in bash, to list it", True
-            )
-        if info.type == "file" and info.size > self.max_read_bytes:
-            return await self._read_large(path, info.size, args.view_range)
-        try:
-            data = await self.sandbox.read_file(path)
-        except FileNotFound:
-            return ToolResult(f"file not found: {path}", is_error=True)
-        except IsADirectory:
-            return ToolResult(
-                f"{path} is a directory, not a file; use glob, or ls in bash, to list it", True
-            )
-        except PermissionDenied as exc:
-            return ToolResult(f"permission denied reading {path}: {exc}", is_error=True)
-        text = _text_or_none(data)
-        if text is None:
-            return ToolResult(
-                f"{path} is a binary file ({len(data)} bytes); its content is not shown. Inspect "
-                "it with bash (file, xxd | head, ...)."
-            )
-        if not text:
-            return ToolResult(f"{path} is empty (0 bytes).")
-        lines = text.splitlines()
-        start, end = 1, len(lines)
-        if args.view_range is not None:
-            start = args.view_range[0]
-            end = len(lines) if args.view_range[1] == -1 else min(args.view_range[1], len(lines))
-            if start > len(lines):
-                return ToolResult(
-                    f"view_range starts at line {start}, but {path} has {len(lines)} lines", True
-                )
-        body = "\n".join(
-            f"{number:6}\t{_cut_line(line)}"
-            for number, line in enumerate(lines[start - 1 : end], start=start)
-        )
-        if args.view_range is not None and (start > 1 or end < len(lines)):
-            body = f"[lines {start}-{end} of {len(lines)}]\n" + body
-        return ToolResult(body)
-
-    async def _read_large(self, path: str, size: int, view_range: list[int] | None) -> ToolResult:
-        """Show part of a file too large to load whole: ``sed`` picks the lines in the sandbox
-        and at most one budget's worth of bytes travels back."""
-        start, end = view_range if view_range is not None else (1, -1)
-        script = f"{start},$p" if end == -1 else f"{start},{end}p;{end}q"
-        limit = self.output_budget
-        result = await self.sandbox.exec(
-            ["sh", "-c", 'sed -n "$1" "$2" | head -c "$3"', "sh", script, path, str(limit)],
-            timeout=120,
-            output_limit=limit,
-        )
-        if not result.ok and not result.stdout_bytes:
-            detail = result.stderr.strip() or f"exit status {result.exit_code}"
-            return ToolResult(f"cannot read {path}: {detail}", is_error=True)
-        data = result.stdout_bytes
-        if b"\x00" in data[:8192]:
-            return ToolResult(f"{path} is a binary file ({size} bytes); its content is not shown.")
-        if not data:
-            return ToolResult(f"view_range starts at line {start}, past the end of {path}", True)
-        lines = data.decode("utf-8", errors="replace").splitlines()
-        whole = len(data) < limit  # everything asked for arrived
-        if not whole and len(lines) > 1:
-            lines = lines[:-1]  # the last line may be cut mid-way
-        shown: list[str] = []
-        room = self.output_budget - 300 - len(path)
-        for number, line in enumerate(lines, start=start):
-            row = f"{number:6}\t{_cut_line(line)}"
-            if shown and room - len(row) - 1 < 0:
-                whole = False
-                break
-            shown.append(row)
-            room -= len(row) + 1
-        last = start + len(shown) - 1
-        body = "\n".join(shown)
-        header = f"[{path} is {size} bytes, too large to read whole; lines {start}-{last}"
-        if not whole:
-            header += f"; continue with view_range [{last + 1}, ...]"
-        return ToolResult(header + "]\n" + body)
-
-    async def _write(self, args: WriteInput) -> ToolResult:
-        path = await self._resolve(args.file_path)
-        try:
-            await self.sandbox.write_file(path, args.content)
-        except IsADirectory:
-            return ToolResult(f"{path} is a directory; cannot write a file there", True)
-        except PermissionDenied as exc:
-            return ToolResult(f"permission denied writing {path}: {exc}", is_error=True)
-        size = len(args.content.encode())
-        lines = args.content.count("\n") + (
-            0 if args.content.endswith("\n") or not args.content else 1
-        )
-        return ToolResult(f"wrote {size} bytes ({lines} lines) to {path}")
-
-    async def _edit(self, args: EditInput) -> ToolResult:
-        path = await self._resolve(args.file_path)
-        if not args.old_string:
-            return ToolResult("old_string is empty; give the exact text to replace", True)
-        if args.old_string == args.new_string:
-            return ToolResult("old_string and new_string are identical; nothing to change", True)
-        try:
-            data = await self.sandbox.read_file(path)
-        except FileNotFound:
-            return ToolResult(f"file not found: {path} (use write to create a file)", True)
-        except IsADirectory:
-            return ToolResult(f"{path} is a directory, not a file", is_error=True)
-        text = _text_or_none(data)
-        if text is None:
-            return ToolResult(f"{path} is a binary file ({len(data)} bytes); cannot edit it", True)
-        count = text.count(args.old_string)
-        if count == 0:
-            return ToolResult(
-                f"old_string was not found in {path}; no change made. It must match exactly, "
-                "whitespace and indentation included: read the file and copy the text.",
-                is_error=True,
-            )
-        if count > 1 and not args.replace_all:
-            return ToolResult(
-                f"old_string occurs {count} times in {path}; no change made. Include more "
-                "surrounding context to make it unique, or set replace_all to true.",
-                is_error=True,
-            )
-        first = text.index(args.old_string)
-        new_text = text.replace(args.old_string, args.new_string, -1 if args.replace_all else 1)
-        await self.sandbox.write_file(path, new_text)
-        line = text.count("\n", 0, first) + 1
-        snippet = _snippet(new_text, line, args.new_string.count("\n") + 1)
-        what = f"{count} occurrences" if count > 1 else "1 occurrence"
-        return ToolResult(f"edited {path}: replaced {what}.\n{snippet}")
-
-    async def _glob(self, args: GlobInput) -> ToolResult:
-        if not args.pattern.strip():
-            return ToolResult("empty pattern", is_error=True)
-        base_raw, pattern = _glob_search(args.path, args.pattern)
-        base = await self._resolve(base_raw)
-        result = await self.sandbox.exec(
-            ["sh", "-c", _GLOB_LIST, "sh", base], timeout=120, output_limit=CAPTURE_LIMIT
-        )
-        if result.exit_code == 44:
-            return ToolResult(f"directory not found: {base}", is_error=True)
-        if result.exit_code == 45:
-            return ToolResult(f"{base} is not a directory", is_error=True)
-        regex = compile_glob(pattern)
-        prefix = base.rstrip("/") + "/"
-        matches = sorted(
-            found
-            for found in result.stdout.split("\0")
-            if found.startswith(prefix) and regex.match(found[len(prefix) :])
-        )
-        if not matches:
-            return ToolResult(f"no files match {args.pattern!r} in {base}")
-        shown = matches[:MAX_RESULTS]
-        text = "\n".join(shown)
-        if len(matches) > MAX_RESULTS:
-            text += f"\n[{len(matches) - MAX_RESULTS} more matches not shown; narrow the pattern]"
-        elif result.stdout_truncated:
-            text += "\n[the file listing was too long and was cut; results may be incomplete]"
-        return ToolResult(text)
-
-    async def _grep(self, args: GrepInput) -> ToolResult:
-        if not args.pattern:
-            return ToolResult("empty pattern", is_error=True)
-        target = await self._resolve(args.path or ".")
-        result = await self.sandbox.exec(
-            ["sh", "-c", _GREP, "sh", args.pattern, target], timeout=120, output_limit=CAPTURE_LIMIT
-        )
-        if result.exit_code == 44:
-            return ToolResult(f"path not found: {target}", is_error=True)
-        if not result.stdout_bytes:
-            # no-match is exit 1 with a quiet stderr; a bad pattern says why on stderr
-            if result.exit_code == 0 or (result.exit_code == 1 and not result.stderr.strip()):
-                return ToolResult(f"no matches for {args.pattern!r} in {target}")
-            detail = result.stderr.strip() or f"exit status {result.exit_code}"
-            return ToolResult(f"grep failed: {detail}", is_error=True)
-        rows: list[tuple[str, int, str]] = []
-        for record in result.stdout.split("\n"):
-            if "\0" not in record:
-                continue
-            name, rest = record.split("\0", 1)
-            number, _, line = rest.partition(":")
-            if number.isdigit():
-                rows.append((name, int(number), line))
-        rows.sort(key=lambda row: (row[0], row[1]))
-        shown = rows[:MAX_RESULTS]
-        text = "\n".join(f"{name}:{number}:{_cut_line(line, 500)}" for name, number, line in shown)
-        if len(rows) > MAX_RESULTS:
-            text += (
-                f"\n[{len(rows) - MAX_RESULTS} more matching lines not shown; narrow the search]"
-            )
-        elif result.stdout_truncated:
-            text += "\n[the search output was too long and was cut; results may be incomplete]"
-        return ToolResult(text)
+    async def aclose(self) -> None:
+        """End the bash tool's shell process, if one runs (the sandbox stays)."""
+        await self.shell.close()
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def _glob_search(path: str | None, pattern: str) -> tuple[str, str]:
-    """Where a glob searches and what it matches there: the pattern's literal leading
-    directories (absolute or ``..`` ones included) move the search base, so the policy and the
-    workdir check see the directory actually listed."""
-    pattern = pattern.strip()
-    static, rest = split_static_prefix(pattern)
-    if pattern.startswith("/"):
-        return static or "/", rest
-    base = path or "."
-    return (posixpath.join(base, static), rest) if static else (base, pattern)
 
 
 def _absolute(path: str, base: str) -> str:
@@ -903,48 +568,6 @@ def _as_input(arguments: Any) -> Any:
     if isinstance(arguments, BaseModel):
         return arguments.model_dump()
     return arguments
-
-
-def _text_or_none(data: bytes) -> str | None:
-    """``data`` as text, or None when it looks binary (a NUL byte, or not UTF-8)."""
-    if b"\x00" in data[:8192]:
-        return None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
-def _cut_line(line: str, limit: int = MAX_LINE_CHARS) -> str:
-    if len(line) <= limit:
-        return line
-    return line[:limit] + f"... [line cut: {len(line)} characters]"
-
-
-def _snippet(text: str, line: int, span: int, context: int = 3) -> str:
-    lines = text.splitlines()
-    first = max(line - context, 1)
-    last = min(line + span - 1 + context, len(lines))
-    return "\n".join(
-        f"{number:6}\t{_cut_line(lines[number - 1])}" for number in range(first, last + 1)
-    )
-
-
-def _shell_output(result: ExecResult, notes: list[str]) -> str:
-    output = result.stdout
-    parts = [*notes]
-    if output:
-        parts.append(output.rstrip("\n"))
-    if result.stdout_truncated:
-        parts.append(
-            f"[output beyond {CAPTURE_LIMIT} bytes was discarded at the source; redirect it to a "
-            "file to keep it all]"
-        )
-    if result.exit_code != 0:
-        parts.append(f"[exit code: {result.exit_code}]")
-    if not output and result.exit_code == 0:
-        parts.append("(no output)")
-    return "\n".join(parts)
 
 
 def new_call_id() -> str:
