@@ -121,7 +121,7 @@ class DerivedOperations:
     ) -> ExecResult:
         """Run one of the operations' scripts (arguments positional, output bounded); the typed
         error of a failure, or of an answer longer than ``limit``."""
-        options = ExecOptions(cwd="/", stdin=stdin, output_limit=limit)
+        options = ExecOptions(stdin=stdin, output_limit=limit)
         result = await self.exec(sandbox_id, ["sh", "-c", script, "sh", *args], options)
         where: dict[str, Any] = {"provider": self.name, "sandbox_id": sandbox_id}
         if result.exit_code not in ok:
@@ -179,7 +179,7 @@ class DerivedOperations:
         err = CappedBuffer(SMALL_OUTPUT)
         exit_code: int | None = None
         with ArchiveSpool(self.archive_limits) as spool:
-            options = ExecOptions(cwd="/", output_limit=spool.limits.max_bytes + 1)
+            options = ExecOptions(output_limit=spool.limits.max_bytes + 1)
             argv = ["sh", "-c", _scripts.TAR, "sh", remote_dir]
             events = self.exec_stream(sandbox_id, argv, options)
             try:
@@ -225,7 +225,7 @@ class DerivedOperations:
         """Every file and symlink below the directory ``root`` (``.git`` skipped), as absolute
         paths; past ``limit`` bytes of answer the list is cut and says so. Raises
         ``FileNotFound``, ``InvalidPath`` (not a directory)."""
-        options = ExecOptions(cwd="/", output_limit=limit)
+        options = ExecOptions(output_limit=limit)
         argv = ["sh", "-c", _scripts.FIND, "sh", root]
         result = await self.exec(sandbox_id, argv, options)
         if not result.ok and not result.stdout_bytes:
@@ -242,7 +242,7 @@ class DerivedOperations:
         """Lines matching the extended regular expression ``pattern`` in the file ``path`` or
         the files below it (binary files and ``.git`` skipped), sorted by path and line. Raises
         ``FileNotFound``, ``ConfigError`` for a pattern the sandbox's grep refuses."""
-        options = ExecOptions(cwd="/", output_limit=limit)
+        options = ExecOptions(output_limit=limit)
         argv = ["sh", "-c", _scripts.GREP, "sh", pattern, path]
         result = await self.exec(sandbox_id, argv, options)
         where: dict[str, Any] = {"provider": self.name, "sandbox_id": sandbox_id}
