@@ -3,9 +3,11 @@ that started it)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 _TASKS: set[Any] = set()
 
@@ -13,6 +15,8 @@ _TASKS: set[Any] = set()
 def spawn(func: Callable[[], Awaitable[None]]) -> asyncio.Task[None] | None:
     """Start ``func`` as a task of the running event loop (asyncio or trio), owned by nobody;
     the asyncio task (``None`` under trio)."""
+    import asyncio  # not at import time: ``import agent_sandbox`` stays light
+
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:

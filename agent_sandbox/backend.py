@@ -163,7 +163,6 @@ class BaseBackend(DerivedOperations, ABC):
     name: ClassVar[str]
     Options: ClassVar[type[ProviderOptions]] = ProviderOptions
     capabilities: Capabilities = Capabilities()
-    """Bounds on the archive a tree ``download`` reads from a sandbox (size, member count)."""
 
     def __init__(self, options: ProviderOptions | None = None) -> None:
         self.options = options if options is not None else self.Options()

@@ -14,12 +14,11 @@ import posixpath
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio.to_thread
 
 from . import _scripts
-from .archive import DEFAULT_LIMITS, ArchiveLimits, ArchiveSpool, tar_directory
 from .errors import (
     ConfigError,
     FileNotFound,
@@ -43,6 +42,9 @@ from .models import (
 )
 from .output import CappedBuffer
 from .process import close_stream
+
+if TYPE_CHECKING:
+    from .archive import ArchiveLimits
 
 SMALL_OUTPUT = 64 * 1024
 """What a status-only operation (mkdir, remove, upload) may print."""
@@ -95,8 +97,18 @@ class DerivedOperations:
     """File and search operations built on ``exec``; mixed into ``BaseBackend``."""
 
     name: ClassVar[str]
-    archive_limits: ArchiveLimits = DEFAULT_LIMITS
-    """Bounds of an archive coming out of a sandbox (``download``)."""
+    _archive_limits: ArchiveLimits | None = None
+
+    @property
+    def archive_limits(self) -> ArchiveLimits:
+        """Bounds on the archive a tree ``download`` reads from a sandbox (size, members)."""
+        from .archive import DEFAULT_LIMITS  # tarfile and friends: loaded when first needed
+
+        return self._archive_limits or DEFAULT_LIMITS
+
+    @archive_limits.setter
+    def archive_limits(self, limits: ArchiveLimits) -> None:
+        self._archive_limits = limits
 
     @abstractmethod
     async def exec(self, sandbox_id: str, command: Command, options: ExecOptions) -> ExecResult:
@@ -165,6 +177,8 @@ class DerivedOperations:
 
     async def upload(self, sandbox_id: str, local_dir: str | Path, remote_dir: str) -> None:
         """Copy a local directory tree into ``remote_dir`` (created if missing), as a tar on stdin."""
+        from .archive import tar_directory
+
         archive = await anyio.to_thread.run_sync(tar_directory, Path(local_dir))
         await self._script(
             sandbox_id, "upload", remote_dir, _scripts.UNTAR, remote_dir, stdin=archive
@@ -176,6 +190,8 @@ class DerivedOperations:
         The sandbox's ``tar`` output is hostile input: it is bounded and unpacked by
         :mod:`agent_sandbox.archive`'s rules. Raises ``FileNotFound``, ``UnsafeArchive``.
         """
+        from .archive import ArchiveSpool
+
         err = CappedBuffer(SMALL_OUTPUT)
         exit_code: int | None = None
         with ArchiveSpool(self.archive_limits) as spool:

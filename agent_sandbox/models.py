@@ -23,7 +23,11 @@ Command = str | Sequence[str]
 class _Model(BaseModel):
     # bytes travel through JSON as base64, so binary output survives model_dump_json().
     model_config = ConfigDict(
-        extra="forbid", frozen=True, ser_json_bytes="base64", val_json_bytes="base64"
+        extra="forbid",
+        frozen=True,
+        ser_json_bytes="base64",
+        val_json_bytes="base64",
+        defer_build=True,
     )
 
 

@@ -8,11 +8,10 @@ import posixpath
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .audit import AuditingBackend, AuditLog
 from .backend import BaseBackend, close_stream
 from .derived import LISTING_LIMIT
 from .errors import ArgumentTypeError, ConfigError, InvalidPath, SandboxError
@@ -33,8 +32,11 @@ from .models import (
     SandboxSpec,
     StartOptions,
 )
-from .policy import Policy
 from .process import Process
+
+if TYPE_CHECKING:
+    from .audit import AuditLog
+    from .policy import Policy
 
 log = logging.getLogger("agent_sandbox")
 
@@ -52,6 +54,8 @@ def _guarded(backend: BaseBackend, audit: AuditLog | None, policy: Policy | None
     """``backend`` wrapped to ask ``policy`` and record to ``audit``, when either is given."""
     if audit is None and policy is None:
         return backend
+
+    from .audit import AuditingBackend  # only when asked for: it costs import time
 
     return AuditingBackend(backend, audit, policy)
 

@@ -77,5 +77,16 @@ def test_import_loads_nothing_heavy() -> None:
 
 def test_using_the_sandbox_loads_no_vendor_sdk_nor_tools() -> None:
     loaded = _modules_after("from agent_sandbox import Sandbox")
-    for module in ("docker", "e2b", "daytona", "mcp", "opentelemetry", "agent_sandbox.tools"):
+    for module in (
+        "docker",
+        "e2b",
+        "daytona",
+        "mcp",
+        "opentelemetry",
+        "agent_sandbox.tools",
+        "agent_sandbox.audit",
+        "agent_sandbox.policy",
+        "agent_sandbox.archive",
+        "tarfile",
+    ):
         assert module not in loaded
