@@ -17,6 +17,7 @@ nox.options.sessions = ["lint", "types", "tests"]
 LIVE_CREDENTIALS = {
     "e2b": ["E2B_API_KEY"],
     "daytona": ["DAYTONA_API_KEY"],
+    "vercel": ["VERCEL_TOKEN", "VERCEL_TEAM_ID", "VERCEL_PROJECT_ID"],
 }
 
 
