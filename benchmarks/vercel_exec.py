@@ -1,0 +1,86 @@
+"""What the Vercel provider adds to running a command, measured against the fake Vercel.
+
+Two ways to run ``true`` in the same sandbox, interleaved so machine noise hits both alike,
+median of N runs each:
+
+* ``ours``: ``Sandbox.exec(["true"], timeout=30)`` through ``VercelBackend`` (``create_process``
+  plus the logs stream, the command under the provider's perl shim, output kept as bytes);
+* ``sdk``: the vercel-sandbox SDK called directly, ``sandbox.run_process("true",
+  capture_output=True)`` (one streamed request, text output) — the baseline.
+
+Both speak to the same fake Vercel (its own process, running real confined processes on
+127.0.0.1). Run: ``uv run --all-extras python benchmarks/vercel_exec.py [--runs N]`` (as root:
+the fake confines each session's processes). Target: ours/sdk <= 1.10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "providers" / "vercel" / "tests"))
+
+from agent_sandbox_vercel import VercelBackend, VercelOptions
+from conftest import CREDENTIALS, FakeVercelServer
+
+import agent_sandbox as asb
+
+
+async def _timed(func: Callable[[], Awaitable[object]]) -> float:
+    start = time.perf_counter()
+    await func()
+    return time.perf_counter() - start
+
+
+async def main(runs: int) -> None:
+    from vercel.sandbox import SandboxClient, SandboxServiceOptions
+
+    os.environ.update(CREDENTIALS)
+    fake = FakeVercelServer()
+    try:
+        backend = VercelBackend(VercelOptions(base_url=fake.url))
+        client = SandboxClient.create(options=SandboxServiceOptions(base_url=fake.url))
+        async with await asb.Sandbox.create(backend=backend) as sb:
+            raw = await client.get_sandbox(name=sb.id)
+
+            async def ours() -> None:
+                result = await sb.exec(["true"], timeout=30)
+                assert result.exit_code == 0
+
+            async def sdk() -> None:
+                result = await raw.run_process("true", capture_output=True)
+                assert result.returncode == 0
+
+            cases = {"ours": ours, "sdk": sdk}
+            samples: dict[str, list[float]] = {name: [] for name in cases}
+            for func in cases.values():  # warm up connections
+                for _ in range(5):
+                    await func()
+            for _ in range(runs):
+                for name, func in cases.items():
+                    samples[name].append(await _timed(func))
+        await client.aclose()
+        await backend.aclose()
+    finally:
+        fake.stop()
+
+    medians = {name: statistics.median(values) * 1000 for name, values in samples.items()}
+    for name, values in samples.items():
+        q1, _, q3 = statistics.quantiles(values, n=4)
+        print(
+            f"{name:5s} median {medians[name]:7.2f} ms  (quartiles {q1 * 1000:.2f}-{q3 * 1000:.2f},"
+            f" mean {statistics.fmean(values) * 1000:.2f}) over {runs} runs"
+        )
+    print(f"ratio ours/sdk: {medians['ours'] / medians['sdk']:.2f}  (target <= 1.10)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--runs", type=int, default=100)
+    asyncio.run(main(parser.parse_args().runs))
