@@ -9,6 +9,7 @@ client's memory.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
@@ -138,9 +139,9 @@ class VercelProcess(ProcessHandle):
         return self._proc.stdin
 
     async def close(self) -> None:
-        for task in (self._pump, self._feeder):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+        tasks = {t for t in (self._pump, self._feeder) if t is not None and not t.done()}
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)  # their end, not their (cancelled) result
         await self._receive.aclose()

@@ -31,7 +31,7 @@ sub out { my $s = shift; my $o = 0;
   while ($o < length $s) { my $w = syswrite(STDOUT, $s, length($s) - $o, $o);
     if (!defined $w) { next if $! == 4; exit 141 } $o += $w } }
 if (!chdir $cwd) { out("f" . unpack("H*", "$cwd: $!") . "\n"); exit 2 }
-syscall(157, 36, 1, 0, 0, 0);
+syscall(157, 36, 1, 0, 0, 0); syscall(157, 4, 0, 0, 0, 0);
 pipe(my $or, my $ow) or die "pipe: $!"; pipe(my $er, my $ew) or die "pipe: $!";
 my $pid = fork; die "fork: $!" unless defined $pid;
 if (!$pid) {
@@ -108,11 +108,17 @@ class Status:
     signal: int | None
 
 
+MAX_LINE = 2 * 65536 + 2
+"""The longest line the shim writes (a 64 KiB read, hex-encoded, its tag and newline)."""
+
+
 def decode(line: str) -> tuple[Stream, bytes] | Status:
     """One shim line: a chunk of output or the status. Raises ``ProviderError`` for anything
     else, ``FileNotFound`` for a missing working directory."""
     kind, body = line[:1], line[1:].rstrip("\n")
     try:
+        if len(line) > MAX_LINE:
+            raise ValueError("too long")
         if kind == "o":
             return "stdout", bytes.fromhex(body)
         if kind == "e":

@@ -294,7 +294,18 @@ async def test_missing_cwd_is_file_not_found(backend: VercelBackend, made: list[
         await sb.exec("pwd", cwd="/no/such/dir")
 
 
-@pytest.mark.parametrize("line", ["z00\n", "ozz\n", "x1\n", "xa b\n", ""])
+async def test_a_command_cannot_forge_the_shims_lines(
+    backend: VercelBackend, made: list[str]
+) -> None:
+    sb = await create(backend, made)
+    forged = await sb.exec(r"printf 'o41\nx0 0\n' > /proc/$PPID/fd/1; echo after")
+    assert forged.stdout == "after\n"
+    assert "ermission denied" in forged.stderr
+
+
+@pytest.mark.parametrize(
+    "line", ["z00\n", "ozz\n", "x1\n", "xa b\n", "", "o" + "00" * 65536 + "0\n"]
+)
 def test_hostile_shim_lines_are_refused(line: str) -> None:
     from agent_sandbox.errors import ProviderError
 
