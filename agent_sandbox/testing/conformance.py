@@ -419,19 +419,27 @@ class ConformanceSuite(ProcessTests):
 
     @requires("isolated")
     async def test_timeout_kills_children_that_escape(self, sandbox: Sandbox) -> None:
-        # Children that leave the process group (setsid) and clear their environment (env -i)
-        # must die with the command too: an isolated provider owns the whole tree.
+        # Children that leave the process group (setsid) and clear their environment (env -i),
+        # daemons reparented away from the command (the process that started them exited),
+        # and children of sudo (another user, a reset environment) must die with the command
+        # too: an isolated provider owns the whole tree.
         await sandbox.write_file("heartbeat.sh", HEARTBEAT)
         if not (await sandbox.exec("command -v setsid")).ok:
             pytest.skip("no setsid in the sandbox's image")
+        quiet = "</dev/null >/dev/null 2>&1 &"
         script = (
-            "setsid env -i /bin/sh heartbeat.sh escaped.txt </dev/null >/dev/null 2>&1 & "
-            "echo started; sleep 60"
+            f"setsid env -i /bin/sh heartbeat.sh escaped.txt {quiet} "
+            f"sh -c 'setsid sh heartbeat.sh reparented.txt {quiet}'; "
         )
+        beats = ["escaped.txt", "reparented.txt"]
+        if (await sandbox.exec("sudo -n true")).ok:
+            script += f"sudo -n env -i /bin/sh heartbeat.sh sudo.txt {quiet} "
+            beats.append("sudo.txt")
         with pytest.raises(CommandTimeout) as caught:
-            await sandbox.exec(script, timeout=3)
+            await sandbox.exec(script + "echo started; sleep 60", timeout=3)
         assert b"started" in caught.value.stdout
-        await assert_stops_growing(sandbox, "escaped.txt")
+        for beat in beats:
+            await assert_stops_growing(sandbox, beat)
 
     async def test_exec_stream_yields_before_the_command_ends(self, sandbox: Sandbox) -> None:
         # The command waits for a file the test writes only after seeing the first chunk:

@@ -1,0 +1,61 @@
+"""Killing a command's whole process tree from inside a sandbox, for providers whose API signals
+one process only (E2B's envd, Daytona's sessions).
+
+A provider runs each command under :data:`SUPERVISE`, a POSIX ``sh`` script that puts a mark
+(``AGENT_SANDBOX_PROC=<ref>``) in the command's environment, runs it as its child, and once it
+has ended kills whatever it left behind carrying the mark (so a background child holding the
+command's output does not keep it open). :data:`KILL` then ends a command's
+tree on demand: every descendant of the supervisor (found by parent pid, so children that clear
+their environment with ``env -i`` or ``sudo`` die too) and every process carrying the mark (so
+daemons that ``setsid`` away and were reparented die too). Each process is stopped as it is
+found, so none can fork away while the tree is walked, then all are killed. A process that both
+left the tree and cleared its environment escapes; run the kill as root to reach processes that
+changed user.
+"""
+
+from __future__ import annotations
+
+MARK = "AGENT_SANDBOX_PROC"
+"""The environment variable marking every process of one command."""
+
+# $1: the mark's value; $2: a directory for the command's record ("" for none), $3: the
+# record's name. Then the command's argv. With a record directory, the argv is written
+# NUL-separated to "$2/$3.argv" (its mtime: when the command started) and, once it has ended,
+# its status to "$2/$3.exit". Exits with the command's status (128 + N for signal N) once what
+# the command left behind carrying the mark is killed (one grep over /proc).
+SUPERVISE = f"""
+m=$1 d=$2 r=$3
+shift 3
+if [ -n "$d" ]; then
+  mkdir -p -m 1777 "$d" 2>/dev/null
+  printf '%s\\0' "$@" > "$d/$r.argv"
+fi
+{MARK}=$m "$@"
+s=$?
+[ -z "$d" ] || echo "$s" > "$d/$r.exit"
+set -- $(grep -lzxF -- "{MARK}=$m" /proc/[0-9]*/environ 2>/dev/null)
+for f do p=${{f#/proc/}}; kill -9 "${{p%/environ}}" 2>/dev/null; done
+exit "$s"
+"""
+
+# $1: the mark's value; $2: the supervisor's pid (it survives, to report the status).
+KILL = f"""
+top=$2
+found=" $(grep -lzxF -- "{MARK}=$1" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3 | tr '\\n' ' ')"
+for p in $found; do kill -STOP "$p" 2>/dev/null; done
+while :; do
+  more=
+  for d in /proc/[0-9]*; do
+    p=${{d#/proc/}}
+    case "$found" in *" $p "*) continue ;; esac
+    read -r st < "$d/stat" 2>/dev/null || continue
+    set -- ${{st##*) }}
+    case "$found $top " in
+      *" $2 "*) found="$found$p "; kill -STOP "$p" 2>/dev/null; more=1 ;;
+    esac
+  done
+  [ -n "$more" ] || break
+done
+for p in $found; do [ "$p" = "$top" ] || kill -KILL "$p" 2>/dev/null; done
+true
+"""
