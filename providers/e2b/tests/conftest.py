@@ -50,9 +50,18 @@ def fake_e2b() -> Iterator[FakeE2B]:
     if reason:
         pytest.skip(reason)
     fake = FakeE2B().start()
+    # The key through the environment, as a user would: a client in another process (the
+    # conformance suite starts one) is built from options that cannot carry a secret.
+    saved = {k: os.environ.get(k) for k in fake.env()}
+    os.environ.update(fake.env())
     try:
         yield fake
     finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         fake.stop()
 
 
@@ -70,7 +79,6 @@ def e2b_options(request: pytest.FixtureRequest) -> E2BOptions:
         return E2BOptions()
     fake: FakeE2B = request.getfixturevalue("fake_e2b")
     return E2BOptions(
-        api_key=fake.api_key,
         api_url=fake.url,
         sandbox_url=fake.url,
         domain="e2b.local",

@@ -27,7 +27,6 @@ no filesystem RPC service (``/filesystem.Filesystem``), no gzip transfers.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import json
@@ -36,7 +35,6 @@ import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import tempfile
 import threading
 import urllib.parse
@@ -48,8 +46,6 @@ from typing import Any
 
 import fake_e2b_jail as jail
 import uvicorn
-from connectrpc.code import Code
-from connectrpc.errors import ConnectError
 from e2b.api.client.models import (
     ConnectSandboxV2,
     ListedSandbox,
@@ -63,8 +59,8 @@ from e2b.api.client.models import (
 )
 from e2b.api.client.models import Sandbox as CreatedSandbox
 from e2b.api.client.types import Unset
-from e2b.envd.process import process_connect, process_pb
-from protobuf import Oneof
+from e2b.envd.process import process_connect
+from fake_envd_process import EnvdProcess, FakeProcessService, Retained
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -72,8 +68,6 @@ from starlette.routing import Route
 
 ENVD_VERSION = "0.6.7"
 CHUNK = 32 * 1024
-MARKER = "FAKE_E2B_SANDBOX_ID"
-"""Set in every command's environment so the fake can find a sandbox's processes at teardown."""
 
 
 def _now() -> datetime:
@@ -82,21 +76,6 @@ def _now() -> datetime:
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"code": status, "message": message, **extra}, status_code=status)
-
-
-@dataclass
-class FakeProcess:
-    """One running command."""
-
-    pid: int
-    proc: asyncio.subprocess.Process
-    events: asyncio.Queue[tuple[str, Any]]
-    task: asyncio.Task[None] | None = None
-    stdin_fd: int | None = None
-    """Write end of the command's stdin: a plain pipe, written from a worker thread (a full pipe
-    holds the writer back, as envd's blocking write does)."""
-    detached: bool = False
-    """The stream that started it went away: output is discarded, the process runs on."""
 
 
 @dataclass
@@ -113,8 +92,12 @@ class FakeSandbox:
     end_at: datetime
     allow_internet: bool
     auto_pause: bool
+    vm: jail.VM
+    workdir: str | None
+    """The template's workdir (envd's default cwd), ``None``: the user's home."""
     state: str = "running"
-    procs: dict[int, FakeProcess] = field(default_factory=dict)
+    procs: dict[int, EnvdProcess] = field(default_factory=dict)
+    terminated: dict[int, Retained] = field(default_factory=dict)
 
 
 @dataclass
@@ -131,25 +114,38 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     """Seconds to wait (after the effect, when ``after_effect``) before answering."""
+    body: str | None = None
+    """A raw body instead of the API's JSON error (what a gateway in front of it answers)."""
+    content_type: str = "application/json"
 
 
 class FakeE2B:
     """The fake service. Use :meth:`start` / :meth:`stop` (or as a context manager)."""
 
     def __init__(
-        self, api_key: str = "e2b_fake_key", templates: tuple[str, ...] = ("base",)
+        self,
+        api_key: str = "e2b_fake_key",
+        templates: dict[str, str | None] | None = None,
     ) -> None:
         self.api_key = api_key
-        self.templates = set(templates)
+        self.templates = dict(templates or {"base": "/home/user", "web-app": "/srv/app"})
+        """Template name -> its ``WORKDIR`` (what envd's ``/init`` sets as the default cwd;
+        ``None``: none, commands start in the user's home)."""
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.upload_rate: float | None = None
+        """Bytes per second ``/files`` uploads are taken at (``None``: as fast as they come)."""
+        self.uploads: list[tuple[str, int, str]] = []
+        """(path, bytes, "octet-stream" | "multipart") of every upload to ``/files``."""
         self.sandboxes: dict[str, FakeSandbox] = {}
         self.snapshots: dict[str, Path] = {}
+        self.snapshot_workdirs: dict[str, str | None] = {}
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []
         """(method, path) of every control-plane request, for tests that count calls."""
         self.create_bodies: list[dict[str, Any]] = []
         self._idempotency: dict[str, tuple[str, dict[str, Any]]] = {}
         self._state = Path(tempfile.mkdtemp(prefix="fake-e2b-"))
-        self._etc = self._write_etc()
+        self.etc = self._write_etc()
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: uvicorn.Server | None = None
@@ -247,14 +243,19 @@ class FakeE2B:
         after_effect: bool = False,
         headers: dict[str, str] | None = None,
         delay: float = 0.0,
+        body: str | None = None,
+        content_type: str = "application/json",
     ) -> None:
         """Make the next ``count`` matching requests fail with ``status``.
 
         ``path`` matches as a prefix ("/v2/sandboxes").
         """
         self.faults.append(
-            Fault(method.upper(), path, status, count, message, after_effect, headers or {}, delay)
-        )
+            Fault(
+                method.upper(), path, status, count, message, after_effect, headers or {}, delay,
+                body, content_type,
+            )
+        )  # fmt: skip
 
     def run(self, coro: Any) -> Any:
         """Run a coroutine on the fake's loop (for tests poking at state)."""
@@ -284,7 +285,7 @@ class FakeE2B:
                 Route("/health", self.health, methods=["GET"]),
             ]
         )
-        process_app = process_connect.ProcessASGIApplication(FakeProcessService(self))
+        process_app = process_connect.ProcessASGIApplication(FakeProcessService(self))  # type: ignore[arg-type]
 
         async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             if scope["type"] != "http":
@@ -324,7 +325,9 @@ class FakeE2B:
         return None
 
     async def _fault_response(self, fault: Fault, scope: Any, receive: Any, send: Any) -> None:
-        response = _error(fault.status, fault.message)
+        response: Response = _error(fault.status, fault.message)
+        if fault.body is not None:
+            response = Response(fault.body, fault.status, media_type=fault.content_type)
         response.headers.update(fault.headers)
         await response(scope, receive, send)
 
@@ -403,7 +406,6 @@ class FakeE2B:
                         error_code="idempotency_request_mismatch",
                     )
                 return JSONResponse(seen[1], status_code=201)
-        self.create_bodies.append(body)
         template = new.template_id
         snapshot = self.snapshots.get(template)
         if template not in self.templates and snapshot is None:
@@ -412,7 +414,15 @@ class FakeE2B:
         root = self._state / "sandboxes" / sid
         if snapshot is not None:
             shutil.copytree(snapshot, root, symlinks=True)
-        jail.prepare_root(root, self._etc)
+        jail.prepare_root(root)
+        workdir = (
+            self.templates.get(template)
+            if snapshot is None
+            else self.snapshot_workdirs.get(template)
+        )
+        if workdir:
+            (root / workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
+            os.chown(root / workdir.lstrip("/"), 1000, 1000)
         timeout = new.timeout if isinstance(new.timeout, int) else 300
         network = new.network
         deny_all = not (new.allow_internet_access is not False)
@@ -433,8 +443,13 @@ class FakeE2B:
             end_at=now + timedelta(seconds=timeout),
             allow_internet=not deny_all,
             auto_pause=new.auto_pause is True,
+            vm=jail.VM(root, self.etc, private_net=deny_all),
+            workdir=workdir,
         )
+        await asyncio.to_thread(sb.vm.boot)
+        sb.vm.attach_loop(asyncio.get_running_loop())
         self.sandboxes[sid] = sb
+        self.create_bodies.append(body)
         reply = CreatedSandbox(
             template_id=template,
             sandbox_id=sid,
@@ -613,6 +628,7 @@ class FakeE2B:
             shutil.rmtree(target)
         await asyncio.to_thread(shutil.copytree, sb.root, target, symlinks=True)
         self.snapshots[snapshot_id] = target
+        self.snapshot_workdirs[snapshot_id] = sb.workdir
         info = SnapshotInfo(snapshot_id=snapshot_id, names=[f"fake-team/{snapshot_id}"])
         return JSONResponse(info.to_dict(), status_code=201)
 
@@ -626,32 +642,12 @@ class FakeE2B:
 
     # -- sandbox lifetime -------------------------------------------------------------------------
 
-    def _pids_of(self, sb: FakeSandbox) -> list[int]:
-        needle = f"{MARKER}={sb.id}".encode()
-        pids = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as fh:
-                    if needle in fh.read().split(b"\0"):
-                        pids.append(int(entry))
-            except OSError:
-                continue
-        return pids
-
     def _signal_all(self, sb: FakeSandbox, sig: int) -> None:
-        for pid in self._pids_of(sb):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
+        sb.vm.signal(-1, sig)
 
     async def _kill(self, sb: FakeSandbox) -> None:
         sb.state = "killed"
-        for _ in range(3):
-            self._signal_all(sb, signal.SIGKILL)
-        for proc in list(sb.procs.values()):
-            with contextlib.suppress(ProcessLookupError):
-                proc.proc.kill()
+        sb.vm.halt()
         self.sandboxes.pop(sb.id, None)
         await asyncio.to_thread(shutil.rmtree, sb.root, True)
 
@@ -687,7 +683,7 @@ class FakeE2B:
     def _virtual(self, sb: FakeSandbox, user: jail.User, path: str) -> str:
         if not path.startswith("/"):
             path = f"{user.home}/{path}"
-        return jail.resolve(sb.root, path, self._etc)
+        return jail.resolve(sb.root, path, self.etc)
 
     async def health(self, request: Request) -> Response:
         return Response(status_code=204)
@@ -702,7 +698,7 @@ class FakeE2B:
             virtual = self._virtual(sb, user, path)
         except OSError as exc:
             return _error(400, f"error expanding and resolving path '{path}': {exc}")
-        host = jail.host_path(sb.root, virtual, self._etc)
+        host = jail.host_path(sb.root, virtual, self.etc)
         if not host.exists():
             return _error(404, f"path '{virtual}' does not exist")
         if host.is_dir():
@@ -774,7 +770,7 @@ class FakeE2B:
             return _error(400, f"error resolving path: {exc}")
         if jail.is_read_only(virtual):
             return _error(500, f"error opening file: open {virtual}: read-only file system")
-        host = jail.host_path(sb.root, virtual, self._etc)
+        host = jail.host_path(sb.root, virtual, self.etc)
         if host.is_dir():
             return _error(400, f"path is a directory: {virtual}")
         try:
@@ -784,10 +780,15 @@ class FakeE2B:
             return _error(500, f"error ensuring directories: {exc}")
         except OSError as exc:
             return _error(500, f"error opening file: {exc}")
+        received = 0
         with fh:
             os.chown(host, user.uid, user.gid)
             async for chunk in data:
                 await asyncio.to_thread(fh.write, chunk)
+                received += len(chunk)
+                if self.upload_rate:  # a slow link to the sandbox
+                    await asyncio.sleep(len(chunk) / self.upload_rate)
+        self.uploads.append((virtual, received, "multipart" if multi else "octet-stream"))
         entry = {"path": virtual, "name": os.path.basename(virtual), "type": "file"}
         return [entry] if multi else JSONResponse([entry])
 
@@ -821,277 +822,6 @@ def _validate_new_sandbox(new: NewSandboxV2) -> str:
         ):
             return f"{name} must map strings to strings"
     return ""
-
-
-class FakeProcessService(process_connect.Process):
-    """envd's ``process.Process`` service (the methods the SDK calls for commands)."""
-
-    def __init__(self, fake: FakeE2B) -> None:
-        self.fake = fake
-
-    def _sandbox(self, ctx: Any) -> FakeSandbox:
-        sid = ctx.request_headers.get("e2b-sandbox-id")
-        sb = self.fake.sandboxes.get(sid or "")
-        if sb is None:
-            raise ConnectError(Code.UNAVAILABLE, f"The sandbox {sid} was not found")
-        return sb
-
-    @staticmethod
-    def _user(ctx: Any) -> jail.User:
-        auth = ctx.request_headers.get("authorization")
-        name = jail.DEFAULT_USER
-        if auth:
-            scheme, _, value = auth.partition(" ")
-            if scheme.lower() != "basic":
-                raise ConnectError(Code.UNAUTHENTICATED, "invalid authorization scheme")
-            name = base64.b64decode(value).decode().split(":", 1)[0]
-        user = jail.USERS.get(name)
-        if user is None:
-            raise ConnectError(Code.UNAUTHENTICATED, f"invalid username: '{name}'")
-        return user
-
-    def _process(self, sb: FakeSandbox, selector: Any) -> FakeProcess:
-        if selector is None or selector.selector is None:
-            raise ConnectError(Code.INVALID_ARGUMENT, "process selector is required")
-        match selector.selector:
-            case Oneof(field="pid", value=pid):
-                proc = sb.procs.get(pid)
-            case _:
-                proc = None
-        if proc is None:
-            raise ConnectError(Code.NOT_FOUND, "process not found")
-        return proc
-
-    async def start(
-        self, request: process_pb.StartRequest, ctx: Any
-    ) -> AsyncIterator[process_pb.StartResponse]:
-        sb = self._sandbox(ctx)
-        user = self._user(ctx)
-        config = request.process
-        if config is None or not config.cmd:
-            raise ConnectError(Code.INVALID_ARGUMENT, "process config with a command is required")
-        if request.has_field("pty") and request.pty is not None:
-            raise ConnectError(Code.UNIMPLEMENTED, "the fake does not implement PTYs")
-        cwd = config.cwd if config.has_field("cwd") and config.cwd else user.home
-        if not cwd.startswith("/"):
-            cwd = f"{user.home}/{cwd}"
-        virtual_cwd = jail.resolve(sb.root, cwd, self.fake._etc)
-        if not jail.host_path(sb.root, virtual_cwd, self.fake._etc).is_dir():
-            raise ConnectError(Code.INVALID_ARGUMENT, f"cwd '{virtual_cwd}' does not exist")
-        env = {
-            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "HOME": user.home,
-            "USER": user.name,
-            "LOGNAME": user.name,
-            **sb.env_vars,
-            **dict(config.envs),
-            MARKER: sb.id,
-        }
-        stdin_enabled = not request.has_field("stdin") or request.stdin
-        box = jail.Jail(
-            sb.root,
-            user,
-            virtual_cwd,
-            isolate_network=not sb.allow_internet,
-            etc_overrides=self.fake._etc,
-        )
-        stdin_r, stdin_w = os.pipe() if stdin_enabled else (None, None)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                config.cmd,
-                *config.args,
-                stdin=stdin_r if stdin_r is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=env,
-                preexec_fn=box.preexec,
-                close_fds=True,
-            )
-        except (OSError, subprocess.SubprocessError) as exc:
-            if stdin_w is not None:
-                os.close(stdin_w)
-            raise ConnectError(
-                Code.INVALID_ARGUMENT, f"error starting process '{config.cmd}': {exc}"
-            ) from exc
-        finally:
-            if stdin_r is not None:
-                os.close(stdin_r)
-        # Bounded like envd's output channel: a slow reader holds the command back.
-        fp = FakeProcess(
-            pid=proc.pid, proc=proc, events=asyncio.Queue(maxsize=64), stdin_fd=stdin_w
-        )
-        sb.procs[proc.pid] = fp
-        fp.task = asyncio.get_running_loop().create_task(self._run(sb, fp, ctx.timeout_ms))
-        yield _event(
-            process_pb.StartResponse, "start", process_pb.ProcessEvent.StartEvent(pid=proc.pid)
-        )
-        try:
-            while True:
-                kind, value = await fp.events.get()
-                if kind == "end":
-                    yield _event(process_pb.StartResponse, "end", value)
-                    return
-                data = process_pb.ProcessEvent.DataEvent(output=Oneof(kind, value))
-                yield _event(process_pb.StartResponse, "data", data)
-        finally:
-            fp.detached = True
-            while not fp.events.empty():
-                fp.events.get_nowait()
-
-    async def _run(self, sb: FakeSandbox, fp: FakeProcess, timeout_ms: float | None) -> None:
-        proc = fp.proc
-
-        on_pipe: dict[str, bool] = {}
-
-        async def pump(stream: asyncio.StreamReader | None, kind: str) -> None:
-            assert stream is not None
-            while True:
-                on_pipe[kind] = True
-                chunk = await stream.read(CHUNK)
-                on_pipe[kind] = False
-                if not chunk:
-                    return
-                if not fp.detached:
-                    await fp.events.put((kind, chunk))
-
-        readers = {
-            asyncio.ensure_future(pump(proc.stdout, "stdout")): "stdout",
-            asyncio.ensure_future(pump(proc.stderr, "stderr")): "stderr",
-        }
-        deadline = None
-        if timeout_ms is not None:
-            # envd runs the command under the request's deadline; on expiry Go's
-            # exec.CommandContext kills the command's own process only, not its children.
-            deadline = asyncio.get_running_loop().call_later(
-                max(timeout_ms, 0) / 1000, lambda: _kill_quietly(proc)
-            )
-        # Not proc.wait() alone: asyncio's wait() also waits for the pipes to close, which
-        # orphaned children holding them can delay forever. The exit status comes first.
-        open_readers = set(readers)
-        while proc.returncode is None:
-            if not open_readers:
-                await proc.wait()
-                break
-            _, open_readers = await asyncio.wait(open_readers, timeout=0.02)
-        rc = proc.returncode
-        assert rc is not None
-        if deadline is not None:
-            deadline.cancel()
-        # Like envd (Go's cmd.Wait closes the pipes once the command exits), output still held
-        # open by orphaned children after the command's exit is not waited for.
-        # A reader still waiting for its turn in the bounded queue has output to deliver.
-        pending = set(readers)
-        while pending:
-            done, pending = await asyncio.wait(pending, timeout=0.5)
-            if pending and not done and all(on_pipe.get(readers[t]) for t in pending):
-                for task in pending:
-                    task.cancel()
-                break
-        sb.procs.pop(fp.pid, None)
-        _close_stdin(fp)
-        if not fp.detached:
-            await fp.events.put(("end", _end_event(rc)))
-
-    async def send_input(
-        self, request: process_pb.SendInputRequest, ctx: Any
-    ) -> process_pb.SendInputResponse:
-        sb = self._sandbox(ctx)
-        fp = self._process(sb, request.process)
-        match request.input.input if request.input is not None else None:
-            case Oneof(field="stdin", value=data):
-                pass
-            case _:
-                raise ConnectError(Code.INVALID_ARGUMENT, "only stdin input is supported")
-        if fp.stdin_fd is None:
-            raise ConnectError(Code.FAILED_PRECONDITION, "stdin not enabled or closed")
-        try:
-            await asyncio.to_thread(_write_all, fp.stdin_fd, data)
-        except OSError as exc:
-            raise ConnectError(
-                Code.INTERNAL, f"error writing to stdin of process '{fp.pid}': {exc}"
-            ) from exc
-        return process_pb.SendInputResponse()
-
-    async def close_stdin(
-        self, request: process_pb.CloseStdinRequest, ctx: Any
-    ) -> process_pb.CloseStdinResponse:
-        sb = self._sandbox(ctx)
-        fp = self._process(sb, request.process)
-        _close_stdin(fp)
-        return process_pb.CloseStdinResponse()
-
-    async def send_signal(
-        self, request: process_pb.SendSignalRequest, ctx: Any
-    ) -> process_pb.SendSignalResponse:
-        sb = self._sandbox(ctx)
-        fp = self._process(sb, request.process)
-        signals = {
-            process_pb.Signal.SIGKILL: signal.SIGKILL,
-            process_pb.Signal.SIGTERM: signal.SIGTERM,
-        }
-        sig = signals.get(request.signal)
-        if sig is None:
-            raise ConnectError(Code.UNIMPLEMENTED, f"invalid signal: {request.signal}")
-        with contextlib.suppress(ProcessLookupError):
-            fp.proc.send_signal(sig)
-        return process_pb.SendSignalResponse()
-
-    async def list(self, request: process_pb.ListRequest, ctx: Any) -> process_pb.ListResponse:
-        sb = self._sandbox(ctx)
-        return process_pb.ListResponse(
-            processes=[process_pb.ProcessInfo(pid=pid) for pid in sorted(sb.procs)]
-        )
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _close_stdin(fp: FakeProcess) -> None:
-    fd, fp.stdin_fd = fp.stdin_fd, None
-    if fd is not None:
-        os.close(fd)
-
-
-def _kill_quietly(proc: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
-
-
-_GO_SIGNAL_NAMES = {
-    1: "hangup",
-    2: "interrupt",
-    3: "quit",
-    4: "illegal instruction",
-    5: "trace/breakpoint trap",
-    6: "aborted",
-    7: "bus error",
-    8: "floating point exception",
-    9: "killed",
-    10: "user defined signal 1",
-    11: "segmentation fault",
-    12: "user defined signal 2",
-    13: "broken pipe",
-    14: "alarm clock",
-    15: "terminated",
-}
-
-
-def _end_event(rc: int) -> process_pb.ProcessEvent.EndEvent:
-    """The end event envd sends, from Go's ProcessState: a signal death is exit code -1."""
-    if rc >= 0:
-        status = f"exit status {rc}"
-        return process_pb.ProcessEvent.EndEvent(
-            exit_code=rc, exited=True, status=status, error=None if rc == 0 else status
-        )
-    status = f"signal: {_GO_SIGNAL_NAMES.get(-rc, f'signal {-rc}')}"
-    return process_pb.ProcessEvent.EndEvent(exit_code=-1, exited=False, status=status, error=status)
-
-
-def _event(cls: Any, kind: str, value: Any) -> Any:
-    return cls(event=process_pb.ProcessEvent(event=Oneof(kind, value)))
 
 
 @contextlib.contextmanager

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from types import SimpleNamespace
 
+import anyio
 import pytest
 from agent_sandbox_e2b import E2BBackend, E2BOptions
-from agent_sandbox_e2b.backend import CREATE_KEY_LABEL, _exit_status
+from agent_sandbox_e2b._process import status_of
 from fake_e2b import FakeE2B
 
 from agent_sandbox import Sandbox
-from agent_sandbox.errors import CommandTimeout, ConfigError, ProviderError, Unsupported
+from agent_sandbox.errors import (
+    CommandTimeout,
+    ConfigError,
+    ProviderError,
+    SandboxNotFound,
+    Unsupported,
+)
+from agent_sandbox.labels import CREATE_KEY
 from agent_sandbox.models import ExecOptions, NetworkPolicy, SandboxSpec
+from agent_sandbox.process import ExitStatus
+from agent_sandbox.testing._processes import HEARTBEAT, assert_stops_growing
 
 pytestmark = pytest.mark.anyio
 
@@ -53,7 +62,7 @@ async def test_spec_maps_to_the_create_request(
     assert body["timeout"] == 91  # whole seconds, rounded up: never shorter than asked
     assert body["envVars"] == {"A": "1"}
     assert body["metadata"]["team"] == "x"
-    assert CREATE_KEY_LABEL in body["metadata"]
+    assert CREATE_KEY in body["metadata"]
     assert "allow_internet_access" not in body
     assert "network" not in body
     assert info.labels == {"team": "x"}  # bookkeeping labels stay hidden
@@ -143,21 +152,10 @@ async def test_signal_deaths_become_128_plus_n(backend: E2BBackend, sandboxes: l
     sandboxes.append(info.id)
     r = await backend.exec(info.id, "kill -SEGV $$", ExecOptions())
     assert (r.exit_code, r.signal) == (139, 11)
-    plain = await backend.exec(info.id, "exit 139", ExecOptions())
-    assert (plain.exit_code, plain.signal) == (139, None)
-
-
-def test_exit_status_parses_go_process_states() -> None:
-    def end(code: int, exited: bool, status: str) -> SimpleNamespace:
-        return SimpleNamespace(exit_code=code, exited=exited, status=status)
-
-    assert _exit_status(end(0, True, "exit status 0")) == (0, None)
-    assert _exit_status(end(2, True, "exit status 2")) == (2, None)
-    assert _exit_status(end(-1, False, "signal: killed")) == (137, 9)
-    assert _exit_status(end(-1, False, "signal: terminated")) == (143, 15)
-    assert _exit_status(end(-1, False, "signal: aborted (core dumped)")) == (134, 6)
-    assert _exit_status(end(-1, False, "signal: signal 34")) == (162, 34)
-    assert _exit_status(end(-1, False, "something else")) == (-1, None)
+    # The supervisor reports what a shell would: a plain "exit 139" reads as signal 11 too.
+    assert status_of(139) == ExitStatus(139, 11)
+    assert status_of(2) == ExitStatus(2)
+    assert status_of(255) == ExitStatus(255)
 
 
 async def test_timeout_raises_with_partial_output(
@@ -173,8 +171,39 @@ async def test_timeout_raises_with_partial_output(
         )
     assert caught.value.stdout == b"before\n"
     assert caught.value.provider == "e2b"
-    left = await backend.exec(info.id, ["pgrep", "-f", f"sleep {nap}"], ExecOptions())
+    left = await backend.exec(info.id, ["pgrep", "-f", f"^sleep {nap}"], ExecOptions())
     assert (left.exit_code, left.stdout) == (1, "")  # pgrep: nothing matched
+
+
+async def test_timeout_kills_children_of_another_user_with_a_cleared_environment(
+    backend: E2BBackend, sandboxes: list[str]
+) -> None:
+    """The shape of ``sudo``: a child under another identity whose environment was reset (the
+    fake has no setuid helper, so root drops to ``user`` here); the kill runs as root."""
+    sb = await Sandbox.create(backend=backend)
+    sandboxes.append(sb.id)
+    await sb.write_file("/tmp/heartbeat.sh", HEARTBEAT)
+    script = (
+        "setpriv --reuid=1000 --regid=1000 --clear-groups env -i /bin/sh /tmp/heartbeat.sh "
+        "/tmp/beats.txt </dev/null >/dev/null 2>&1 & echo started; sleep 60"
+    )
+    with pytest.raises(CommandTimeout):
+        await sb.exec(script, timeout=3, user="root")
+    owner = await sb.exec(["stat", "-c", "%U", "/tmp/beats.txt"])
+    assert owner.stdout == "user\n"
+    await assert_stops_growing(sb, "/tmp/beats.txt")
+
+
+async def test_exec_returns_when_the_command_ends_even_if_a_child_holds_stdout(
+    backend: E2BBackend, sandboxes: list[str]
+) -> None:
+    """envd keeps a command's stream open while anything holds its stdout; the supervisor ends
+    what the command left behind, so ``exec("server &")`` returns."""
+    sb = await Sandbox.create(backend=backend)
+    sandboxes.append(sb.id)
+    with anyio.fail_after(30):
+        result = await sb.exec("sleep 300 & echo served")
+    assert (result.exit_code, result.stdout) == (0, "served\n")
 
 
 async def test_exec_streams_through_the_handle(backend: E2BBackend, sandboxes: list[str]) -> None:
@@ -200,7 +229,7 @@ async def test_snapshot_then_create_from_it(
     finally:
         from e2b import AsyncSandbox
 
-        await AsyncSandbox.delete_snapshot(snap, **backend._api())
+        await AsyncSandbox.delete_snapshot(snap, api_key=fake_e2b.api_key, api_url=fake_e2b.url)
 
 
 async def test_pause_and_resume(backend: E2BBackend, sandboxes: list[str]) -> None:
@@ -248,3 +277,77 @@ async def test_chosen_by_name_through_the_registry(fake_e2b: FakeE2B) -> None:
         assert (await sb.exec(["echo", "by name"])).stdout == "by name\n"
     with pytest.raises(ConfigError, match="no_such_option"):
         await Sandbox.create(provider="e2b", options={"no_such_option": 1})
+
+
+async def test_workdir_is_the_templates(
+    e2b_options: E2BOptions, backend: E2BBackend, sandboxes: list[str]
+) -> None:
+    """envd starts commands in the template's WORKDIR (``/init``'s ``defaultWorkdir``): the
+    sandbox's workdir is read from inside it, not assumed."""
+    info = await backend.create(SandboxSpec(image="web-app"))
+    sandboxes.append(info.id)
+    assert info.workdir == "/srv/app"
+    other = E2BBackend(e2b_options)
+    try:
+        sb = await Sandbox.connect(info.id, backend=other)
+        assert sb.info.workdir == "/srv/app"
+        await sb.write_file("here.txt", b"x")
+        assert (await sb.exec(["ls", "/srv/app"])).stdout == "here.txt\n"
+    finally:
+        await other.aclose()
+
+
+async def test_a_large_write_is_streamed_under_a_deadline_that_grows_with_it(
+    fake_e2b: FakeE2B, e2b_options: E2BOptions, sandboxes: list[str]
+) -> None:
+    """8 MiB at 4 MiB/s takes two seconds, twice the request timeout: the upload is streamed
+    (octet-stream, in chunks) and its deadline allows for its size."""
+    backend = E2BBackend(e2b_options.model_copy(update={"request_timeout": 1.0}))
+    info = await backend.create(SandboxSpec())
+    sandboxes.append(info.id)
+    data = bytes(range(256)) * (8 * 4096)
+    fake_e2b.upload_rate = 4 * 1024 * 1024
+    try:
+        await backend.write_file(info.id, "/tmp/big.bin", data)
+    finally:
+        fake_e2b.upload_rate = None
+    assert fake_e2b.uploads[-1] == ("/tmp/big.bin", len(data), "octet-stream")
+    assert await backend.read_file(info.id, "/tmp/big.bin") == data
+
+
+async def test_a_paused_sandbox_ends_at_its_ttl_without_a_sweep(
+    fake_e2b: FakeE2B, e2b_options: E2BOptions, backend: E2BBackend, sandboxes: list[str]
+) -> None:
+    """E2B keeps a paused sandbox forever; any later list, connect, resume or create of this
+    provider ends one whose TTL has passed."""
+    info = await backend.create(SandboxSpec(ttl_seconds=2, labels=stamped_labels()))
+    sandboxes.append(info.id)
+    await backend.pause(info.id)
+    assert fake_e2b.sandboxes[info.id].state == "paused"
+    await anyio.sleep(2.5)
+    other = E2BBackend(e2b_options)
+    try:
+        keeper = await other.create(SandboxSpec(labels=stamped_labels()))
+        sandboxes.append(keeper.id)
+        with anyio.fail_after(20):  # the create ends it in the background
+            while True:
+                if info.id not in fake_e2b.sandboxes:
+                    break
+                await anyio.sleep(0.1)
+        with pytest.raises(SandboxNotFound):
+            await other.resume(info.id)
+    finally:
+        await other.aclose()
+
+
+def stamped_labels() -> dict[str, str]:
+    """What ``Sandbox.create`` adds: managed, owner, created-at and expires-at."""
+    from datetime import datetime, timedelta, timezone
+
+    now = datetime.now(timezone.utc)
+    return {
+        "agent-sandbox.managed": "true",
+        "agent-sandbox.owner": "e2b-tests@fake",
+        "agent-sandbox.created-at": now.isoformat(timespec="seconds"),
+        "agent-sandbox.expires-at": (now + timedelta(seconds=2)).isoformat(timespec="seconds"),
+    }

@@ -8,11 +8,12 @@ import socket
 from collections.abc import AsyncIterator
 
 import pytest
-from agent_sandbox_e2b import E2BBackend, E2BOptions, translate
-from agent_sandbox_e2b.backend import CREATE_KEY_LABEL
+from agent_sandbox_e2b import E2BBackend, E2BOptions
+from agent_sandbox_e2b.backend import _table
 from e2b import exceptions as e2b_errors
 from fake_e2b import FakeE2B
 
+from agent_sandbox import errors
 from agent_sandbox.errors import (
     AuthenticationError,
     ConfigError,
@@ -27,6 +28,7 @@ from agent_sandbox.errors import (
     SandboxError,
     SandboxNotFound,
 )
+from agent_sandbox.labels import CREATE_KEY as CREATE_KEY_LABEL
 from agent_sandbox.models import ExecOptions, SandboxSpec
 
 pytestmark = pytest.mark.anyio
@@ -41,9 +43,7 @@ def fake(fake_e2b: FakeE2B) -> AsyncIterator[FakeE2B]:
 
 
 def _backend(options: E2BOptions, **changes: object) -> E2BBackend:
-    return E2BBackend(
-        E2BOptions.model_validate({**options.model_dump(), "sdk_retries": 0, **changes})
-    )
+    return E2BBackend(E2BOptions.model_validate({**options.model_dump(), **changes}))
 
 
 def _owned_by(fake: FakeE2B, key: str) -> list[str]:
@@ -87,12 +87,59 @@ async def test_missing_api_key(
 async def test_create_failures_are_typed(
     fake: FakeE2B, e2b_options: E2BOptions, status: int, error: type[SandboxError], retryable: bool
 ) -> None:
-    backend = _backend(e2b_options, create_attempts=1)
+    backend = _backend(e2b_options, api_attempts=1)
     fake.fail_next("POST", "/v2/sandboxes", status, message="injected")
     with pytest.raises(error) as caught:
         await backend.create(SandboxSpec())
     assert caught.value.retryable is retryable
     assert caught.value.op == "create"
+
+
+def _creates(fake: FakeE2B) -> int:
+    return sum(1 for method, path in fake.requests if (method, path) == ("POST", "/v2/sandboxes"))
+
+
+async def test_the_concurrency_quota_is_not_retried(fake: FakeE2B, e2b_options: E2BOptions) -> None:
+    """E2B answers 429 to a team at its concurrent-sandbox limit (infra's
+    ``orchestrator/create_instance.go``): a quota, asked once, not a rate limit retried by the
+    SDK and by us."""
+    backend = _backend(e2b_options, api_attempts=3)
+    before = _creates(fake)
+    message = (
+        "you have reached the maximum number of concurrent E2B sandboxes (20). If you need "
+        "more, please visit 'https://e2b.dev/docs/billing'"
+    )
+    fake.fail_next("POST", "/v2/sandboxes", 429, message=message, count=5)
+    with pytest.raises(QuotaExceeded, match="maximum number") as caught:
+        await backend.create(SandboxSpec())
+    assert caught.value.retryable is False
+    assert _creates(fake) - before == 1
+
+
+async def test_a_rate_limit_is_retried_by_us_alone(fake: FakeE2B, e2b_options: E2BOptions) -> None:
+    backend = _backend(e2b_options, api_attempts=3)
+    before = _creates(fake)
+    fake.fail_next("POST", "/v2/sandboxes", 429, message="slow down", count=5)
+    with pytest.raises(RateLimited):
+        await backend.create(SandboxSpec())
+    assert _creates(fake) - before == 3  # our attempts; none of the SDK's on top
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+async def test_a_gateway_page_is_retried(
+    fake: FakeE2B, e2b_options: E2BOptions, status: int
+) -> None:
+    """A proxy in front of the API answers an HTML page, not the API's JSON: the API was not
+    reached, so the (idempotent) create is tried again."""
+    backend = _backend(e2b_options, api_attempts=2)
+    page = f"<html><body><h1>{status} Bad Gateway</h1></body></html>"
+    fake.fail_next("POST", "/v2/sandboxes", status, body=page, content_type="text/html")
+    info = await backend.create(SandboxSpec())
+    await backend.destroy(info.id)
+    fake.fail_next("POST", "/v2/sandboxes", status, body=page, content_type="text/html", count=2)
+    with pytest.raises(ProviderUnavailable) as caught:
+        await backend.create(SandboxSpec())
+    assert caught.value.retryable is True
 
 
 async def test_unknown_template_is_a_config_error(fake: FakeE2B, e2b_options: E2BOptions) -> None:
@@ -104,7 +151,7 @@ async def test_unknown_template_is_a_config_error(fake: FakeE2B, e2b_options: E2
 async def test_transient_create_failures_are_retried(
     fake: FakeE2B, e2b_options: E2BOptions
 ) -> None:
-    backend = _backend(e2b_options, create_attempts=3)
+    backend = _backend(e2b_options, api_attempts=3)
     start = len(fake.create_bodies)
     fake.fail_next("POST", "/v2/sandboxes", 500, count=2, message="sandbox_create_failed")
     info = await backend.create(SandboxSpec())
@@ -118,7 +165,7 @@ async def test_transient_create_failures_are_retried(
 async def test_a_lost_create_answer_does_not_orphan(fake: FakeE2B, e2b_options: E2BOptions) -> None:
     """The first attempt creates the sandbox but its answer is lost: the retry, with the same
     idempotency key, gets that sandbox back instead of making a second one."""
-    backend = _backend(e2b_options, create_attempts=2)
+    backend = _backend(e2b_options, api_attempts=2)
     start = len(fake.create_bodies)
     fake.fail_next("POST", "/v2/sandboxes", 502, after_effect=True)
     info = await backend.create(SandboxSpec())
@@ -130,7 +177,7 @@ async def test_a_lost_create_answer_does_not_orphan(fake: FakeE2B, e2b_options: 
 
 
 async def test_a_failed_create_removes_what_it_made(fake: FakeE2B, e2b_options: E2BOptions) -> None:
-    backend = _backend(e2b_options, create_attempts=2)
+    backend = _backend(e2b_options, api_attempts=2)
     start = len(fake.create_bodies)
     fake.fail_next("POST", "/v2/sandboxes", 503, count=2, after_effect=True)
     with pytest.raises(ProviderUnavailable):
@@ -143,7 +190,7 @@ async def test_unreachable_api(e2b_options: E2BOptions) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed once the block ends: nothing listens there
-    backend = _backend(e2b_options, api_url=f"http://127.0.0.1:{port}", create_attempts=1)
+    backend = _backend(e2b_options, api_url=f"http://127.0.0.1:{port}", api_attempts=1)
     with pytest.raises(ProviderUnavailable) as caught:
         await backend.list()
     assert caught.value.retryable is True
@@ -157,7 +204,7 @@ async def test_file_and_sandbox_errors(fake: FakeE2B, e2b_options: E2BOptions) -
             await backend.write_file(info.id, "/usr/asb-not-writable", b"x")
         with pytest.raises(FileNotFound):
             await backend.exec(info.id, ["true"], ExecOptions(cwd="/no/such/dir"))
-        with pytest.raises(ConfigError, match="no such user"):
+        with pytest.raises(ConfigError, match="invalid username"):
             await backend.exec(info.id, ["true"], ExecOptions(user="nobody-here"))
     finally:
         await backend.destroy(info.id)
@@ -190,7 +237,7 @@ async def test_file_and_sandbox_errors(fake: FakeE2B, e2b_options: E2BOptions) -
 def test_translate_every_sdk_exception(
     exc: BaseException, error: type[SandboxError], retryable: bool
 ) -> None:
-    translated = translate(exc, op="exec", sandbox_id="sb-1")
+    translated = errors.translate(exc, provider="e2b", op="exec", sandbox_id="sb-1", table=_table)
     assert type(translated) is error
     assert translated.retryable is retryable
     assert (translated.provider, translated.op, translated.sandbox_id) == ("e2b", "exec", "sb-1")

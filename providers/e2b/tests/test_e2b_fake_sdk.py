@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import pytest
 from e2b import (
     AsyncSandbox,
@@ -81,6 +82,36 @@ async def test_streaming_callbacks_and_stdin(sdk_sandbox: AsyncSandbox) -> None:
     result = await handle.wait()
     assert result.stdout == "got:hello\n"
     assert "".join(seen) == "got:hello\n"
+
+
+async def test_a_child_holding_stdout_keeps_the_stream_open(sdk_sandbox: AsyncSandbox) -> None:
+    """envd's ``Handler.Wait`` waits for both output pipes to close before it reaps the
+    command: what a background child writes later still arrives, then the end."""
+    r = await sdk_sandbox.commands.run("(sleep 1; echo late) & echo early", timeout=30)
+    assert r.stdout == "early\nlate\n"
+
+
+async def test_connect_streams_only_what_comes_next(sdk_sandbox: AsyncSandbox) -> None:
+    """envd's ``Connect`` subscribes to the output from then on: nothing is replayed."""
+    first: list[str] = []
+    handle = await sdk_sandbox.commands.run(
+        "echo one; read go; echo two", background=True, stdin=True, on_stdout=first.append
+    )
+    for _ in range(200):
+        if "one" in "".join(first):
+            break
+        await anyio.sleep(0.02)
+    later: list[str] = []
+    again = await sdk_sandbox.commands.connect(handle.pid, on_stdout=later.append)
+    listed = {p.pid: p for p in await sdk_sandbox.commands.list()}
+    assert listed[handle.pid].args[-1] == "echo one; read go; echo two"
+    await sdk_sandbox.commands.send_stdin(handle.pid, "go\n")
+    result = await again.wait()
+    assert (result.exit_code, "".join(later)) == (0, "two\n")
+    assert (await handle.wait()).stdout == "one\ntwo\n"
+    # An ended process is remembered for a while: connecting gives its end at once.
+    ended = await sdk_sandbox.commands.connect(handle.pid)
+    assert (await ended.wait()).exit_code == 0
 
 
 async def test_files_round_trip_and_missing(sdk_sandbox: AsyncSandbox) -> None:
