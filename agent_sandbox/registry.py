@@ -42,6 +42,7 @@ KNOWN_PROVIDERS: dict[str, KnownProvider] = {
     "docker": KnownProvider("agent_sandbox_docker:DockerBackend", "docker"),
     "e2b": KnownProvider("agent_sandbox_e2b:E2BBackend", "e2b"),
     "daytona": KnownProvider("agent_sandbox_daytona:DaytonaBackend", "daytona"),
+    "cloudflare": KnownProvider("agent_sandbox_cloudflare:CloudflareBackend", "cloudflare"),
 }
 
 
