@@ -18,6 +18,7 @@ LIVE_CREDENTIALS = {
     "e2b": ["E2B_API_KEY"],
     "daytona": ["DAYTONA_API_KEY"],
     "vercel": ["VERCEL_TOKEN", "VERCEL_TEAM_ID", "VERCEL_PROJECT_ID"],
+    "cloudflare": ["AGENT_SANDBOX_CLOUDFLARE_URL", "SANDBOX_API_KEY"],
 }
 
 
