@@ -92,6 +92,43 @@ find "$2" -name .git -prune -o -type f -exec sh -c '
   exit $rc' sh "$1" {{}} +
 """
 
+# $1 the file, $2 "size" (print its size) or the most bytes to print.
+READ_FILE = f"""
+p=$1
+if [ -d "$p" ]; then exit {IS_DIR}; fi
+if [ -e "$p" ]; then
+  [ -f "$p" ] || exit {NOT_REGULAR}
+  [ -r "$p" ] || exit {DENIED}
+elif [ -L "$p" ]; then
+  exit {MISSING}
+else
+  exec head -c 0 -- "$p"
+fi
+if [ "$2" = size ]; then exec stat -L -c %s -- "$p"; fi
+exec head -c "$2" -- "$p"
+"""
+
+# $1 the file, $2 its directory, $3 "check" (print the file's mode, or "new") or "write" (stdin).
+WRITE_FILE = f"""
+p=$1
+if [ -d "$p" ]; then exit {IS_DIR}; fi
+if [ -e "$p" ]; then
+  [ -f "$p" ] || exit {NOT_REGULAR}
+  if [ "$3" = check ]; then
+    [ -w "$p" ] || exit {DENIED}
+    exec stat -L -c %a -- "$p"
+  fi
+else
+  mkdir -p -- "$2" || exit 1
+  if [ "$3" = check ]; then
+    [ -w "$2" ] && [ -x "$2" ] || exit {DENIED}
+    echo new
+    exit 0
+  fi
+fi
+exec cat > "$p"
+"""
+
 # $1: sed's line selection ("10,20p;20q" or "10,$p"), $2: the file, $3: most bytes to print.
 READ_LINES = f"""
 [ -e "$2" ] || exit {MISSING}

@@ -10,9 +10,12 @@ operation's limit, and an answer past it is an error, never a silent cut.
 from __future__ import annotations
 
 import builtins
+import contextlib
+import os
 import posixpath
+import tempfile
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -22,6 +25,7 @@ from . import _scripts
 from .errors import (
     ConfigError,
     FileNotFound,
+    FileTooLarge,
     InvalidPath,
     IsADirectory,
     PermissionDenied,
@@ -30,6 +34,7 @@ from .errors import (
     SandboxError,
 )
 from .models import (
+    Capabilities,
     Command,
     ExecEvent,
     ExecOptions,
@@ -39,9 +44,10 @@ from .models import (
     FoundFiles,
     GrepMatch,
     GrepResult,
+    StartOptions,
 )
 from .output import CappedBuffer
-from .process import close_stream
+from .process import Process, close_stream
 
 if TYPE_CHECKING:
     from .archive import ArchiveLimits
@@ -50,6 +56,9 @@ SMALL_OUTPUT = 64 * 1024
 """What a status-only operation (mkdir, remove, upload) may print."""
 LISTING_LIMIT = 64 * 1024 * 1024
 """The most a directory listing, ``find`` or ``grep`` may send back."""
+DOWNLOAD_LIMIT = 4 << 30
+"""The largest file ``download_file`` takes by default (as a tree's archive)."""
+TRANSFER_CHUNK = 1 << 20
 
 _TYPES: dict[str, FileType] = {
     "regular file": "file",
@@ -97,6 +106,7 @@ class DerivedOperations:
     """File and search operations built on ``exec``; mixed into ``BaseBackend``."""
 
     name: ClassVar[str]
+    capabilities: Capabilities
     _archive_limits: ArchiveLimits | None = None
 
     @property
@@ -113,6 +123,10 @@ class DerivedOperations:
     @abstractmethod
     async def exec(self, sandbox_id: str, command: Command, options: ExecOptions) -> ExecResult:
         """See ``BaseBackend.exec``."""
+
+    @abstractmethod
+    async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
+        """See ``BaseBackend.write_file``."""
 
     @abstractmethod
     def exec_stream(
@@ -220,6 +234,91 @@ class DerivedOperations:
                 )
             await anyio.to_thread.run_sync(spool.extract, Path(local_dir))
 
+    async def upload_file(
+        self,
+        sandbox_id: str,
+        local: Path,
+        path: str,
+        *,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Copy the local file ``local`` to ``path``, never holding it whole in memory where the
+        provider streams stdin (``write_file`` elsewhere); the rules of ``write_file`` apply.
+        ``on_progress`` gets the bytes sent so far. Raises as ``write_file``, and
+        ``FileNotFound``/``PermissionDenied`` for the local file."""
+        if not self.capabilities.stdin_streaming:
+            with _local_errors(local):
+                data = await anyio.to_thread.run_sync(local.read_bytes)
+            await self.write_file(sandbox_id, path, data)
+            if on_progress is not None:
+                on_progress(len(data))
+            return
+        argv = ["sh", "-c", _scripts.WRITE_FILE, "sh", path, _parent(path), "write"]
+        options = StartOptions(stdin_open=True)
+        with _local_errors(local):
+            source = open(local, "rb")  # noqa: ASYNC230, SIM115 - reads go to a thread
+        with source:
+            proc = await Process.start(self, sandbox_id, argv, options, output_limit=SMALL_OUTPUT)  # type: ignore[arg-type]
+            async with proc:
+                sent = 0
+                while chunk := await anyio.to_thread.run_sync(source.read, TRANSFER_CHUNK):
+                    await proc.write_stdin(chunk)
+                    sent += len(chunk)
+                    if on_progress is not None:
+                        on_progress(sent)
+                await proc.close_stdin()
+                result = await proc.wait()
+        if not result.ok:
+            where: dict[str, Any] = {"provider": self.name, "sandbox_id": sandbox_id}
+            raise error_for(result.exit_code, result.stderr, "write_file", path, **where)
+
+    async def download_file(
+        self,
+        sandbox_id: str,
+        path: str,
+        local: Path,
+        *,
+        max_bytes: int = DOWNLOAD_LIMIT,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Copy the regular file ``path`` to the local file ``local``, streamed (never whole in
+        memory) and written under a temporary name first, so a failed copy leaves nothing
+        behind. ``read_file``'s rules apply: ``FileTooLarge`` past ``max_bytes``."""
+        argv = ["sh", "-c", _scripts.READ_FILE, "sh", path, str(max_bytes + 1)]
+        err = CappedBuffer(SMALL_OUTPUT)
+        exit_code: int | None = None
+        received = 0
+        with _local_errors(local):
+            landing = _Landing(local)
+        with landing as out:
+            events = self.exec_stream(sandbox_id, argv, ExecOptions(output_limit=0))
+            try:
+                async for event in events:
+                    if event.kind == "stdout":
+                        received += len(event.data)
+                        if received > max_bytes:
+                            raise FileTooLarge(
+                                f"read_file {path}: larger than max_bytes={max_bytes}",
+                                provider=self.name,
+                                op="download_file",
+                                sandbox_id=sandbox_id,
+                            )
+                        await anyio.to_thread.run_sync(out.write, event.data)
+                        if on_progress is not None:
+                            on_progress(received)
+                    elif event.kind == "stderr":
+                        err.write(event.data)
+                    else:
+                        exit_code = event.exit_code
+            finally:
+                await close_stream(events)
+            if exit_code != 0:
+                where: dict[str, Any] = {"provider": self.name, "sandbox_id": sandbox_id}
+                message = err.getvalue().decode(errors="replace")
+                code = -1 if exit_code is None else exit_code
+                raise error_for(code, message, "read_file", path, **where)
+            out.keep()
+
     async def realpath(self, sandbox_id: str, paths: Sequence[str]) -> builtins.list[str]:
         """Each path with every symlink resolved (a missing tail kept as it is)."""
         if not paths:
@@ -300,3 +399,48 @@ class DerivedOperations:
             limit=max_bytes,
         )
         return result.stdout_bytes
+
+
+@contextlib.contextmanager
+def _local_errors(path: Path) -> Iterator[None]:
+    """A local file that cannot be opened as a typed error naming it."""
+    try:
+        yield
+    except FileNotFoundError as exc:
+        raise FileNotFound(f"{path}: {exc.strerror}", op="copy") from exc
+    except PermissionError as exc:
+        raise PermissionDenied(f"{path}: {exc.strerror}", op="copy") from exc
+    except IsADirectoryError as exc:
+        raise IsADirectory(f"{path}: {exc.strerror}", op="copy") from exc
+
+
+def _parent(path: str) -> str:
+    return posixpath.dirname(posixpath.normpath(path)) or "/"
+
+
+class _Landing:
+    """A local file written under a temporary name beside ``target``, renamed into place only
+    by :meth:`keep`; removed otherwise."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        handle, self._temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        self._file = os.fdopen(handle, "wb")
+        self._kept = False
+
+    def __enter__(self) -> _Landing:
+        return self
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+
+    def keep(self) -> None:
+        self._file.close()
+        os.replace(self._temp, self.target)
+        self._kept = True
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._kept:
+            self._file.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self._temp)

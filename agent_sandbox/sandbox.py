@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import logging
 import posixpath
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .backend import BaseBackend, close_stream
-from .derived import LISTING_LIMIT
+from .derived import DOWNLOAD_LIMIT, LISTING_LIMIT
 from .errors import ArgumentTypeError, ConfigError, InvalidPath, SandboxError
 from .labels import default_owner, stamp
 from .models import (
@@ -459,6 +459,35 @@ class Sandbox:
     async def mkdir(self, path: str) -> None:
         """Create a directory with its parents."""
         await self.backend.mkdir(self.id, self.path(path))
+
+    async def upload_file(
+        self,
+        local: str | Path,
+        path: str,
+        *,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Copy a local file into the sandbox, streamed where the provider can (a file of any
+        size costs a chunk of memory); ``write_file``'s rules apply. ``on_progress`` gets the
+        bytes sent so far."""
+        await self.backend.upload_file(
+            self.id, Path(local), self.path(path), on_progress=on_progress
+        )
+
+    async def download_file(
+        self,
+        path: str,
+        local: str | Path,
+        *,
+        max_bytes: int = DOWNLOAD_LIMIT,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Copy a regular file out of the sandbox, streamed and written under a temporary name
+        first (a failed copy leaves nothing behind). ``read_file``'s rules apply
+        (``FileTooLarge`` past ``max_bytes``)."""
+        await self.backend.download_file(
+            self.id, self.path(path), Path(local), max_bytes=max_bytes, on_progress=on_progress
+        )
 
     async def realpath(self, path: str) -> str:
         """``path`` made absolute with every symlink resolved (as the sandbox sees it)."""

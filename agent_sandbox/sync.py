@@ -32,6 +32,7 @@ import anyio
 from anyio.from_thread import BlockingPortal
 
 from .backend import close_stream
+from .derived import DOWNLOAD_LIMIT
 from .errors import BlockingCallInEventLoop
 from .models import (
     DEFAULT_OUTPUT_LIMIT,
@@ -401,6 +402,23 @@ class Sandbox:
     def mkdir(self, path: str) -> None:
         """Create a directory with its parents."""
         _run(self.aio.mkdir, path)
+
+    def upload_file(
+        self, local: str | Path, path: str, *, on_progress: Callable[[int], None] | None = None
+    ) -> None:
+        """Copy a local file in, streamed; see :meth:`agent_sandbox.Sandbox.upload_file`."""
+        _run(self.aio.upload_file, local, path, on_progress=on_progress)
+
+    def download_file(
+        self,
+        path: str,
+        local: str | Path,
+        *,
+        max_bytes: int = DOWNLOAD_LIMIT,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Copy a file out, streamed; see :meth:`agent_sandbox.Sandbox.download_file`."""
+        _run(self.aio.download_file, path, local, max_bytes=max_bytes, on_progress=on_progress)
 
     def realpath(self, path: str) -> str:
         """``path`` with every symlink resolved; see :meth:`agent_sandbox.Sandbox.realpath`."""

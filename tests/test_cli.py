@@ -209,6 +209,33 @@ def test_cp_both_directions(cli: Cli, tmp_path: Path) -> None:
     assert (out_tree / "sub" / "a.txt").read_text() == "A"
 
 
+def test_cp_streams_a_large_file_in_bounded_memory(cli: Cli, tmp_path: Path) -> None:
+    # The copy's peak memory stays far below the file's size, both ways (it was one whole copy).
+    sandbox_id = _ok(cli("create")).strip()
+    size = 200 * 1024 * 1024
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as out:
+        out.truncate(size)  # sparse: costs no disk to make
+    env = {
+        **os.environ,
+        "AGENT_SANDBOX_LOCAL_ROOT": str(tmp_path / "state"),  # the fixture's, so it cleans up
+        "AGENT_SANDBOX_PROVIDER": "local",
+    }
+    measure = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    back = tmp_path / "back.bin"
+    for src, dst in ((str(big), f"{sandbox_id}:big.bin"), (f"{sandbox_id}:big.bin", str(back))):
+        argv = [sys.executable, "-c", measure, sys.executable, "-m", "agent_sandbox.cli"]
+        done = subprocess.run(
+            [*argv, "cp", src, dst], capture_output=True, check=True, env=env, timeout=300
+        )
+        peak_kib = int(done.stdout)
+        assert peak_kib * 1024 < size / 2, f"cp {src} {dst} peaked at {peak_kib // 1024} MiB"
+    assert back.stat().st_size == size
+
+
 def test_cp_errors_are_one_line(cli: Cli, tmp_path: Path) -> None:
     sandbox_id = _ok(cli("create")).strip()
     _ok(cli("exec", sandbox_id, "--shell", "echo hi > there.txt"))

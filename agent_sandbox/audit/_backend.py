@@ -5,13 +5,13 @@ from __future__ import annotations
 import builtins
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ..backend import BaseBackend, Diagnostic, close_stream
-from ..derived import LISTING_LIMIT
+from ..derived import DOWNLOAD_LIMIT, LISTING_LIMIT
 from ..errors import PolicyDenied
 from ..models import (
     DEFAULT_READ_LIMIT,
@@ -295,6 +295,35 @@ class AuditingBackend(BaseBackend):
         """The inner backend's ``mkdir`` (policy op ``mkdir``)."""
         with self._guard("mkdir", sandbox_id, {"path": path}, path=path):
             await self.inner.mkdir(sandbox_id, path)
+
+    async def upload_file(
+        self,
+        sandbox_id: str,
+        local: Path,
+        path: str,
+        *,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """The inner backend's ``upload_file`` (policy op ``write_file``, ``path`` checked)."""
+        arguments = {"path": path, "local": str(local)}
+        with self._guard("write_file", sandbox_id, arguments, path=path):
+            await self.inner.upload_file(sandbox_id, local, path, on_progress=on_progress)
+
+    async def download_file(
+        self,
+        sandbox_id: str,
+        path: str,
+        local: Path,
+        *,
+        max_bytes: int = DOWNLOAD_LIMIT,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """The inner backend's ``download_file`` (policy op ``read_file``, ``path`` checked)."""
+        arguments = {"path": path, "local": str(local)}
+        with self._guard("read_file", sandbox_id, arguments, path=path):
+            await self.inner.download_file(
+                sandbox_id, path, local, max_bytes=max_bytes, on_progress=on_progress
+            )
 
     async def realpath(self, sandbox_id: str, paths: Sequence[str]) -> builtins.list[str]:
         """The inner backend's ``realpath`` (policy op ``realpath``; it reads nothing, so no

@@ -1,15 +1,15 @@
 """``agent-sandbox cp``: a file or a tree into a sandbox or out of it.
 
 One side is written ``ID:PATH`` (inside the sandbox, relative to its workdir), the other is a local
-path. A local side that is missing or cannot be written is a one-line error, and a download lands
-under a temporary name first, so a failed copy leaves no half-written file behind.
+path. A file is streamed (it never sits whole in memory) and a download lands under a temporary
+name first, so a failed copy leaves no half-written file behind. A local side that is missing or
+cannot be written is a one-line error.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
 import anyio
@@ -49,17 +49,6 @@ def _tree_size(root: Path) -> int:
     return total
 
 
-def _write_atomically(target: Path, data: bytes) -> None:
-    handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(temp, target)
-    except BaseException:
-        os.unlink(temp)
-        raise
-
-
 async def _upload(sb: Sandbox, local: Path, remote: str, shown: Progress) -> int:
     try:
         is_dir = await anyio.Path(local).is_dir()
@@ -73,13 +62,16 @@ async def _upload(sb: Sandbox, local: Path, remote: str, shown: Progress) -> int
     if is_dir:
         await sb.upload(local, remote)
         return total
+    target = remote.rstrip("/") + "/" + local.name if remote.endswith("/") else remote
+
+    def sent(done: int) -> None:
+        shown.done = done
+
     try:
-        data = await anyio.Path(local).read_bytes()
+        await sb.upload_file(local, target, on_progress=sent)
     except OSError as exc:
         raise _local_error(exc, local, "cp") from exc
-    target = remote.rstrip("/") + "/" + local.name if remote.endswith("/") else remote
-    await sb.write_file(target, data)
-    return len(data)
+    return total
 
 
 async def _download(sb: Sandbox, remote: str, local: Path, shown: Progress) -> int:
@@ -97,12 +89,15 @@ async def _download(sb: Sandbox, remote: str, local: Path, shown: Progress) -> i
             f"{target}: cannot write there, {target.parent} is not a directory", op="cp"
         )
     shown.total = info.size
-    data = await sb.read_file(remote)
+
+    def received(done: int) -> None:
+        shown.done = done
+
     try:
-        await anyio.to_thread.run_sync(_write_atomically, target, data)
+        await sb.download_file(remote, target, on_progress=received)
     except OSError as exc:
         raise _local_error(exc, target, "cp") from exc
-    return len(data)
+    return shown.done
 
 
 async def cmd_cp(args: argparse.Namespace) -> int:

@@ -551,6 +551,26 @@ class ConformanceSuite(ProcessTests):
         assert not await sandbox.exists("tree")
         assert not await sandbox.exists("tree/sub/two.bin")
 
+    async def test_file_transfer_in_and_out(self, sandbox: Sandbox, tmp_path: Path) -> None:
+        data = os.urandom(3 * MiB + 17)
+        source = tmp_path / "source.bin"
+        source.write_bytes(data)
+        seen: list[int] = []
+        await sandbox.upload_file(source, "moved/blob.bin", on_progress=seen.append)
+        assert seen[-1] == len(data)
+        assert await sandbox.read_file("moved/blob.bin") == data
+        back = tmp_path / "back.bin"
+        await sandbox.download_file("moved/blob.bin", back)
+        assert back.read_bytes() == data
+        before = sorted(p.name for p in tmp_path.iterdir())
+        with pytest.raises(FileNotFound):
+            await sandbox.download_file("moved/no-such.bin", tmp_path / "never.bin")
+        with pytest.raises(IsADirectory):
+            await sandbox.download_file("moved", tmp_path / "never.bin")
+        assert sorted(p.name for p in tmp_path.iterdir()) == before, "a failed copy left a file"
+        with pytest.raises(FileNotFound):
+            await sandbox.upload_file(tmp_path / "no-such-local", "x.bin")
+
     async def test_upload_and_download_a_tree(self, sandbox: Sandbox, tmp_path: Path) -> None:
         source = tmp_path / "source"
         (source / "nested" / "deeper").mkdir(parents=True)

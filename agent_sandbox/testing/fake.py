@@ -37,7 +37,7 @@ import anyio.lowlevel
 from .._tasks import spawn
 from ..archive import extract_tar
 from ..backend import BaseBackend, ProviderOptions
-from ..derived import LISTING_LIMIT
+from ..derived import DOWNLOAD_LIMIT, LISTING_LIMIT
 from ..errors import (
     ConfigError,
     FileNotFound,
@@ -317,6 +317,21 @@ class FakeBackend(BaseBackend):
         await anyio.lowlevel.checkpoint()
         p = self._check(path)
         self._fs_call(sandbox_id, "mkdir", lambda fs: fs.mkdir(p))
+
+    async def download_file(
+        self,
+        sandbox_id: str,
+        path: str,
+        local: Path,
+        *,
+        max_bytes: int = DOWNLOAD_LIMIT,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Copy a file of the sandbox to a local file."""
+        data = await self.read_file(sandbox_id, path, max_bytes=max_bytes)
+        await anyio.to_thread.run_sync(local.write_bytes, data)
+        if on_progress is not None:
+            on_progress(len(data))
 
     async def realpath(self, sandbox_id: str, paths: Sequence[str]) -> builtins.list[str]:
         """The paths, normalised (the fake's filesystem has no symlinks)."""
