@@ -49,6 +49,9 @@ _EXPORTS: dict[str, str] = {
     "StdinClosed": ".errors",
     "UnsafeArchive": ".errors",
     "Unsupported": ".errors",
+    "LocalBackend": ".local",
+    "LocalOptions": ".local",
+    "SandboxMCPServer": ".mcp",
     "Capabilities": ".models",
     "Command": ".models",
     "ExecEvent": ".models",
@@ -70,8 +73,14 @@ _EXPORTS: dict[str, str] = {
     "Process": ".process",
     "ProcessHandle": ".process",
     "Sandbox": ".sandbox",
+    "Tool": ".tools",
     "ToolKit": ".tools",
     "ToolResult": ".tools",
+    "Connector": ".tunnel",
+    "Edge": ".tunnel",
+    "RedisQueue": ".worker",
+    "SQLiteQueue": ".worker",
+    "Worker": ".worker",
 }
 
 if TYPE_CHECKING:  # the same names, for type checkers and editors
@@ -117,6 +126,13 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         UnsafeArchive as UnsafeArchive,
         Unsupported as Unsupported,
     )
+    from .local import (
+        LocalBackend as LocalBackend,
+        LocalOptions as LocalOptions,
+    )
+    from .mcp import (
+        SandboxMCPServer as SandboxMCPServer,
+    )
     from .models import (
         Capabilities as Capabilities,
         Command as Command,
@@ -147,8 +163,18 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         Sandbox as Sandbox,
     )
     from .tools import (
+        Tool as Tool,
         ToolKit as ToolKit,
         ToolResult as ToolResult,
+    )
+    from .tunnel import (
+        Connector as Connector,
+        Edge as Edge,
+    )
+    from .worker import (
+        RedisQueue as RedisQueue,
+        SQLiteQueue as SQLiteQueue,
+        Worker as Worker,
     )
 
 __all__ = ["__version__", *_EXPORTS]

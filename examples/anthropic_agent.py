@@ -5,7 +5,7 @@
     python examples/anthropic_agent.py "Write fizzbuzz.py, run it for 1..15 and show the output"
 
 The model sees six tools (bash, read, write, edit, glob, grep) and asks for them with
-``tool_use`` blocks; :class:`agent_sandbox.tools.ToolKit` runs each one in the sandbox and turns the
+``tool_use`` blocks; :class:`agent_sandbox.ToolKit` runs each one in the sandbox and turns the
 outcome into the ``tool_result`` block the next request carries. Failed calls come back to the
 model as ``is_error`` results, so the loop never dies on a bad path or a timeout.
 
@@ -22,8 +22,7 @@ from typing import Any
 
 import anthropic
 
-from agent_sandbox import Sandbox
-from agent_sandbox.tools import ToolKit
+from agent_sandbox import Sandbox, ToolKit
 
 MODEL = os.environ.get("ANTHROPIC_MODEL", "claude-sonnet-4-6")
 SYSTEM = (
