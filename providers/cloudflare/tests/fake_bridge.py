@@ -378,11 +378,9 @@ class FakeWorker:
             sandbox_id, rest = match[1], match[2]
             record = self.records.get(sandbox_id)
             if method == "DELETE" and not rest:
-                if record is None:
-                    return Response(status_code=204)
-                answer = await self._bridge(request, body, op)
-                self.records.pop(sandbox_id, None)
-                return answer
+                if record is not None:
+                    await self._destroy(sandbox_id)
+                return Response(status_code=204)
             if record is None:
                 return _gate(error(f"no sandbox {sandbox_id}", "sandbox_not_found", 404))
             if record.expired():
@@ -414,9 +412,9 @@ class FakeWorker:
         if match is None:
             return Response("Not Found", status_code=404)
         sandbox_id, rest = match[1], match[2] or ""
-        # the /sandbox/* middleware: id format, then auth
+        # the /sandbox/* middleware: id format, then auth (its 400 is not in the document)
         if not SANDBOX_ID.match(sandbox_id):
-            return error("Invalid sandbox ID format", "invalid_request", 400)
+            return _gate(error("Invalid sandbox ID format", "invalid_request", 400))
         if not self._authorized(request):
             return error("Unauthorized", "unauthorized", 401)
         if op is None:
@@ -424,15 +422,17 @@ class FakeWorker:
         invalid = self._check_request(BRIDGE_DOC, op, request, body)
         if invalid is not None:
             return invalid
-        if method == "DELETE" and not rest:
-            await self._destroy_container(sandbox_id)
-            return Response(status_code=204)
+        # the /sandbox/:id/* pool middleware: Hono's trailing wildcard also matches the bare
+        # path, so a DELETE gets the id a container (starting one) before destroying it
         try:
             box = self._pool(sandbox_id)
         except PoolError as exc:
             if "instance limit reached" in str(exc):
                 return error(str(exc), "capacity_exceeded", 503)
             return error(f"pool error: {exc}", "pool_error", 502)
+        if method == "DELETE" and not rest:
+            await self._destroy_container(sandbox_id)
+            return Response(status_code=204)
         handler: dict[str, Callable[..., Awaitable[Response]]] = {
             "post /v1/sandbox/{id}/session": self._session,
             "post /v1/sandbox/{id}/exec": self._exec,
@@ -467,7 +467,8 @@ class FakeWorker:
         return box
 
     async def _destroy_container(self, sandbox_id: str) -> None:
-        """DELETE /sandbox/:id: the pool's ``lookupContainer`` (no allocation), then destroy."""
+        """The container's ``destroy`` and the pool's ``reportStopped``, when the pool's
+        ``lookupContainer`` finds one for the id (no allocation)."""
         box = self.boxes.pop(sandbox_id, None)
         if box is not None:
             box.container.remove()
@@ -741,7 +742,7 @@ class FakeWorker:
         return record, True
 
     async def _destroy(self, sandbox_id: str) -> None:
-        """index.ts ``destroy``: the bridge's DELETE, then forget the record."""
+        """index.ts ``destroy``: the container destroyed if it has one, the record forgotten."""
         await self._destroy_container(sandbox_id)
         self.records.pop(sandbox_id, None)
 
@@ -895,7 +896,10 @@ class FakeWorker:
         if name == "createSandbox":
             return await self._create_sandbox(request, json.loads(body))
         if name == "listSandboxes":
-            labels = json.loads(request.query_params.get("labels", "{}") or "{}")
+            try:
+                labels = json.loads(request.query_params.get("labels", "{}"))
+            except ValueError:
+                labels = None
             if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
                 return error("labels must be a JSON object of strings", "invalid_request", 400)
             found = [

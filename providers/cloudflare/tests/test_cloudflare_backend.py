@@ -120,6 +120,25 @@ async def test_full_capacity_is_a_retryable_quota_error(tmp_path: Path) -> None:
         assert not fake.violations
 
 
+async def test_destroying_a_sandbox_whose_container_slept_starts_none() -> None:
+    # The bridge's own DELETE gets the id a container first (its pool middleware also matches
+    # the bare path): at capacity that is a 503, elsewhere a container started to be destroyed.
+    # The Worker answers DELETE itself, looking the container up without starting one.
+    with serve(max_instances=1) as fake:
+        backend = CloudflareBackend(CloudflareOptions(url=fake.url, api_key=fake.api_key))
+        slept = await Sandbox.create(backend=backend)
+        fake.stop_container(slept.id)
+        busy = await Sandbox.create(backend=backend)  # the one container there may be
+        try:
+            await slept.destroy()
+            assert [i.id for i in await backend.list()] == [busy.id]
+            assert (await busy.exec("echo still here")).stdout == "still here\n"
+        finally:
+            await busy.destroy()
+            await backend.aclose()
+        assert not fake.violations
+
+
 async def test_credentials_and_the_worker_are_checked(fake_worker: FakeWorker) -> None:
     wrong = CloudflareBackend(CloudflareOptions(url=fake_worker.url, api_key="not-the-key"))
     with pytest.raises(AuthenticationError):

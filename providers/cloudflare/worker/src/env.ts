@@ -38,3 +38,8 @@ export function authorized(request: Request, env: Env): boolean {
 export function registry(env: Env): DurableObjectStub<Registry> {
   return env.Registry.get(env.Registry.idFromName('registry'));
 }
+
+/** The bridge's warm pool: which container serves which sandbox id. */
+export function warmPool(env: Env): DurableObjectStub<WarmPool> {
+  return env.WarmPool.get(env.WarmPool.idFromName('global-pool'));
+}

@@ -5,12 +5,15 @@
  * byte-exact processes with stdin, kill and reattach.
  *
  * In front of the bridge's /v1/sandbox/:id routes sits the registry: a sandbox that was never
- * created, was destroyed or has expired answers 404 instead of being handed a fresh container,
- * and DELETE forgets it. Every minute (the cron trigger) expired sandboxes are destroyed.
+ * created, was destroyed or has expired answers 404 instead of being handed a fresh container.
+ * DELETE /v1/sandbox/:id is answered here (the bridge's handler without the container start in
+ * front of it, see `destroy`) and forgets the sandbox. Every minute (the cron trigger) expired
+ * sandboxes are destroyed.
  */
 
+import { getSandbox } from '@cloudflare/sandbox';
 import { bridge } from '@cloudflare/sandbox/bridge';
-import { authorized, type Env, errorJson, registry, SANDBOX_ID } from './env';
+import { authorized, type Env, errorJson, registry, SANDBOX_ID, warmPool } from './env';
 import { isExpired } from './registry';
 import { createRoutes } from './routes';
 
@@ -23,7 +26,7 @@ const SANDBOX_PATH = /^\/v1\/sandbox\/([^/]+)(\/.*)?$/;
 /** The bridge itself: its routes, with ours as the handler of every other path. */
 const inner = bridge({
   fetch: (request, env, ctx) => routes.fetch(request, env, ctx),
-  scheduled: (_controller, env, ctx) => sweep(env, ctx)
+  scheduled: (_controller, env) => sweep(env)
 });
 
 function bridgeFetch(request: Request, env: Env, ctx: ExecutionContext): Promise<Response> {
@@ -43,18 +46,31 @@ async function mint(request: Request, env: Env, ctx: ExecutionContext): Promise<
   return id;
 }
 
-async function destroy(id: string, request: Request, env: Env, ctx: ExecutionContext): Promise<void> {
-  await bridgeFetch(internal(request, env, 'DELETE', `/v1/sandbox/${id}`), env, ctx);
+/**
+ * Destroy a sandbox's container, if it has one, and forget the sandbox: what the bridge's DELETE
+ * /v1/sandbox/:id handler does (best-effort destroy, then the pool forgets the container), without
+ * the bridge's pool middleware in front of it. Hono's `/sandbox/:id/*` also matches the bare
+ * path, so that middleware asks the warm pool for the id's container first, starting one when
+ * none is running: destroying a sandbox whose container slept (or never started) would start a
+ * container just to destroy it, or fail with 503 when every container is in use.
+ */
+async function destroy(id: string, env: Env): Promise<void> {
+  const pool = warmPool(env);
+  const container = await pool.lookupContainer(id);
+  if (container !== null) {
+    const sandbox = getSandbox(env.Sandbox, container, { enableDefaultSession: false });
+    await sandbox.destroy().catch(() => {});
+    await pool.reportStopped(container).catch(() => {});
+  }
   await registry(env).remove(id);
 }
 
 const routes = createRoutes({ mint, destroy });
 
 /** Destroy every sandbox whose TTL has passed. */
-async function sweep(env: Env, ctx: ExecutionContext): Promise<void> {
-  const origin = new Request('https://agent-sandbox.internal/');
+async function sweep(env: Env): Promise<void> {
   for (const id of await registry(env).expired()) {
-    await destroy(id, origin, env, ctx).catch((err: unknown) => {
+    await destroy(id, env).catch((err: unknown) => {
       console.error({ message: 'destroying an expired sandbox failed', id, err: String(err) });
     });
   }
@@ -69,13 +85,17 @@ export default {
       const record = await registry(env).get(id);
       if (request.method === 'DELETE' && !match[2]) {
         if (record === null) return new Response(null, { status: 204 });
-        const response = await bridgeFetch(request, env, ctx);
-        await registry(env).remove(id);
-        return response;
+        try {
+          await destroy(id, env);
+        } catch (err) {
+          const msg = err instanceof Error ? err.message : String(err);
+          return errorJson(`pool error: ${msg}`, 'pool_error', 502);
+        }
+        return new Response(null, { status: 204 });
       }
       if (record === null) return errorJson(`no sandbox ${id}`, 'sandbox_not_found', 404);
       if (isExpired(record)) {
-        ctx.waitUntil(destroy(id, request, env, ctx));
+        ctx.waitUntil(destroy(id, env));
         return errorJson(`sandbox ${id} expired at ${record.expires_at}`, 'sandbox_not_found', 404);
       }
     } else if (url.pathname === '/v1/sandbox' && request.method === 'POST') {

@@ -7,7 +7,7 @@
 
 import { getSandbox } from '@cloudflare/sandbox';
 import { type Context, Hono } from 'hono';
-import { authorized, type Env, errorJson, registry, SANDBOX_ID } from './env';
+import { authorized, type Env, errorJson, registry, SANDBOX_ID, warmPool } from './env';
 import OPENAPI from './openapi.json';
 import { isExpired, type SandboxRecord } from './registry';
 import { type Executor, executor, runControl, runnerCommand, streamRunner } from './runner';
@@ -16,8 +16,8 @@ import { type Executor, executor, runControl, runnerCommand, streamRunner } from
 export interface Bridge {
   /** A new sandbox id, minted by the bridge's own POST /v1/sandbox. */
   mint(request: Request, env: Env, ctx: ExecutionContext): Promise<string>;
-  /** Destroy a sandbox's container (the bridge's DELETE /v1/sandbox/:id) and forget it. */
-  destroy(id: string, request: Request, env: Env, ctx: ExecutionContext): Promise<void>;
+  /** Destroy a sandbox's container, if it has one, and forget the sandbox. */
+  destroy(id: string, env: Env): Promise<void>;
 }
 
 type App = Hono<{ Bindings: Env }>;
@@ -87,7 +87,7 @@ async function live(c: Ctx, bridge: Bridge): Promise<SandboxRecord | Response> {
   const record = await registry(c.env).get(id);
   if (record === null) return errorJson(`no sandbox ${id}`, 'sandbox_not_found', 404);
   if (isExpired(record)) {
-    executionCtx(c).waitUntil(bridge.destroy(id, c.req.raw, c.env, executionCtx(c)));
+    executionCtx(c).waitUntil(bridge.destroy(id, c.env));
     return errorJson(`sandbox ${id} expired at ${record.expires_at}`, 'sandbox_not_found', 404);
   }
   return record;
@@ -121,7 +121,7 @@ async function controlError(line: string, c: Ctx, bridge: Bridge, id: string): P
     case '!gone':
       // A container that is not this sandbox's (the sandbox's slept or stopped, and the pool
       // gave the id a fresh one): the sandbox is gone.
-      executionCtx(c).waitUntil(bridge.destroy(id, c.req.raw, c.env, executionCtx(c)));
+      executionCtx(c).waitUntil(bridge.destroy(id, c.env));
       return errorJson(
         `sandbox ${id} is gone: its container stopped (idle past its sleep timeout, or ended)`,
         'sandbox_not_found',
@@ -191,14 +191,14 @@ export function createRoutes(bridge: Bridge): App {
     // Start the container and mark it as this sandbox's: a container that lacks the mark later
     // is a fresh one the pool gave the id after this one stopped.
     const failed = async (response: Response): Promise<Response> => {
-      await bridge.destroy(id, c.req.raw, c.env, executionCtx(c));
+      await bridge.destroy(id, c.env);
       return response;
     };
     const exec = await executor(c.env, id, null);
     if (exec instanceof Response) return failed(exec);
     try {
       if (idle !== null) {
-        const pool = c.env.WarmPool.get(c.env.WarmPool.idFromName('global-pool'));
+        const pool = warmPool(c.env);
         getSandbox(c.env.Sandbox, await pool.getContainer(id), { sleepAfter: Math.ceil(idle) });
       }
       const lines = await runControl(exec, runnerCommand('init', id, []));

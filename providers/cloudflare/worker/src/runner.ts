@@ -8,7 +8,7 @@
 
 import { type ExecutionSession, getSandbox } from '@cloudflare/sandbox';
 import { shellQuote } from '@cloudflare/sandbox/bridge';
-import { type Env, errorJson } from './env';
+import { type Env, errorJson, warmPool } from './env';
 import RUNNER from './runner.sh';
 
 export type Executor = Pick<ExecutionSession, 'exec' | 'writeFile'>;
@@ -36,7 +36,7 @@ export async function executor(
   if (sessionId !== null && (!SESSION_ID.test(sessionId) || sessionId.includes('..'))) {
     return errorJson('Invalid session ID format', 'invalid_request', 400);
   }
-  const pool = env.WarmPool.get(env.WarmPool.idFromName('global-pool'));
+  const pool = warmPool(env);
   let container: string;
   try {
     container = await pool.getContainer(sandboxId);
