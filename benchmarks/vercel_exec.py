@@ -1,12 +1,14 @@
 """What the Vercel provider adds to running a command, measured against the fake Vercel.
 
-Two ways to run ``true`` in the same sandbox, interleaved so machine noise hits both alike,
+Three ways to run ``true`` in the same sandbox, interleaved so machine noise hits all alike,
 median of N runs each:
 
-* ``ours``: ``Sandbox.exec(["true"], timeout=30)`` through ``VercelBackend`` (``create_process``
-  plus the logs stream, the command under the provider's perl shim, output kept as bytes);
+* ``ours``: ``Sandbox.exec(["true"], timeout=30)`` through ``VercelBackend`` (one streamed
+  ``run_process`` request, the command under the provider's perl shim, output kept as bytes);
 * ``sdk``: the vercel-sandbox SDK called directly, ``sandbox.run_process("true",
-  capture_output=True)`` (one streamed request, text output) — the baseline.
+  capture_output=True)`` (one streamed request, text output) — the baseline;
+* ``shim``: the same SDK call running ``true`` under the provider's shim — what the shim costs
+  inside the sandbox, so ``ours/shim`` is what the client side adds.
 
 Both speak to the same fake Vercel (its own process, running real confined processes on
 127.0.0.1). Run: ``uv run --all-extras python benchmarks/vercel_exec.py [--runs N]`` (as root:
@@ -27,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "providers" / "vercel" / "tests"))
 
 from agent_sandbox_vercel import VercelBackend, VercelOptions
+from agent_sandbox_vercel._shim import wrap
 from conftest import CREDENTIALS, FakeVercelServer
 
 import agent_sandbox as asb
@@ -57,7 +60,13 @@ async def main(runs: int) -> None:
                 result = await raw.run_process("true", capture_output=True)
                 assert result.returncode == 0
 
-            cases = {"ours": ours, "sdk": sdk}
+            command, args = wrap(["true"], "/vercel/sandbox", "exec", 60)
+
+            async def shim() -> None:
+                result = await raw.run_process(command, args, capture_output=True)
+                assert result.returncode == 0
+
+            cases = {"ours": ours, "sdk": sdk, "shim": shim}
             samples: dict[str, list[float]] = {name: [] for name in cases}
             for func in cases.values():  # warm up connections
                 for _ in range(5):
@@ -78,6 +87,7 @@ async def main(runs: int) -> None:
             f" mean {statistics.fmean(values) * 1000:.2f}) over {runs} runs"
         )
     print(f"ratio ours/sdk: {medians['ours'] / medians['sdk']:.2f}  (target <= 1.10)")
+    print(f"ratio ours/shim: {medians['ours'] / medians['shim']:.2f}  (the client side alone)")
 
 
 if __name__ == "__main__":

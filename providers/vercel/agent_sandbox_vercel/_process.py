@@ -1,16 +1,21 @@
 """One command in a Vercel sandbox, seen through the process seam.
 
-A command is started with ``create_process`` and followed through its logs stream (Vercel
-replays a command's output from its start on every connection, so attaching later misses
-nothing). A task of its own reads the shim's lines (see :mod:`._shim`) into a small queue, so a
-cancelled ``read`` loses nothing and an unread command holds back its stream rather than the
-client's memory.
+A command run to completion (``exec``) is one streamed ``run_process`` request
+(:class:`VercelRun`); a background one, or one whose stdin stays open, is started with
+``create_process`` and followed through its logs stream (:class:`VercelProcess`). Vercel replays
+a command's output from its start on every logs connection, so attaching later misses nothing.
+A task of its own reads the shim's lines (see :mod:`._shim`) into a small queue, so a cancelled
+``read`` loses nothing and an unread command holds back its stream rather than the client's
+memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+from collections import deque
+from collections.abc import AsyncGenerator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -20,12 +25,15 @@ from agent_sandbox.errors import ProviderError, StdinClosed, translating
 from agent_sandbox.process import ExitStatus, ProcessHandle, Stream, exit_status
 
 from ._errors import NAME, rows
-from ._shim import KILL_SIGNAL, Status, decode
+from ._shim import KILL_SIGNAL, MAX_LINE, Status, decode
 
 if TYPE_CHECKING:
-    from vercel.sandbox import Process
+    from vercel.sandbox import CompletedProcess, Process, SandboxRuntimeSession
 
 _QUEUE = 8
+SPILL = 4 * 1024 * 1024
+"""Characters of a ``run_process`` answer left unread before the rest is read from the logs
+stream instead (which waits for the reader)."""
 MISSING_PERL = (
     b"perl: not found in the sandbox's image; the Vercel provider runs every command through "
     b"a small perl program (every Vercel managed image has perl)\n"
@@ -38,35 +46,46 @@ class VercelProcess(ProcessHandle):
     """A command of a Vercel sandbox (its ``ref`` is Vercel's command id)."""
 
     def __init__(self, proc: Process, sandbox_id: str, stdin: bytes | None = None) -> None:
+        self._sandbox_id = sandbox_id
+        self._follow_from(proc)
+        self._feeder = spawn(lambda: self._feed(stdin)) if stdin is not None else None
+
+    def _follow_from(self, proc: Process) -> None:
+        """Start reading the command's output (once it has started)."""
         self.ref = proc.id
         self._proc = proc
-        self._sandbox_id = sandbox_id
         self._send, self._receive = anyio.create_memory_object_stream[Item](_QUEUE)
         self._status: ExitStatus | None = None
         self._ended: ExitStatus | None = None
         self._pump = spawn(self._follow)
-        self._feeder = spawn(lambda: self._feed(stdin)) if stdin is not None else None
 
     def _translating(self, op: str) -> contextlib.AbstractContextManager[None]:
         return translating(NAME, op, self._sandbox_id, table=rows)
 
+    def _lines(self) -> AsyncGenerator[str, None]:
+        """The shim's lines, from the command's logs stream."""
+        return _logs(self._proc, skip=0)
+
+    async def _exit_code(self) -> int:
+        """Vercel's own status of the command (when the shim reported none)."""
+        return await self._proc.wait()
+
     async def _follow(self) -> None:
-        reader = self._proc.stdout
-        assert reader is not None
         framed = False
         async with self._send:
             try:
                 with self._translating("exec"):
-                    while line := await reader.readline():
-                        item = decode(line)
-                        framed = True
-                        if isinstance(item, Status):
-                            self._ended = exit_status(item.exit_code, item.signal)
-                            await self._send.send(self._ended)
-                        else:
-                            await self._send.send(item)
+                    async with contextlib.aclosing(self._lines()) as lines:
+                        async for line in lines:
+                            item = decode(line)
+                            framed = True
+                            if isinstance(item, Status):
+                                self._ended = exit_status(item.exit_code, item.signal)
+                                await self._send.send(self._ended)
+                            else:
+                                await self._send.send(item)
                     if self._ended is None:  # the shim never ran, or was killed: Vercel's status
-                        code = await self._proc.wait()
+                        code = await self._exit_code()
                         if code == 127 and not framed:
                             await self._send.send(("stderr", MISSING_PERL))
                         await self._send.send(exit_status(code))
@@ -75,9 +94,6 @@ class VercelProcess(ProcessHandle):
             except Exception as exc:
                 with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
                     await self._send.send(exc)
-            finally:
-                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                    await reader.aclose()
 
     async def _feed(self, data: bytes | None) -> None:
         """Write ``data`` to stdin, then close it; a process that stopped reading is fine."""
@@ -139,9 +155,183 @@ class VercelProcess(ProcessHandle):
         return self._proc.stdin
 
     async def close(self) -> None:
-        tasks = {t for t in (self._pump, self._feeder) if t is not None and not t.done()}
+        tasks = {t for t in self._tasks() if t is not None and not t.done()}
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=5)  # their end, not their (cancelled) result
         await self._receive.aclose()
+
+    def _tasks(self) -> tuple[asyncio.Task[None] | None, ...]:
+        return self._pump, self._feeder
+
+
+class VercelRun(VercelProcess):
+    """A command run to completion with ``run_process``: started and followed in one streamed
+    request. Past :data:`SPILL` unread characters, the rest of its output comes from its logs
+    stream instead (the characters already taken skipped), so a slow reader holds back the
+    stream, not the client's memory."""
+
+    def __init__(self, session: SandboxRuntimeSession, sandbox_id: str) -> None:
+        self._session = session
+        self._sandbox_id = sandbox_id
+        self._output = _Output()
+        self._completed: CompletedProcess | None = None
+        self._error: Exception | None = None
+        self._spilled: Process | None = None
+        self._started: Process | None = None
+        self._runner: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def begin(
+        cls,
+        session: SandboxRuntimeSession,
+        sandbox_id: str,
+        command: str,
+        args: list[str],
+        *,
+        env: Mapping[str, str] | None,
+        stdin: bytes | None,
+    ) -> VercelRun:
+        """Run the command; return once Vercel has started it. Raises what the SDK raised when
+        it could not start it."""
+        run = cls(session, sandbox_id)
+        started = anyio.Event()
+
+        def on_start(proc: Process) -> None:
+            run._started = proc
+            started.set()
+
+        async def go() -> None:
+            try:
+                run._completed = await session.run_process(
+                    command,
+                    args,
+                    env=env,
+                    stdout=run._output,  # type: ignore[arg-type]  # a text sink, as the SDK takes
+                    stderr=subprocess.DEVNULL,
+                    input=stdin,
+                    on_start=on_start,
+                )
+            except _Spill:
+                pass
+            except Exception as exc:
+                run._error = exc
+            finally:
+                run._output.end()
+                started.set()
+
+        run._runner = spawn(go)
+        try:
+            await started.wait()
+        except BaseException:
+            if run._runner is not None:
+                run._runner.cancel()
+            raise
+        if run._started is None:
+            raise run._error or ProviderError("Vercel did not start the command", provider=NAME)
+        run._follow_from(run._started)
+        return run
+
+    async def _lines(self) -> AsyncGenerator[str, None]:
+        while line := await self._output.readline():
+            yield line
+        rest = self._output.rest()
+        if self._error is not None:
+            raise self._error
+        if self._completed is None:  # spilled: the rest from the logs stream
+            self._spilled = await self._session.get_process(self.ref)
+            skip = self._output.written
+            async with contextlib.aclosing(_logs(self._spilled, skip=skip)) as lines:
+                async for line in lines:
+                    yield rest + line
+                    rest = ""
+        if rest:
+            yield rest  # the end of a stream cut short: refused by the decoder
+
+    async def _exit_code(self) -> int:
+        if self._completed is not None:
+            return self._completed.returncode
+        assert self._spilled is not None
+        return await self._spilled.wait()
+
+    def _tasks(self) -> tuple[asyncio.Task[None] | None, ...]:
+        return self._pump, self._runner
+
+
+class _Spill(Exception):
+    """The unread part of a ``run_process`` answer passed :data:`SPILL`."""
+
+
+class _Output:
+    """The sink ``run_process`` writes the shim's output to (a text stream, to the SDK), cut
+    into lines as it comes for the process's reader. Raises :class:`_Spill` past :data:`SPILL`
+    unread characters, which ends ``run_process``."""
+
+    def __init__(self) -> None:
+        self._lines: deque[str] = deque()
+        self._partial: list[str] = []
+        self._partial_size = 0
+        self._unread = 0
+        self.written = 0
+        """Characters written so far."""
+        self._ended = False
+        self._changed = anyio.Event()
+
+    def write(self, data: str) -> int:
+        self.written += len(data)
+        self._unread += len(data)
+        start = 0
+        while end := data.find("\n", start) + 1:
+            self._partial.append(data[start:end])
+            self._lines.append("".join(self._partial))
+            self._partial, self._partial_size, start = [], 0, end
+        if start < len(data):
+            self._partial.append(data[start:])
+            self._partial_size += len(data) - start
+            if self._partial_size > MAX_LINE:  # no shim line is that long: the decoder refuses it
+                self._lines.append("".join(self._partial))
+                self._partial, self._partial_size = [], 0
+        self._changed.set()
+        if self._unread > SPILL:
+            raise _Spill
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def end(self) -> None:
+        self._ended = True
+        self._changed.set()
+
+    async def readline(self) -> str:
+        """The next line; ``""`` at the end, where :meth:`rest` is what follows the last one."""
+        while not self._lines:
+            if self._ended:
+                return ""
+            await self._changed.wait()
+            self._changed = anyio.Event()
+        line = self._lines.popleft()
+        self._unread -= len(line)
+        return line
+
+    def rest(self) -> str:
+        """What follows the last whole line (its beginning when the answer spilled)."""
+        return "".join(self._partial)
+
+
+async def _logs(proc: Process, *, skip: int) -> AsyncGenerator[str, None]:
+    """The lines of ``proc``'s stdout logs stream, after its first ``skip`` characters."""
+    reader = proc.stdout
+    assert reader is not None
+    try:
+        while skip > 0:
+            taken = await reader.read(min(skip, 1 << 20))
+            if not taken:
+                return
+            skip -= len(taken)
+        while line := await reader.readline():
+            yield line
+    finally:
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await reader.aclose()

@@ -60,7 +60,7 @@ from agent_sandbox.process import ProcessHandle
 from agent_sandbox.retry import retry
 
 from ._errors import NAME, rows
-from ._process import VercelProcess
+from ._process import VercelProcess, VercelRun
 from ._shim import unwrap, wrap
 
 if TYPE_CHECKING:
@@ -366,7 +366,9 @@ class VercelBackend(BaseBackend):
     async def start(
         self, sandbox_id: str, argv: builtins.list[str], options: StartOptions
     ) -> ProcessHandle:
-        """Start ``argv`` under the shim (see :mod:`._shim`) with ``create_process``."""
+        """Start ``argv`` under the shim (see :mod:`._shim`): a command run to completion in one
+        ``run_process`` request, a background one or one whose stdin stays open with
+        ``create_process``."""
         box = await self._box(sandbox_id, "exec")
         deadline = (
             0 if options.timeout is None else math.ceil(options.timeout) + DEADLINE_GRACE_SECONDS
@@ -374,12 +376,23 @@ class VercelBackend(BaseBackend):
         kind = "start" if options.detached else "exec"
         command, args = wrap(argv, options.cwd or box.workdir, kind, deadline)
         piped = options.stdin_open or options.stdin is not None
+        env = options.env or None
+
+        if not (options.detached or options.stdin_open):
+
+            async def run_to_end(session: SandboxRuntimeSession) -> VercelRun:
+                return await VercelRun.begin(
+                    session, sandbox_id, command, args, env=env, stdin=options.stdin
+                )
+
+            handle: VercelRun = await self._in_session(sandbox_id, "exec", run_to_end)
+            return handle
 
         async def run(session: SandboxRuntimeSession) -> Any:
             return await session.create_process(
                 command,
                 args,
-                env=options.env or None,
+                env=env,
                 stdin=subprocess.PIPE if piped else None,
                 stderr=subprocess.DEVNULL,
             )

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 from agent_sandbox_vercel import VercelBackend, VercelOptions
-from agent_sandbox_vercel._shim import decode
+from agent_sandbox_vercel._process import SPILL, VercelRun, _Output, _Spill
+from agent_sandbox_vercel._shim import MAX_LINE, decode
 from conftest import FakeVercelServer
 
 from agent_sandbox import Sandbox
@@ -21,7 +22,7 @@ from agent_sandbox.errors import (
     SandboxNotFound,
     Unsupported,
 )
-from agent_sandbox.models import NetworkPolicy, SandboxSpec
+from agent_sandbox.models import NetworkPolicy, SandboxSpec, StartOptions
 
 pytestmark = pytest.mark.anyio
 
@@ -237,6 +238,52 @@ async def test_the_wire_is_text_only_and_the_shim_keeps_bytes_exact(
         await client.aclose()
 
 
+def requests(fake: FakeVercelServer) -> list[tuple[str, str]]:
+    """Every (method, path) the fake has been sent, oldest first."""
+    return [(method, path) for method, path in fake.admin("requests")["requests"]]
+
+
+async def test_exec_is_one_streamed_request(
+    backend: VercelBackend, made: list[str], fake_vercel: FakeVercelServer
+) -> None:
+    sb = await create(backend, made)
+    before = len(requests(fake_vercel))
+    result = await sb.exec("echo out; echo err >&2; exit 3")
+    assert (result.stdout, result.stderr, result.exit_code) == ("out\n", "err\n", 3)
+    assert [(m, p.rsplit("/", 1)[1]) for m, p in requests(fake_vercel)[before:]] == [
+        ("POST", "cmd")
+    ]
+
+
+async def test_unread_output_spills_to_the_logs_stream_and_nothing_is_lost(
+    backend: VercelBackend, made: list[str], fake_vercel: FakeVercelServer
+) -> None:
+    import anyio
+
+    sb = await create(backend, made)
+    expected = "".join(f"{i}\n" for i in range(1, 500_001)).encode()
+    # hex-encoded, it is more than the unread bound and what the reader's queue holds
+    assert 2 * len(expected) > SPILL + 2**21
+    handle = await backend.start(sb.id, ["seq", "500000"], StartOptions(timeout=120))
+    assert isinstance(handle, VercelRun)
+    try:
+        with anyio.fail_after(60):  # nothing reads: the streamed answer ends by spilling
+            while True:
+                if handle._runner is not None and handle._runner.done():
+                    break
+                await anyio.sleep(0.05)
+        out = bytearray()
+        while (item := await handle.read()) is not None:
+            assert item[0] == "stdout"
+            out += item[1]
+        assert (await handle.wait()).exit_code == 0
+    finally:
+        await handle.close()
+    logs = f"/cmd/{handle.ref}/logs"
+    assert [path for _, path in requests(fake_vercel) if path.endswith(logs)]  # the rest came so
+    assert bytes(out) == expected
+
+
 async def test_expired_sandbox_is_stopped_then_swept(
     backend: VercelBackend, made: list[str], label: dict[str, str]
 ) -> None:
@@ -311,3 +358,23 @@ def test_hostile_shim_lines_are_refused(line: str) -> None:
 
     with pytest.raises(ProviderError, match="unreadable"):
         decode(line)
+
+
+async def test_the_run_output_sink_cuts_lines_and_bounds_what_waits() -> None:
+    from agent_sandbox.errors import ProviderError
+
+    out = _Output()
+    for char in "o41\no4":
+        out.write(char)
+    out.write("2\nx0 0")
+    assert [await out.readline(), await out.readline()] == ["o41\n", "o42\n"]
+    out.end()
+    assert (await out.readline(), out.rest()) == ("", "x0 0")
+
+    endless = _Output()
+    endless.write("o" + "00" * MAX_LINE)  # a line with no end is handed on, for the decoder
+    with pytest.raises(ProviderError, match="unreadable"):
+        decode(await endless.readline())
+
+    with pytest.raises(_Spill):
+        _Output().write("o00\n" * (SPILL // 4 + 1))
