@@ -85,8 +85,12 @@ def test_environment_and_timeouts_are_checked() -> None:
             check_timeout(wrong)  # type: ignore[arg-type]
 
 
+class _NoStdinStreaming(FakeBackend):
+    capabilities = FakeBackend.capabilities.model_copy(update={"stdin_streaming": False})
+
+
 async def test_bad_exec_arguments_are_typed_errors_before_anything_runs() -> None:
-    async with await asb.Sandbox.create(backend=FakeBackend()) as sb:
+    async with await asb.Sandbox.create(backend=_NoStdinStreaming()) as sb:
         with pytest.raises(asb.ConfigError):
             await sb.exec("true", env={"BAD=NAME": "x"})
         with pytest.raises(asb.ConfigError):
@@ -94,7 +98,7 @@ async def test_bad_exec_arguments_are_typed_errors_before_anything_runs() -> Non
         with pytest.raises(asb.ArgumentTypeError):
             await sb.exec("cat", stdin=5)  # type: ignore[arg-type]
         with pytest.raises(asb.Unsupported):
-            await sb.start("cat", stdin=True)  # the fake cannot stream stdin
+            await sb.start("cat", stdin=True)  # this backend cannot stream stdin
 
 
 class _Hostile(ProcessHandle):

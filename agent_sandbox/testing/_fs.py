@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import posixpath
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -23,41 +22,25 @@ class Node:
     children: dict[str, Node] = field(default_factory=dict)
 
 
-def _zeros() -> Iterator[bytes]:
-    zeros = bytes(CHUNK)
-    while True:
-        yield zeros
-
-
-def new_dir(mode: int = 0o755) -> Node:
-    return Node("dir", mode)
-
-
 class FS:
-    """One sandbox's filesystem. Paths are absolute and normalised by the caller."""
+    """One sandbox's filesystem (no symlinks). Paths are absolute and normalised."""
 
     def __init__(self, workdir: str) -> None:
-        self.root = new_dir()
-        for d in ("/tmp", "/dev", "/etc", "/home", workdir):
-            self.mkdir(d)
-        dev = self.root.children["dev"]
-        dev.children["null"] = Node("null", 0o666)
-        dev.children["zero"] = Node("zero", 0o666)
-
-    @staticmethod
-    def parts(path: str) -> list[str]:
-        return [p for p in path.split("/") if p]
+        self.root = Node("dir", 0o755)
+        for path in ("/tmp", "/dev", "/etc", "/home", "/root", workdir):
+            self.mkdir(path)
+        dev = self.root.children["dev"].children
+        dev["null"], dev["zero"] = Node("null", 0o666), Node("zero", 0o666)
 
     def lookup(self, path: str) -> Node:
+        """Raises ``FileNotFound``, ``InvalidPath`` (a file on the way)."""
         node = self.root
-        walked = ""
-        for part in self.parts(path):
+        for part in filter(None, path.split("/")):
             if node.kind != "dir":
-                raise InvalidPath(f"not a directory: {walked}")
-            walked += "/" + part
+                raise InvalidPath(f"{path}: Not a directory")
             child = node.children.get(part)
             if child is None:
-                raise FileNotFound(f"no such file or directory: {path}")
+                raise FileNotFound(f"{path}: No such file or directory")
             node = child
         return node
 
@@ -68,38 +51,31 @@ class FS:
             return None
 
     def mkdir(self, path: str) -> Node:
+        """The directory at ``path``, made with its missing parents."""
         node = self.root
-        for part in self.parts(path):
-            child = node.children.get(part)
-            if child is None:
-                child = node.children[part] = new_dir()
+        for part in filter(None, path.split("/")):
+            if part not in node.children:
+                node.children[part] = Node("dir", 0o755)
                 node.mtime = time.time()
-            elif child.kind != "dir":
-                raise InvalidPath(f"not a directory: {path}")
-            node = child
+            node = node.children[part]
+            if node.kind != "dir":
+                raise InvalidPath(f"{path}: Not a directory")
         return node
-
-    def parent_of(self, path: str, *, create: bool) -> tuple[Node, str]:
-        parent, name = posixpath.split(path)
-        if not name:
-            raise IsADirectory(f"is a directory: {path}")
-        if create:
-            return self.mkdir(parent), name
-        node = self.lookup(parent)
-        if node.kind != "dir":
-            raise InvalidPath(f"not a directory: {parent}")
-        return node, name
 
     def write(
         self, path: str, data: bytes, *, append: bool = False, create_parents: bool = False
     ) -> None:
-        parent, name = self.parent_of(path, create=create_parents)
+        """Create, replace or extend a file (an existing one keeps its mode)."""
+        parent_path, name = posixpath.split(path)
+        parent = self.mkdir(parent_path) if create_parents else self.lookup(parent_path)
+        if not name or parent.kind != "dir":
+            raise (IsADirectory if not name else InvalidPath)(f"{path}: cannot write here")
         node = parent.children.get(name)
         if node is None:
             node = parent.children[name] = Node("file", 0o644)
             parent.mtime = time.time()
         if node.kind == "dir":
-            raise IsADirectory(f"is a directory: {path}")
+            raise IsADirectory(f"{path}: Is a directory")
         if node.kind == "file":
             if append:
                 node.data += data
@@ -107,54 +83,34 @@ class FS:
                 node.data = bytearray(data)
             node.mtime = time.time()
 
-    def read(self, path: str) -> bytes:
+    def read(self, path: str, max_bytes: int | None = None) -> bytes:
+        """A file's content. Raises ``IsADirectory``; with ``max_bytes`` (``read_file``'s
+        rules) ``InvalidPath`` for a device and ``FileTooLarge`` past it."""
         node = self.lookup(path)
         if node.kind == "dir":
-            raise IsADirectory(f"is a directory: {path}")
-        if node.kind == "zero":
-            raise InvalidPath(f"cannot read all of an endless device: {path}")
-        return bytes(node.data)
-
-    def read_regular(self, path: str, max_bytes: int) -> bytes:
-        """A regular file's content, as ``read_file`` gives it (devices refused, bounded)."""
-        node = self.lookup(path)
-        if node.kind == "dir":
-            raise IsADirectory(f"is a directory: {path}")
-        if node.kind != "file":
+            raise IsADirectory(f"{path}: Is a directory")
+        if node.kind != "file" and (max_bytes is not None or node.kind == "zero"):
             raise InvalidPath(f"read_file {path}: not a regular file (a device)")
-        if len(node.data) > max_bytes:
+        if max_bytes is not None and len(node.data) > max_bytes:
             raise FileTooLarge(f"read_file {path}: larger than max_bytes={max_bytes}")
         return bytes(node.data)
 
-    def chunks(self, path: str) -> Iterator[bytes]:
-        """The content of a file in pieces (endless for ``/dev/zero``). Checks eagerly."""
-        node = self.lookup(path)
-        if node.kind == "dir":
-            raise IsADirectory(f"is a directory: {path}")
-        if node.kind == "zero":
-            return _zeros()
-        view = bytes(node.data)
-        return (view[start : start + CHUNK] for start in range(0, len(view), CHUNK))
-
     def remove(self, path: str, *, recursive: bool) -> None:
-        parent, name = self.parent_of(path, create=False)
-        node = parent.children.get(name)
+        parent_path, name = posixpath.split(path)
+        parent = self.lookup(parent_path)
+        node = parent.children.get(name) if parent.kind == "dir" else None
         if node is None:
-            raise FileNotFound(f"no such file or directory: {path}")
-        if node.kind == "dir" and node.children and not recursive:
-            raise IsADirectory(f"directory not empty: {path}")
+            raise FileNotFound(f"{path}: No such file or directory")
+        if node.kind == "dir" and not recursive:
+            raise IsADirectory(f"{path}: Is a directory")
         del parent.children[name]
         parent.mtime = time.time()
 
-    def info(self, path: str, node: Node) -> FileInfo:
-        kind: Literal["file", "dir", "other"] = (
-            "file" if node.kind == "file" else "dir" if node.kind == "dir" else "other"
-        )
+    def info(self, path: str) -> FileInfo:
+        node = self.lookup(path)
+        kind = node.kind if node.kind in ("file", "dir") else "other"
+        size = len(node.data) if node.kind == "file" else 0
+        name = posixpath.basename(path) or "/"
         return FileInfo(
-            path=path,
-            name=posixpath.basename(path) or "/",
-            type=kind,
-            size=len(node.data) if node.kind == "file" else 0,
-            mode=node.mode,
-            mtime=node.mtime,
+            path=path, name=name, type=kind, size=size, mode=node.mode, mtime=node.mtime
         )

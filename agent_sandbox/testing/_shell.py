@@ -1,554 +1,362 @@
-"""The parser of the small POSIX shell inside :class:`~agent_sandbox.testing.FakeBackend`.
+"""The parser of :class:`~agent_sandbox.testing.FakeBackend`'s shell: sh syntax into a small tree.
 
-It runs no host process: :mod:`agent_sandbox.testing.fake` interprets the tree built here against
-the fake's in-memory filesystem. Understood: quoting; ``$VAR``, ``${VAR:-x}`` and the other
-parameter expansions, ``$(...)`` and backquotes, ``$((...))``; ``;`` ``&&`` ``||`` ``|`` ``&``;
-redirections (``>``, ``>>``, ``<``, ``2>&1``, ``>&2``); ``( )`` and ``{ }`` groups, ``if``,
-``while``, ``until``, ``for``, ``case`` and functions. Not supported (a syntax error, exit
-status 2): here-documents, ``<<<``, arrays and other bash extensions.
+Understood: simple commands with ``NAME=value`` prefixes and redirections (``<``, ``>``, ``>>``,
+``n>&m``, here-documents ``<<WORD``); pipelines (with ``!``), ``&&``, ``||``, ``;``, ``&`` and
+newlines; ``{ }``, ``( )``, ``if``/``elif``/``else``, ``while``, ``until``, ``for``, functions,
+``#`` comments; words with ``'...'``, ``"..."``, backslashes, ``$name``, ``${name}``,
+``${name op word}`` (``:-`` ``-`` ``:=`` ``=`` ``:+`` ``+`` ``#`` ``##`` ``%`` ``%%``, and
+``${#name}``), ``$(...)``, backquotes and globs. Anything else (``case``, ``$((...))``, bash
+extensions) is a :class:`ShellSyntaxError` naming what is missing or unsupported.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = [
-    "AndOr",
-    "Compound",
-    "ListNode",
-    "Pipeline",
-    "Redir",
-    "ShellSyntaxError",
-    "Simple",
-    "Word",
-    "parse",
-]
-
-
-class ShellSyntaxError(Exception):
-    """The command line is not something the fake shell understands."""
-
-
-@dataclass
-class Word:
-    """One shell word before expansion: a list of ``(kind, text)`` segments.
-
-    Kinds: ``lit`` (single-quoted or escaped: taken as is), ``dq`` (double-quoted: expanded, not
-    split), ``bare`` (expanded, split, globbed), ``cmd``/``dqcmd`` (command substitution, bare or
-    quoted), ``arith`` (``$((...))``).
-    """
-
-    segments: list[tuple[str, str]] = field(default_factory=list)
-    quoted: bool = False
-
-    @property
-    def raw(self) -> str:
-        """The text with quotes removed and nothing expanded."""
-        return "".join(text for _, text in self.segments)
+Part = tuple[str, Any, bool]
+"""``(kind, value, quoted)``: ``s`` literal text, ``v`` a parameter ``(name, op, word)``, ``c``
+a command substitution (a :data:`Script`)."""
+Word = list[Part]
 
 
 @dataclass
 class Redir:
-    """``fd op target``: op is ``>``, ``>>``, ``<`` or ``>&`` (target then a descriptor number)."""
-
     fd: int
-    op: str
+    op: str  # "<" ">" ">>" ">&" "<&" "<<"
     target: Word
 
 
 @dataclass
 class Simple:
-    """``NAME=value ... word ... redirections``."""
-
-    assigns: list[tuple[str, Word]]
-    words: list[Word]
-    redirs: list[Redir]
+    assigns: list[tuple[str, Word]] = field(default_factory=list)
+    words: list[Word] = field(default_factory=list)
+    redirs: list[Redir] = field(default_factory=list)
 
 
 @dataclass
 class Compound:
-    """``if``/``while``/``until``/``for``/``case``/``( )``/``{ }``/function, with redirections."""
-
-    kind: str
-    parts: list[ListNode]
+    kind: str  # group, subshell, if, while, until, for, function
+    parts: list[Any]  # scripts (if: cond, body, cond, body..., [else]); function: [command]
+    name: str = ""  # the for loop's variable, the function's name
+    items: list[Word] | None = None  # for: the words after "in" (None: "$@")
     redirs: list[Redir] = field(default_factory=list)
-    name: str = ""
-    items: list[Word] | None = None
-    patterns: list[list[Word]] = field(default_factory=list)
 
 
 Command = Simple | Compound
+Pipeline = tuple[bool, list[Command]]
+AndOr = list[tuple[str, Pipeline]]  # ("", first), ("&&" or "||", next)...
+Script = list[tuple[AndOr, bool]]  # (and-or list, runs in the background)
 
 
-@dataclass
-class Pipeline:
-    """``[!] cmd | cmd | ...``."""
-
-    commands: list[Command]
-    negate: bool = False
+class ShellSyntaxError(Exception):
+    """The text is not something the fake shell understands."""
 
 
-@dataclass
-class AndOr:
-    """``pipeline (&& | ||) pipeline ...``."""
-
-    first: Pipeline
-    rest: list[tuple[str, Pipeline]]
+class Incomplete(ShellSyntaxError):
+    """The text ends inside a construct: more lines may complete it."""
 
 
-@dataclass
-class ListNode:
-    """A sequence of and-or lists, each run in the foreground or (``&``) in the background."""
-
-    items: list[tuple[AndOr, bool]]
-
-
-_OPERATORS = ("&&", "||", ">>", ">&", ";;", "<<", ";", "&", "|", "(", ")", "<", ">", "\n")
-_RESERVED = {
-    "if",
-    "then",
-    "elif",
-    "else",
-    "fi",
-    "while",
-    "until",
-    "do",
-    "done",
-    "for",
-    "in",
-    "case",
-    "esac",
-    "{",
-    "}",
-    "!",
-}
-NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-Token = tuple[str, object]  # ("op", str) | ("word", Word) | ("io", int)
+_META = " \t\n;&|()<>"
+_STOP = {"then", "elif", "else", "fi", "do", "done", "}"}
+_KEYWORD = re.compile(
+    r"(if|then|elif|else|fi|while|until|do|done|for|in|case|esac|[{}!])(?=[\s;&|()<>]|$)"
+)
+_PLAIN = re.compile(r"[^ \t\n;&|()<>'\"\\$`]+")
+_REDIR = re.compile(r"(\d?)(<<-?|>>|>&|<&|>\|?|<)")
+_PARAM = re.compile(
+    r"\$(?:([A-Za-z_]\w*|[0-9@*#?$!-])|\{(#?)([A-Za-z_]\w*|[0-9]+|[@*#?$!-])(:?[-=+?]|%%?|##?)?)"
+)
+_FUNCTION = re.compile(r"([A-Za-z_]\w*)[ \t]*\([ \t]*\)")
 
 
-def _matching(src: str, i: int, open_: str, close: str) -> int:
-    """Index just past the ``close`` matching the ``open_`` at ``src[i]`` (quotes respected)."""
-    depth = 0
-    n = len(src)
-    while i < n:
-        c = src[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "'":
-            end = src.find("'", i + 1)
-            if end < 0:
-                raise ShellSyntaxError("unterminated single quote")
-            i = end + 1
-            continue
-        if c == '"':
-            i += 1
-            while i < n and src[i] != '"':
-                i += 2 if src[i] == "\\" else 1
-            i += 1
-            continue
-        if c == open_:
-            depth += 1
-        elif c == close:
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    raise ShellSyntaxError(f"unterminated {open_!r}")
-
-
-def _substitution(src: str, i: int) -> tuple[str, str, int]:
-    """At ``$(``, ``$((`` or a backquote: (kind, inner source, index after it)."""
-    if src.startswith("$((", i):
-        end = _matching(src, i + 1, "(", ")")
-        if src[end - 2 : end] == "))":
-            return "arith", src[i + 3 : end - 2], end
-    if src.startswith("$(", i):
-        end = _matching(src, i + 1, "(", ")")
-        return "cmd", src[i + 2 : end - 1], end
-    j = i + 1
-    while j < len(src) and src[j] != "`":
-        j += 2 if src[j] == "\\" else 1
-    if j >= len(src):
-        raise ShellSyntaxError("unterminated backquote")
-    return "cmd", src[i + 1 : j].replace("\\`", "`"), j + 1
-
-
-def _tokenize(src: str) -> list[Token]:
-    tokens: list[Token] = []
-    i, n = 0, len(src)
-    word: Word | None = None
-    buf: list[str] = []
-
-    def flush() -> None:
-        nonlocal buf
-        if buf and word is not None:
-            word.segments.append(("bare", "".join(buf)))
-        buf = []
-
-    def end_word() -> None:
-        nonlocal word
-        if word is not None:
-            flush()
-            tokens.append(("word", word))
-            word = None
-
-    while i < n:
-        c = src[i]
-        if word is None and c in " \t":
-            i += 1
-            continue
-        if word is None and c == "#":
-            while i < n and src[i] != "\n":
-                i += 1
-            continue
-        if c in " \t":
-            end_word()
-            i += 1
-            continue
-        if c == "\\" and i + 1 < n and src[i + 1] == "\n":
-            i += 2
-            continue
-        op = next((o for o in _OPERATORS if src.startswith(o, i)), None)
-        if op is not None:
-            if op == "<<":
-                raise ShellSyntaxError("here-documents are not supported by the fake shell")
-            if (
-                word is not None
-                and op in ("<", ">", ">>", ">&")
-                and not word.segments
-                and "".join(buf).isdigit()
-            ):
-                fd = int("".join(buf))
-                buf = []
-                word = None
-                tokens.append(("io", fd))
-            else:
-                end_word()
-            tokens.append(("op", op))
-            i += len(op)
-            continue
-        if word is None:
-            word = Word()
-        if c == "'":
-            flush()
-            end = src.find("'", i + 1)
-            if end < 0:
-                raise ShellSyntaxError("unterminated single quote")
-            word.segments.append(("lit", src[i + 1 : end]))
-            word.quoted = True
-            i = end + 1
-            continue
-        if c == '"':
-            flush()
-            word.quoted = True
-            i += 1
-            part: list[str] = []
-            dq = word
-
-            def flush_dq(dq: Word = dq, part: list[str] = part) -> None:
-                if part:
-                    dq.segments.append(("dq", "".join(part)))
-                    part.clear()
-
-            while True:
-                if i >= n:
-                    raise ShellSyntaxError("unterminated double quote")
-                d = src[i]
-                if d == '"':
-                    i += 1
-                    break
-                if d == "\\" and i + 1 < n and src[i + 1] in '$`"\\\n':
-                    flush_dq()
-                    if src[i + 1] != "\n":
-                        word.segments.append(("lit", src[i + 1]))
-                    i += 2
-                    continue
-                if d == "`" or src.startswith("$(", i):
-                    flush_dq()
-                    kind, inner, i = _substitution(src, i)
-                    word.segments.append(("arith" if kind == "arith" else "dqcmd", inner))
-                    continue
-                if src.startswith("${", i):
-                    end = _matching(src, i + 1, "{", "}")
-                    part.append(src[i:end])
-                    i = end
-                    continue
-                part.append(d)
-                i += 1
-            flush_dq()
-            if not word.segments or word.segments[-1][0] not in ("dq", "lit"):
-                word.segments.append(("dq", ""))  # "" is an (empty) word of its own
-            continue
-        if c == "\\":
-            flush()
-            if i + 1 < n:
-                word.segments.append(("lit", src[i + 1]))
-                word.quoted = True
-            i += 2
-            continue
-        if c == "`" or src.startswith("$(", i):
-            flush()
-            kind, inner, i = _substitution(src, i)
-            word.segments.append((kind, inner))
-            continue
-        if src.startswith("${", i):
-            end = _matching(src, i + 1, "{", "}")
-            buf.append(src[i:end])
-            i = end
-            continue
-        buf.append(c)
-        i += 1
-    end_word()
-    return tokens
+def parse(src: str) -> Script:
+    """The tree of ``src``. Raises :class:`Incomplete` when it ends too early."""
+    parser = _Parser(src)
+    script = parser.script()
+    if parser.heredocs:
+        raise Incomplete("syntax error: a here-document's body expected")
+    if parser.i < len(src):
+        raise parser.error(f"unexpected {src[parser.i : parser.i + 10]!r}")
+    return script
 
 
 class _Parser:
-    def __init__(self, tokens: list[Token]) -> None:
-        self.tokens = tokens
-        self.pos = 0
+    def __init__(self, src: str) -> None:
+        self.s, self.i = src, 0
+        self.heredocs: list[tuple[Redir, str, bool]] = []
 
-    def peek(self, ahead: int = 0) -> Token | None:
-        at = self.pos + ahead
-        return self.tokens[at] if at < len(self.tokens) else None
+    def error(self, message: str) -> ShellSyntaxError:
+        kind = Incomplete if self.i >= len(self.s) else ShellSyntaxError
+        return kind(f"syntax error: {message}")
 
-    def peek_reserved(self) -> str | None:
-        tok = self.peek()
-        if tok and tok[0] == "word":
-            w = tok[1]
-            assert isinstance(w, Word)
-            if not w.quoted and w.raw in _RESERVED:
-                return w.raw
-        return None
-
-    def is_op(self, *ops: str) -> bool:
-        tok = self.peek()
-        return tok is not None and tok[0] == "op" and tok[1] in ops
-
-    def take_op(self, op: str) -> None:
-        if not self.is_op(op):
-            raise ShellSyntaxError(f"expected {op!r} near {self.where()}")
-        self.pos += 1
-
-    def take_reserved(self, name: str) -> None:
-        if self.peek_reserved() != name:
-            raise ShellSyntaxError(f"expected {name!r} near {self.where()}")
-        self.pos += 1
-
-    def where(self) -> str:
-        tok = self.peek()
-        if tok is None:
-            return "end of input"
-        return repr(tok[1].raw if isinstance(tok[1], Word) else tok[1])
-
-    def skip_newlines(self) -> None:
-        while self.is_op("\n"):
-            self.pos += 1
-
-    def parse_list(self, stop: set[str]) -> ListNode:
-        items: list[tuple[AndOr, bool]] = []
-        while True:
-            self.skip_newlines()
-            if self.peek() is None or self.is_op(")", ";;") or self.peek_reserved() in stop:
+    def blank(self, newlines: bool = False) -> None:
+        s = self.s
+        while self.i < len(s):
+            if s[self.i] in " \t" or s.startswith("\\\n", self.i):
+                self.i += 1 if s[self.i] != "\\" else 2
+            elif s[self.i] == "#":
+                end = s.find("\n", self.i)
+                self.i = len(s) if end < 0 else end
+            elif s[self.i] == "\n" and newlines:
+                self.newline()
+            else:
                 break
-            node = self.parse_and_or()
-            background = False
-            if self.is_op("&"):
-                self.pos += 1
-                background = True
-            elif self.is_op(";", "\n"):
-                self.pos += 1
-            elif (
-                self.peek() is not None
-                and not self.is_op(")", ";;")
-                and self.peek_reserved() not in stop
-            ):
-                raise ShellSyntaxError(f"syntax error near {self.where()}")
-            items.append((node, background))
-        return ListNode(items)
 
-    def parse_and_or(self) -> AndOr:
-        first = self.parse_pipeline()
-        rest: list[tuple[str, Pipeline]] = []
-        while self.is_op("&&", "||"):
-            tok = self.peek()
-            assert tok is not None
-            self.pos += 1
-            self.skip_newlines()
-            rest.append((str(tok[1]), self.parse_pipeline()))
-        return AndOr(first, rest)
-
-    def parse_pipeline(self) -> Pipeline:
-        negate = False
-        if self.peek_reserved() == "!":
-            self.pos += 1
-            negate = True
-        commands = [self.parse_command()]
-        while self.is_op("|"):
-            self.pos += 1
-            self.skip_newlines()
-            commands.append(self.parse_command())
-        return Pipeline(commands, negate)
-
-    def parse_redirs(self, redirs: list[Redir]) -> bool:
-        tok = self.peek()
-        fd: int | None = None
-        if tok is not None and tok[0] == "io":
-            assert isinstance(tok[1], int)
-            fd = tok[1]
-            self.pos += 1
-            tok = self.peek()
-        if tok is not None and tok[0] == "op" and tok[1] in ("<", ">", ">>", ">&"):
-            op = str(tok[1])
-            self.pos += 1
-            target = self.peek()
-            if target is None or target[0] != "word":
-                raise ShellSyntaxError(f"missing target after {op!r}")
-            self.pos += 1
-            assert isinstance(target[1], Word)
-            default = 0 if op == "<" else 1
-            redirs.append(Redir(default if fd is None else fd, op, target[1]))
-            return True
-        if fd is not None:
-            raise ShellSyntaxError("descriptor number without a redirection")
-        return False
-
-    def word_token(self) -> Word:
-        tok = self.peek()
-        if tok is None or tok[0] != "word":
-            raise ShellSyntaxError(f"expected a word near {self.where()}")
-        self.pos += 1
-        assert isinstance(tok[1], Word)
-        return tok[1]
-
-    def parse_command(self) -> Command:
-        reserved = self.peek_reserved()
-        if self.is_op("("):
-            self.pos += 1
-            body = self.parse_list(set())
-            self.take_op(")")
-            return self._finish(Compound("subshell", [body]))
-        if reserved == "{":
-            self.pos += 1
-            body = self.parse_list({"}"})
-            self.take_reserved("}")
-            return self._finish(Compound("group", [body]))
-        if reserved == "if":
-            self.pos += 1
-            parts = [self.parse_list({"then"})]
-            self.take_reserved("then")
-            parts.append(self.parse_list({"elif", "else", "fi"}))
-            while self.peek_reserved() == "elif":
-                self.pos += 1
-                parts.append(self.parse_list({"then"}))
-                self.take_reserved("then")
-                parts.append(self.parse_list({"elif", "else", "fi"}))
-            if self.peek_reserved() == "else":
-                self.pos += 1
-                parts.append(self.parse_list({"fi"}))
-            self.take_reserved("fi")
-            return self._finish(Compound("if", parts))
-        if reserved in ("while", "until"):
-            self.pos += 1
-            cond = self.parse_list({"do"})
-            self.take_reserved("do")
-            body = self.parse_list({"done"})
-            self.take_reserved("done")
-            return self._finish(Compound(reserved, [cond, body]))
-        if reserved == "for":
-            self.pos += 1
-            name = self.word_token().raw
-            items: list[Word] | None = None
-            self.skip_newlines()
-            if self.peek_reserved() == "in":
-                self.pos += 1
-                items = []
-                while (tok := self.peek()) is not None and tok[0] == "word":
-                    items.append(self.word_token())
-            if self.is_op(";", "\n"):
-                self.pos += 1
-            self.skip_newlines()
-            self.take_reserved("do")
-            body = self.parse_list({"done"})
-            self.take_reserved("done")
-            return self._finish(Compound("for", [body], name=name, items=items))
-        if reserved == "case":
-            self.pos += 1
-            subject = self.word_token()
-            self.skip_newlines()
-            self.take_reserved("in")
-            node = Compound("case", [], items=[subject])
+    def newline(self) -> None:
+        """Past a newline, and past the bodies of the here-documents opened on its line."""
+        self.i += 1
+        for redir, delimiter, expand in self.heredocs:
+            lines = []
             while True:
-                self.skip_newlines()
-                if self.peek_reserved() == "esac":
-                    self.pos += 1
+                if self.i >= len(self.s):
+                    raise Incomplete(f"syntax error: here-document without {delimiter!r}")
+                end = self.s.find("\n", self.i) % (len(self.s) + 1)
+                line, self.i = self.s[self.i : end], end + 1
+                if line.lstrip("\t" if redir.op == "<<-" else "") == delimiter:
                     break
-                if self.is_op("("):
-                    self.pos += 1
-                patterns = [self.word_token()]
-                while self.is_op("|"):
-                    self.pos += 1
-                    patterns.append(self.word_token())
-                self.take_op(")")
-                node.patterns.append(patterns)
-                node.parts.append(self.parse_list({"esac"}))
-                if self.is_op(";;"):
-                    self.pos += 1
-            return self._finish(node)
-        if reserved is not None and reserved not in ("{", "}", "!", "in"):
-            raise ShellSyntaxError(f"syntax error near {reserved!r}")
-        tok, after, closing = self.peek(), self.peek(1), self.peek(2)
-        if (
-            tok is not None
-            and tok[0] == "word"
-            and after == ("op", "(")
-            and closing == ("op", ")")
-            and isinstance(tok[1], Word)
-            and not tok[1].quoted
-            and NAME.fullmatch(tok[1].raw)
-        ):
-            self.pos += 3
-            self.skip_newlines()
-            function_body = self.parse_command()
-            wrapped = ListNode([(AndOr(Pipeline([function_body]), []), False)])
-            return Compound("function", [wrapped], name=tok[1].raw)
-        assigns: list[tuple[str, Word]] = []
-        words: list[Word] = []
-        redirs: list[Redir] = []
-        while True:
-            if self.parse_redirs(redirs):
-                continue
-            tok = self.peek()
-            if tok is None or tok[0] != "word":
-                break
-            w = tok[1]
-            assert isinstance(w, Word)
-            if not words and w.segments and w.segments[0][0] == "bare":
-                head = w.segments[0][1]
-                m = NAME.match(head)
-                if m and head[m.end() : m.end() + 1] == "=":
-                    rest = [("bare", head[m.end() + 1 :]), *w.segments[1:]]
-                    assigns.append((m.group(), Word(rest, w.quoted)))
-                    self.pos += 1
-                    continue
-            words.append(w)
-            self.pos += 1
-        if not words and not assigns and not redirs:
-            raise ShellSyntaxError(f"syntax error near {self.where()}")
-        return Simple(assigns, words, redirs)
+                lines.append(line.lstrip("\t") if redir.op == "<<-" else line)
+            body = "".join(line + "\n" for line in lines)
+            redir.target = _Parser(body).quoted(None) if expand else [("s", body, True)]
+        self.heredocs = []
 
-    def _finish(self, node: Compound) -> Compound:
-        while self.parse_redirs(node.redirs):
-            pass
+    def peek(self) -> str:
+        self.blank()
+        for op in ("&&", "||", ";;", ";", "&", "|", "(", ")", "\n"):
+            if self.s.startswith(op, self.i):
+                return op
+        return ""
+
+    def keyword(self) -> str:
+        self.blank()
+        m = _KEYWORD.match(self.s, self.i)
+        return m.group(1) if m else ""
+
+    def expect(self, word: str) -> None:
+        self.blank(newlines=True)
+        if self.keyword() != word and self.peek() != word:
+            raise self.error(f"{word!r} expected")
+        self.i += len(word)
+
+    def script(self) -> Script:
+        items: Script = []
+        while True:
+            self.blank(newlines=True)
+            if self.i >= len(self.s) or self.keyword() in _STOP or self.peek() == ")":
+                return items
+            and_or = self.and_or()
+            sep = self.peek()
+            items.append((and_or, sep == "&"))
+            if sep == "\n":
+                self.newline()
+            elif sep in (";", "&"):
+                self.i += 1
+            else:
+                return items
+
+    def and_or(self) -> AndOr:
+        items: AndOr = [("", self.pipeline())]
+        while (op := self.peek()) in ("&&", "||"):
+            self.i += 2
+            self.blank(newlines=True)
+            items.append((op, self.pipeline()))
+        return items
+
+    def pipeline(self) -> Pipeline:
+        negate = self.keyword() == "!"
+        self.i += negate
+        commands = [self.command()]
+        while self.peek() == "|":
+            self.i += 1
+            self.blank(newlines=True)
+            commands.append(self.command())
+        return negate, commands
+
+    def command(self) -> Command:
+        kw, start = self.keyword(), self.i
+        if kw in ("{", "if", "while", "until", "for"):
+            self.i += len(kw)
+        if kw == "{":
+            node = Compound("group", [self.script()])
+            self.expect("}")
+        elif self.peek() == "(":
+            self.i += 1
+            node = Compound("subshell", [self.script()])
+            self.expect(")")
+        elif kw == "if":
+            parts = [self.script()]
+            while True:
+                self.expect("then")
+                parts.append(self.script())
+                nxt = self.keyword()
+                self.i += len(nxt) if nxt in ("elif", "else") else 0
+                if nxt == "elif":
+                    parts.append(self.script())
+                    continue
+                if nxt == "else":
+                    parts.append(self.script())
+                self.expect("fi")
+                break
+            node = Compound("if", parts)
+        elif kw in ("while", "until"):
+            cond = self.script()
+            self.expect("do")
+            node = Compound(kw, [cond, self.script()])
+            self.expect("done")
+        elif kw == "for":
+            self.blank()
+            name = re.compile(r"[A-Za-z_]\w*").match(self.s, self.i)
+            if name is None:
+                raise self.error("a variable name after 'for' expected")
+            self.i = name.end()
+            self.blank(newlines=True)
+            items = None
+            if self.keyword() == "in":
+                self.i += 2
+                items = []
+                while self.peek() not in (";", "\n") and self.i < len(self.s):
+                    if not (item := self.word()):
+                        raise self.error("a word expected")
+                    items.append(item)
+            if self.peek() in (";", "\n"):
+                self.i += 1
+            self.expect("do")
+            node = Compound("for", [self.script()], name.group(), items)
+            self.expect("done")
+        elif kw in _STOP or kw == "case":
+            raise self.error(f"unexpected {kw!r}" if kw != "case" else "'case' is not supported")
+        elif m := _FUNCTION.match(self.s, start):
+            self.i = m.end()
+            self.blank(newlines=True)
+            return Compound("function", [self.command()], m.group(1))
+        else:
+            return self.simple()
+        while redir := self.redir():
+            node.redirs.append(redir)
         return node
 
+    def simple(self) -> Simple:
+        cmd = Simple()
+        while True:
+            self.blank()
+            if redir := self.redir():
+                cmd.redirs.append(redir)
+                continue
+            if self.i >= len(self.s) or self.s[self.i] in _META:
+                break
+            m = re.compile(r"([A-Za-z_]\w*)=").match(self.s, self.i)
+            if m and not cmd.words:
+                self.i = m.end()
+                cmd.assigns.append((m.group(1), self.word()))
+            else:
+                cmd.words.append(self.word())
+        if not (cmd.words or cmd.assigns or cmd.redirs):
+            raise self.error("a command expected")
+        return cmd
 
-def parse(src: str) -> ListNode:
-    """Parse a command line. Raises :class:`ShellSyntaxError`."""
-    parser = _Parser(_tokenize(src))
-    node = parser.parse_list(set())
-    if parser.peek() is not None:
-        raise ShellSyntaxError(f"syntax error near {parser.where()}")
-    return node
+    def redir(self) -> Redir | None:
+        self.blank()
+        m = _REDIR.match(self.s, self.i)
+        if m is None:
+            return None
+        self.i = m.end()
+        op = m.group(2).rstrip("|")
+        fd = int(m.group(1) or (0 if op[0] == "<" else 1))
+        self.blank()
+        start = self.i
+        target = self.word()
+        if not target:
+            raise self.error(f"a target for {op!r} expected")
+        redir = Redir(fd, op, target)
+        if op.startswith("<<"):
+            text = "".join(str(v) for _, v, _ in target)
+            self.heredocs.append((redir, text, not re.search("['\"\\\\]", self.s[start : self.i])))
+        return redir
+
+    def word(self) -> Word:
+        parts: Word = []
+        s = self.s
+        while self.i < len(s) and s[self.i] not in _META:
+            c = s[self.i]
+            if c == "'":
+                end = s.find("'", self.i + 1)
+                if end < 0:
+                    raise Incomplete("syntax error: unterminated quote")
+                parts.append(("s", s[self.i + 1 : end], True))
+                self.i = end + 1
+            elif c == '"':
+                self.i += 1
+                parts += self.quoted('"')
+            elif c == "\\":
+                if s.startswith("\\\n", self.i) or self.i + 1 == len(s):
+                    self.i += 2
+                    continue
+                parts.append(("s", s[self.i + 1], True))
+                self.i += 2
+            elif c in "$`":
+                parts.append(self.dollar(False))
+            else:
+                m = _PLAIN.match(s, self.i)
+                assert m is not None
+                parts.append(("s", m.group(), False))
+                self.i = m.end()
+        return parts
+
+    def quoted(self, close: str | None) -> Word:
+        """Double-quoted text up to ``close`` (``None``: the end, for a here-document)."""
+        parts: Word = []
+        text, s = "", self.s
+        while True:
+            if self.i >= len(s):
+                if close is None:
+                    break
+                raise Incomplete(f"syntax error: unterminated {close!r}")
+            c = s[self.i]
+            if c == close:
+                self.i += 1
+                break
+            if c == "\\" and s[self.i + 1 : self.i + 2] in ("$", "`", "\\", "\n", close or "$"):
+                text += s[self.i + 1].strip("\n")
+                self.i += 2
+            elif c in "$`" and (
+                c == "`" or _PARAM.match(s, self.i) or s[self.i + 1 : self.i + 2] == "("
+            ):
+                parts += [("s", text, True)] if text else []
+                parts.append(self.dollar(True))
+                text = ""
+            else:
+                text += c
+                self.i += 1
+        return [*parts, ("s", text, True)] if text or not parts else parts
+
+    def dollar(self, quoted: bool) -> Part:
+        s = self.s
+        if s[self.i] == "`":
+            end = s.find("`", self.i + 1)
+            if end < 0:
+                raise Incomplete("syntax error: unterminated '`'")
+            inner, self.i = s[self.i + 1 : end], end + 1
+            return ("c", parse(inner), quoted)
+        if s.startswith("$((", self.i):
+            raise self.error("arithmetic expansion $((...)) is not supported")
+        if s.startswith("$(", self.i):
+            self.i += 2
+            body = self.script()
+            self.expect(")")
+            return ("c", body, quoted)
+        m = _PARAM.match(s, self.i)
+        if m is None:
+            self.i += 1
+            return ("s", "$", quoted)
+        self.i = m.end()
+        if m.group(1):
+            return ("v", (m.group(1), "", None), quoted)
+        op, arg = m.group(4) or ("len" if m.group(2) else ""), None
+        if m.group(4):
+            arg = self.quoted("}")
+        elif s.startswith("}", self.i):
+            self.i += 1
+        else:
+            raise self.error("bad substitution")
+        return ("v", (m.group(3), op, arg), quoted)

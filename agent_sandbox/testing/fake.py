@@ -1,9 +1,9 @@
 """``FakeBackend``: a real, in-memory implementation of the provider contract.
 
-Use it to test agent code without any sandbox provider: files live in memory, commands are
-interpreted by a small POSIX shell with the usual utilities built in, and
-:meth:`FakeBackend.register_command` lets a test script any other command. No host process is ever
-started and no network is reachable. It passes the conformance suite::
+Use it to test agent code without any sandbox provider: files live in memory, commands run in a
+small built-in shell, and :meth:`FakeBackend.register_command` scripts any other command (as
+httpx's ``MockTransport`` scripts responses). No host process is ever started and no network is
+reachable. It passes the conformance suite::
 
     backend = FakeBackend()
 
@@ -19,20 +19,24 @@ started and no network is reachable. It passes the conformance suite::
 from __future__ import annotations
 
 import builtins
+import contextlib
 import copy
 import io
 import posixpath
 import re
 import tarfile
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 
 from .._tasks import spawn
 from ..archive import extract_tar
@@ -41,11 +45,11 @@ from ..derived import DOWNLOAD_LIMIT, LISTING_LIMIT
 from ..errors import (
     ConfigError,
     FileNotFound,
-    FileTooLarge,
     InvalidPath,
-    IsADirectory,
     ProcessNotFound,
     SandboxNotFound,
+    StdinClosed,
+    translating,
 )
 from ..models import (
     DEFAULT_READ_LIMIT,
@@ -61,24 +65,14 @@ from ..models import (
 )
 from ..process import ExitStatus, ProcessHandle, Stream
 from ._fs import CHUNK, FS, Node
-from ._interp import (
-    IO,
-    Box,
-    CommandContext,
-    Handler,
-    Input,
-    Proc,
-    Shell,
-    Writer,
-    command_name,
-    kill_all,
-    run_as_proc,
-    sh_main,
-)
+from ._interp import Box, BrokenPipe, CommandContext, Handler, Pipe, Proc, Shell, run_proc
+from ._utils import UTILITIES, run_sh
 
 __all__ = ["CommandContext", "FakeBackend", "FakeOptions", "Handler"]
 
 DEFAULT_WORKDIR = "/workspace"
+_PIPE_CHUNKS = 16  # output of a command nobody reads yet: then it waits, as on a full pipe
+_KEEP = 8 * 1024 * 1024  # output a started process keeps for readers to come (oldest dropped)
 
 
 class FakeOptions(ProviderOptions):
@@ -110,18 +104,29 @@ _WORLDS: dict[str, _World] = {}
 class FakeBackend(BaseBackend):
     """An in-memory provider for tests: real behaviour, no processes, no network.
 
-    Sandboxes hold an in-memory filesystem (``/workspace``, ``/tmp``, ``/dev/null``,
-    ``/dev/zero``) and run commands through a small built-in shell. Built in: ``sh``, ``true``,
-    ``false``, ``:``, ``echo``, ``printf``, ``cat``, ``head``, ``tail``, ``wc``, ``ls``, ``pwd``,
-    ``cd``, ``exit``, ``export``, ``unset``, ``env``, ``printenv``, ``test``/``[``, ``command``,
-    ``sleep``, ``kill``, ``wait``, ``mkdir``, ``rm``, ``touch``, ``chmod``, ``cp``, ``mv``,
-    ``basename``, ``dirname``, ``seq``, ``sha256sum``, ``md5sum``. Anything else exits 127 with
-    ``command not found`` unless scripted with :meth:`register_command`. ``nc``, ``wget`` and
-    ``curl`` are present and always fail: the fake has no network. Commands and file
-    operations run as root (``id -u`` is 0), so permission bits bind no one, as for root.
+    Sandboxes hold an in-memory filesystem (the workdir, ``/tmp``, ``/root``, ``/dev/null``,
+    ``/dev/zero``; no symlinks) and run commands as root (``id -u`` is 0, so permission bits
+    bind no one) in a small shell:
 
-    Sandboxes live as long as the Python process (or until destroyed or expired); backends
-    built from the same options share them (see :class:`FakeOptions`).
+    - syntax: ``;`` ``&`` newlines ``&&`` ``||`` ``|`` ``!``, ``{ }``, ``( )``,
+      ``if``/``elif``/``else``, ``while``, ``until``, ``for``, functions; quoting, ``$name``,
+      ``${name}``, ``${name:-word}`` and the other ``${...}`` forms of POSIX sh, ``$(...)``,
+      backquotes, globs; redirections ``<`` ``>`` ``>>`` ``n>&m`` and here-documents. Not
+      supported (a syntax error, exit status 2): ``case``, ``$((...))``, bash extensions.
+    - shell builtins: ``cd``, ``exit``, ``export``, ``unset``, ``set --``, ``shift``, ``eval``,
+      ``.``/``source``, ``exec``, ``command [-v]``, ``read``, ``wait``, ``kill`` (``$$``,
+      ``$!``; signals end a process with 128+N), ``return``, ``break``, ``continue``, ``:``.
+    - utilities: ``sh``, ``true``, ``false``, ``echo``, ``printf``, ``cat``, ``head``, ``tail``,
+      ``wc``, ``ls``, ``pwd``, ``mkdir``, ``rm``, ``touch``, ``chmod``, ``env``, ``test``/``[``,
+      ``sleep``, ``id``, ``sha256sum``, ``md5sum``; ``nc``, ``wget`` and ``curl`` always fail
+      (no network). A file with a path (``./run.sh``) runs as an ``sh`` script.
+
+    Anything else exits 127 with ``command not found`` unless scripted with
+    :meth:`register_command`. Background jobs (``&``) end with the shell that started them.
+    Processes started with ``Sandbox.start`` stream stdin and keep their last 8 MiB of output
+    for ``attach`` (replayed from the oldest byte kept). Sandboxes live as long as the Python
+    process (or until destroyed or expired); backends built from the same options share them
+    (see :class:`FakeOptions`).
     """
 
     name: ClassVar[str] = "fake"
@@ -130,6 +135,7 @@ class FakeBackend(BaseBackend):
         network_none=True,  # there is no network at all, so "none" always holds
         snapshot=True,
         stdin=True,
+        stdin_streaming=True,
         reattach=True,
         persistent=True,
         isolated=True,
@@ -144,19 +150,17 @@ class FakeBackend(BaseBackend):
             opts = opts.model_copy(update={"world": f"private-{uuid.uuid4().hex}"})
         super().__init__(opts)
         self.fake_options: FakeOptions = opts
-        assert opts.world is not None
-        self._world = _WORLDS.setdefault(opts.world, _World())
+        self._world = _WORLDS.setdefault(str(opts.world), _World())
         self._commands: dict[str, Handler] = {}
-
-    # -- scripting ---------------------------------------------------------------------------
 
     def register_command(self, name: str, handler: Handler) -> None:
         """Make ``name`` a command of this backend's sandboxes.
 
-        ``handler(ctx: CommandContext)`` may be sync or async; it writes output through
-        ``await ctx.write_stdout(...)``/``ctx.write_stderr`` and returns the exit status
-        (``None`` means 0). Registered commands take precedence over built-in utilities
-        (shell builtins such as ``cd`` and ``exit`` excepted).
+        ``handler(ctx: CommandContext)`` may be sync or async; it reads stdin with ``await
+        ctx.read_stdin()``, writes output with ``await ctx.write_stdout(...)``/``write_stderr``
+        and returns the exit status (``None`` means 0). An exception it raises reaches the
+        caller of ``exec``/``wait``. Registered commands take precedence over the utilities
+        (not over shell builtins such as ``cd`` and ``exit``).
         """
         self._commands[name] = handler
 
@@ -165,15 +169,20 @@ class FakeBackend(BaseBackend):
     def _box(self, sandbox_id: str, op: str) -> Box:
         box = self._world.boxes.get(sandbox_id)
         expires = box.info.expires_at if box is not None else None
-        if expires is not None and expires <= datetime.now(timezone.utc):
-            # the TTL ran out: the sandbox ends itself
-            self._world.boxes.pop(sandbox_id, None)
+        if box is not None and expires is not None and expires <= datetime.now(timezone.utc):
+            self._end(box)  # the TTL ran out
             box = None
         if box is None:
             raise SandboxNotFound(
                 f"no sandbox {sandbox_id!r}", provider=self.name, op=op, sandbox_id=sandbox_id
             )
         return box
+
+    def _end(self, box: Box) -> None:
+        self._world.boxes.pop(box.info.id, None)
+        box.kill_all()
+        for key in [k for k in self._world.jobs if k[0] == box.info.id]:
+            del self._world.jobs[key]
 
     async def create(self, spec: SandboxSpec) -> SandboxInfo:
         """Create a sandbox with an empty filesystem (or a snapshot's)."""
@@ -184,20 +193,17 @@ class FakeBackend(BaseBackend):
             raise InvalidPath(
                 f"workdir must be absolute: {workdir}", provider=self.name, op="create"
             )
-        sandbox_id = "fake-" + uuid.uuid4().hex[:12]
-        now = datetime.now(timezone.utc)
+        fs = FS(workdir)
         if spec.snapshot is not None:
-            saved = self._world.snapshots.get(spec.snapshot)
-            if saved is None:
+            if spec.snapshot not in self._world.snapshots:
                 raise SandboxNotFound(
                     f"no snapshot {spec.snapshot!r}", provider=self.name, op="create"
                 )
-            fs = copy.deepcopy(saved)
+            fs = copy.deepcopy(self._world.snapshots[spec.snapshot])
             fs.mkdir(workdir)
-        else:
-            fs = FS(workdir)
+        now = datetime.now(timezone.utc)
         info = SandboxInfo(
-            id=sandbox_id,
+            id="fake-" + uuid.uuid4().hex[:12],
             provider=self.name,
             labels=dict(spec.labels),
             created_at=now,
@@ -206,7 +212,7 @@ class FakeBackend(BaseBackend):
             workdir=workdir,
             metadata={"world": str(self.fake_options.world)},
         )
-        self._world.boxes[sandbox_id] = Box(info=info, env=dict(spec.env), fs=fs)
+        self._world.boxes[info.id] = Box(info=info, env=dict(spec.env), fs=fs)
         return info
 
     async def connect(self, sandbox_id: str) -> SandboxInfo:
@@ -217,25 +223,19 @@ class FakeBackend(BaseBackend):
     async def list(self, labels: Mapping[str, str] | None = None) -> builtins.list[SandboxInfo]:
         """Sandboxes of this world carrying all of ``labels`` (expired ones excluded)."""
         await anyio.lowlevel.checkpoint()
-        wanted = dict(labels or {})
         found = []
         for sandbox_id in builtins.list(self._world.boxes):
-            try:
+            with contextlib.suppress(SandboxNotFound):
                 info = self._box(sandbox_id, "list").info
-            except SandboxNotFound:
-                continue
-            if all(info.labels.get(k) == v for k, v in wanted.items()):
-                found.append(info)
+                if all(info.labels.get(k) == v for k, v in (labels or {}).items()):
+                    found.append(info)
         return found
 
     async def destroy(self, sandbox_id: str) -> None:
-        """Remove a sandbox and kill its commands; a missing one is fine."""
+        """Remove a sandbox and kill its processes; a missing one is fine."""
         await anyio.lowlevel.checkpoint()
-        box = self._world.boxes.pop(sandbox_id, None)
-        if box is not None:
-            kill_all(box)
-        for key in [k for k in self._world.jobs if k[0] == sandbox_id]:
-            del self._world.jobs[key]
+        if (box := self._world.boxes.get(sandbox_id)) is not None:
+            self._end(box)
 
     async def snapshot(self, sandbox_id: str) -> str:
         """Copy the filesystem; create from it with ``SandboxSpec(snapshot=id)``."""
@@ -246,77 +246,46 @@ class FakeBackend(BaseBackend):
 
     # -- files -------------------------------------------------------------------------------
 
-    def _fs_call(self, sandbox_id: str, op: str, func: Callable[[FS], Any]) -> Any:
-        box = self._box(sandbox_id, op)
-        try:
-            return func(box.fs)
-        except (FileNotFound, IsADirectory, InvalidPath, FileTooLarge) as exc:
-            exc.provider, exc.op, exc.sandbox_id = self.name, op, sandbox_id
-            raise
-
-    @staticmethod
-    def _check(path: str) -> str:
-        if not path.startswith("/") or "\x00" in path:
-            raise InvalidPath(f"backend paths must be absolute: {path!r}")
-        return posixpath.normpath(path)
+    @contextlib.asynccontextmanager
+    async def _files(self, sandbox_id: str, op: str) -> AsyncIterator[FS]:
+        await anyio.lowlevel.checkpoint()
+        with translating(self.name, op, sandbox_id):
+            yield self._box(sandbox_id, op).fs
 
     async def read_file(
         self, sandbox_id: str, path: str, *, max_bytes: int = DEFAULT_READ_LIMIT
     ) -> bytes:
         """Bytes of a regular file. Raises ``FileNotFound``, ``IsADirectory``, ``InvalidPath``
         (a device), ``FileTooLarge``. The fake's user is root: permission bits bind no one."""
-        await anyio.lowlevel.checkpoint()
-        p = self._check(path)
-        data: bytes = self._fs_call(
-            sandbox_id, "read_file", lambda fs: fs.read_regular(p, max_bytes)
-        )
-        return data
+        async with self._files(sandbox_id, "read_file") as fs:
+            return fs.read(_absolute(path), max_bytes)
 
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
-        """Create or replace a file, creating parent directories."""
-        await anyio.lowlevel.checkpoint()
-        p = self._check(path)
-        self._fs_call(sandbox_id, "write_file", lambda fs: fs.write(p, data, create_parents=True))
+        """Create or replace a file, creating parent directories. Raises ``IsADirectory``."""
+        async with self._files(sandbox_id, "write_file") as fs:
+            fs.write(_absolute(path), data, create_parents=True)
 
     async def stat(self, sandbox_id: str, path: str) -> FileInfo:
         """Describe one path. Raises ``FileNotFound``."""
-        await anyio.lowlevel.checkpoint()
-        p = self._check(path)
-        info: FileInfo = self._fs_call(sandbox_id, "stat", lambda fs: fs.info(p, fs.lookup(p)))
-        return info
+        async with self._files(sandbox_id, "stat") as fs:
+            return fs.info(_absolute(path))
 
     async def list_dir(self, sandbox_id: str, path: str) -> builtins.list[FileInfo]:
         """Entries of a directory, sorted by name. Raises ``FileNotFound``, ``InvalidPath``."""
-        await anyio.lowlevel.checkpoint()
-        p = self._check(path)
-
-        def entries(fs: FS) -> builtins.list[FileInfo]:
-            node = fs.lookup(p)
-            if node.kind != "dir":
-                raise InvalidPath(f"not a directory: {p}")
-            return [fs.info(posixpath.join(p, n), c) for n, c in sorted(node.children.items())]
-
-        result: builtins.list[FileInfo] = self._fs_call(sandbox_id, "list_dir", entries)
-        return result
+        async with self._files(sandbox_id, "list_dir") as fs:
+            node = _directory(fs, path := _absolute(path))
+            return [fs.info(posixpath.join(path, name)) for name in sorted(node.children)]
 
     async def remove(self, sandbox_id: str, path: str, *, recursive: bool = False) -> None:
         """Delete a file, or a tree with ``recursive``. Raises ``FileNotFound``;
         ``IsADirectory`` for a directory without ``recursive``."""
-        await anyio.lowlevel.checkpoint()
-        p = self._check(path)
-
-        def remove(fs: FS) -> None:
-            if not recursive and fs.lookup(p).kind == "dir":
-                raise IsADirectory(f"is a directory: {p}")
-            fs.remove(p, recursive=recursive)
-
-        self._fs_call(sandbox_id, "remove", remove)
+        async with self._files(sandbox_id, "remove") as fs:
+            fs.remove(_absolute(path), recursive=recursive)
 
     async def mkdir(self, sandbox_id: str, path: str) -> None:
-        """Create a directory and its parents."""
-        await anyio.lowlevel.checkpoint()
-        p = self._check(path)
-        self._fs_call(sandbox_id, "mkdir", lambda fs: fs.mkdir(p))
+        """Create a directory and its parents. Raises ``InvalidPath`` (a file on the way)."""
+        async with self._files(sandbox_id, "mkdir") as fs:
+            fs.mkdir(_absolute(path))
 
     async def download_file(
         self,
@@ -335,114 +304,120 @@ class FakeBackend(BaseBackend):
 
     async def realpath(self, sandbox_id: str, paths: Sequence[str]) -> builtins.list[str]:
         """The paths, normalised (the fake's filesystem has no symlinks)."""
-        await anyio.lowlevel.checkpoint()
-        self._box(sandbox_id, "realpath")
-        return [self._check(p) for p in paths]
+        async with self._files(sandbox_id, "realpath"):
+            return [_absolute(p) for p in paths]
 
     async def find(self, sandbox_id: str, root: str, *, limit: int = LISTING_LIMIT) -> FoundFiles:
-        """Every file below ``root`` (``.git`` skipped). Raises ``FileNotFound``, ``InvalidPath``."""
-        await anyio.lowlevel.checkpoint()
-        p = self._check(root)
-
-        def walk(fs: FS) -> FoundFiles:
-            node = fs.lookup(p)
-            if node.kind != "dir":
-                raise InvalidPath(f"not a directory: {p}")
-            found = [path for path, child in _files_below(node, p) if child.kind != "dir"]
+        """Every file below ``root`` (``.git`` skipped), cut past ``limit`` bytes of paths.
+        Raises ``FileNotFound``, ``InvalidPath``."""
+        async with self._files(sandbox_id, "find") as fs:
+            found: builtins.list[str] = []
+            size = 0
+            for path, node in _walk(_directory(fs, root := _absolute(root)), root):
+                if node.kind != "dir":
+                    size += len(path.encode()) + 1
+                    if size > limit:
+                        return FoundFiles(paths=sorted(found), truncated=True)
+                    found.append(path)
             return FoundFiles(paths=sorted(found))
-
-        result: FoundFiles = self._fs_call(sandbox_id, "find", walk)
-        return result
 
     async def grep(
         self, sandbox_id: str, pattern: str, path: str, *, limit: int = LISTING_LIMIT
     ) -> GrepResult:
         """Lines matching ``pattern`` (Python's syntax, close to grep -E), binary files and
-        ``.git`` skipped. Raises ``FileNotFound``, ``ConfigError`` for a bad pattern."""
-        await anyio.lowlevel.checkpoint()
-        p = self._check(path)
+        ``.git`` skipped, cut past ``limit`` bytes of lines. Raises ``FileNotFound``,
+        ``ConfigError`` for a bad pattern."""
         try:
             regex = re.compile(pattern)
         except re.error as exc:
             raise ConfigError(f"grep {pattern!r}: {exc}", provider=self.name, op="grep") from exc
-
-        def search(fs: FS) -> GrepResult:
-            node = fs.lookup(p)
-            files = _files_below(node, p) if node.kind == "dir" else [(p, node)]
-            matches = []
-            for name, child in files:
-                data = bytes(child.data)
-                if child.kind != "file" or b"\x00" in data[:8192]:
+        async with self._files(sandbox_id, "grep") as fs:
+            top = fs.lookup(path := _absolute(path))
+            matches: builtins.list[GrepMatch] = []
+            size = 0
+            for name, node in _walk(top, path) if top.kind == "dir" else [(path, top)]:
+                if node.kind != "file" or b"\x00" in node.data[:8192]:
                     continue
-                for number, line in enumerate(data.decode(errors="replace").splitlines(), 1):
+                for number, line in enumerate(node.data.decode(errors="replace").splitlines(), 1):
                     if regex.search(line):
+                        size += len(name) + len(line) + 8
+                        if size > limit:
+                            return GrepResult(matches=_by_place(matches), truncated=True)
                         matches.append(GrepMatch(path=name, line=number, text=line))
-            return GrepResult(matches=sorted(matches, key=lambda m: (m.path, m.line)))
-
-        result: GrepResult = self._fs_call(sandbox_id, "grep", search)
-        return result
+            return GrepResult(matches=_by_place(matches))
 
     async def read_lines(
         self, sandbox_id: str, path: str, start: int, end: int | None, *, max_bytes: int
     ) -> bytes:
         """Lines ``start`` to ``end`` of a file, at most ``max_bytes`` of them."""
-        await anyio.lowlevel.checkpoint()
-        p = self._check(path)
-        data: bytes = self._fs_call(sandbox_id, "read_lines", lambda fs: fs.read(p))
-        lines = data.splitlines(keepends=True)[start - 1 : end]
-        return b"".join(lines)[:max_bytes]
+        async with self._files(sandbox_id, "read_lines") as fs:
+            lines = fs.read(_absolute(path)).splitlines(keepends=True)[start - 1 : end]
+            return b"".join(lines)[:max_bytes]
 
     async def upload(self, sandbox_id: str, local_dir: str | Path, remote_dir: str) -> None:
-        """Copy a local tree into ``remote_dir``."""
-        p = self._check(remote_dir)
-        box = self._box(sandbox_id, "upload")
+        """Copy a local tree into ``remote_dir`` (created). Raises ``FileNotFound``."""
         entries = await anyio.to_thread.run_sync(_read_tree, Path(local_dir))
-        box.fs.mkdir(p)
-        for rel, data, mode in entries:
-            dest = posixpath.join(p, rel)
-            if data is None:
-                box.fs.mkdir(dest)
-            else:
-                box.fs.write(dest, data, create_parents=True)
-                box.fs.lookup(dest).mode = mode
+        async with self._files(sandbox_id, "upload") as fs:
+            fs.mkdir(root := _absolute(remote_dir))
+            for rel, data, mode in entries:
+                if data is None:
+                    fs.mkdir(posixpath.join(root, rel))
+                else:
+                    fs.write(posixpath.join(root, rel), data, create_parents=True)
+                    fs.lookup(posixpath.join(root, rel)).mode = mode
 
     async def download(self, sandbox_id: str, remote_dir: str, local_dir: str | Path) -> None:
         """Copy the tree at ``remote_dir`` into ``local_dir``. Raises ``FileNotFound``."""
-        p = self._check(remote_dir)
-        node = self._fs_call(sandbox_id, "download", lambda fs: fs.lookup(p))
-        if node.kind != "dir":
-            raise FileNotFound(f"not a directory: {p}", provider=self.name, op="download")
-        # Through tar, as a provider would: the same safe extraction applies.
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w") as tar:
-            _add_tree(tar, node, ".")
+        buffer = io.BytesIO()  # through tar, as a provider would: the same safe extraction
+        async with self._files(sandbox_id, "download") as fs:
+            node = fs.lookup(_absolute(remote_dir))
+            if node.kind != "dir":
+                raise FileNotFound(f"{remote_dir}: not a directory")
+            with tarfile.open(fileobj=buffer, mode="w") as tar:
+                for path, child in [(".", node), *_walk(node, ".", skip=())]:
+                    info = tarfile.TarInfo(path)
+                    info.mtime, info.mode = int(child.mtime), child.mode
+                    info.type = tarfile.DIRTYPE if child.kind == "dir" else tarfile.REGTYPE
+                    info.size = len(child.data) if child.kind == "file" else 0
+                    if child.kind in ("dir", "file"):
+                        tar.addfile(info, io.BytesIO(bytes(child.data)))
         buffer.seek(0)
         await anyio.to_thread.run_sync(extract_tar, buffer, Path(local_dir))
 
-    # -- commands ----------------------------------------------------------------------------
+    # -- processes ---------------------------------------------------------------------------
 
     async def start(
         self, sandbox_id: str, argv: builtins.list[str], options: StartOptions
     ) -> ProcessHandle:
-        """Run a command of the fake shell in a task of its own (see :meth:`BaseBackend.start`).
+        """Run a command in the fake shell, in a task of its own (see :meth:`BaseBackend.start`).
 
-        Its output is kept in memory, so any backend of the same world can attach to a
-        ``detached`` one by ref and read it from the start. Raises ``SandboxNotFound``.
+        A ``detached`` process (``Sandbox.start``) is reachable by ref from any backend of this
+        world, its output replayed from the oldest byte kept. Raises ``SandboxNotFound``,
+        ``FileNotFound`` for a missing ``cwd``.
         """
         box = self._box(sandbox_id, "exec")
-        job = _Job(argv, keep=options.detached)
+        cwd = posixpath.normpath(options.cwd or box.info.workdir)
+        node = box.fs.get(cwd)
+        if node is None or node.kind != "dir":
+            raise FileNotFound(
+                f"working directory not found: {cwd}",
+                provider=self.name,
+                op="exec",
+                sandbox_id=sandbox_id,
+            )
         ref = "fakeproc-" + uuid.uuid4().hex[:12]
+        job = _Job(argv, options, box.new_proc())
         if options.detached:
             self._world.jobs[(sandbox_id, ref)] = job
-        spawn(lambda: self._run(box, job, argv, options))
+        spawn(lambda: self._run(box, job, cwd))
         await anyio.lowlevel.checkpoint()
         return _Handle(job, ref)
 
     async def attach(self, sandbox_id: str, ref: str) -> ProcessHandle:
         """A process started by any backend of this world. Raises ``ProcessNotFound``."""
         self._box(sandbox_id, "attach")
-        job = self._world.jobs.get((sandbox_id, ref))
-        if job is None:
+        await anyio.lowlevel.checkpoint()
+        if (job := self._world.jobs.get((sandbox_id, ref))) is None:
             raise ProcessNotFound(
                 f"no process {ref!r} in sandbox {sandbox_id}",
                 provider=self.name,
@@ -454,6 +429,7 @@ class FakeBackend(BaseBackend):
     async def processes(self, sandbox_id: str) -> builtins.list[ProcessInfo]:
         """The processes started with ``Sandbox.start`` in the sandbox."""
         self._box(sandbox_id, "processes")
+        await anyio.lowlevel.checkpoint()
         return [
             ProcessInfo(
                 ref=ref,
@@ -466,138 +442,121 @@ class FakeBackend(BaseBackend):
             if sid == sandbox_id
         ]
 
-    async def _run(
-        self, box: Box, job: _Job, argv: builtins.list[str], options: StartOptions
-    ) -> None:
-        def writer(kind: Literal["stdout", "stderr"]) -> Writer:
-            async def write(data: bytes) -> None:
-                for start in range(0, len(data), CHUNK):
-                    await job.append(kind, bytes(data[start : start + CHUNK]))
-                await anyio.lowlevel.checkpoint()
-
-            return write
-
-        env = {**box.env, **options.env}
-        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-        env.setdefault("HOME", "/root")
-        cwd = posixpath.normpath(options.cwd or box.info.workdir)
-        node = box.fs.get(cwd)
-        io_ = IO(Input(options.stdin or b""), writer("stdout"), writer("stderr"))
-        proc = box.new_proc()
-        job.proc, job.box = proc, box
+    async def _run(self, box: Box, job: _Job, cwd: str) -> None:
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root", **box.env, **job.env}
+        shell = Shell(box, {**UTILITIES, **self._commands}, env, cwd)
+        shell.pid = job.proc.pid
+        fds = {0: job.stdin, 1: partial(job.write, "stdout"), 2: partial(job.write, "stderr")}
+        ctx = CommandContext(job.argv, env, cwd, box.info.id, fds, shell)
+        sh = posixpath.basename(job.argv[0]) == "sh" and "sh" not in self._commands
+        expires = box.info.expires_at
+        left = None if expires is None else (expires - datetime.now(timezone.utc)).total_seconds()
         try:
-            if node is None or node.kind != "dir":
-                await io_.stderr(f"sh: cd: can't cd to {cwd}: No such file or directory\n".encode())
-                job.finish(ExitStatus(2))
-                return
-            shell = Shell(box, proc, self._commands, env, cwd, [])
-            work: Awaitable[int]
-            if command_name(argv[0]) == "sh":
-                work = sh_main(shell, argv, io_)
-            else:
-                work = shell.run_utility(argv, env, io_)
-            expires = box.info.expires_at
-            left = (
-                None if expires is None else (expires - datetime.now(timezone.utc)).total_seconds()
-            )
             with anyio.move_on_after(left):
-                code, signal = await run_as_proc(box, proc, work)
-                job.finish(ExitStatus(code, signal))
+                body = run_sh(ctx, job.proc) if sh else shell.call(job.argv, fds, env)
+                job.finish(ExitStatus(*await run_proc(box, job.proc, body)))
                 return
-            # The sandbox's TTL ran out while the command ran: the sandbox ends, and it with it.
-            self._world.boxes.pop(box.info.id, None)
-            kill_all(box)
-            job.finish(ExitStatus(137, 9))
-        except Exception as exc:  # a bug in a scripted command: the caller sees it
+            self._end(box)  # the TTL ran out: the sandbox ends, and its processes with it
+        except Exception as exc:  # a bug in a scripted command: its caller sees it
             job.error = exc
         finally:
             job.finish(ExitStatus(137, 9))
+
+
+def _absolute(path: str) -> str:
+    if not path.startswith("/") or "\x00" in path:
+        raise InvalidPath(f"backend paths must be absolute: {path!r}")
+    return posixpath.normpath(path)
+
+
+def _directory(fs: FS, path: str) -> Node:
+    node = fs.lookup(path)
+    if node.kind != "dir":
+        raise InvalidPath(f"{path}: Not a directory")
+    return node
+
+
+def _walk(node: Node, path: str, skip: tuple[str, ...] = (".git",)) -> Iterator[tuple[str, Node]]:
+    """``(path, node)`` of everything below the directory ``node``, but ``skip``'s names."""
+    for name, child in sorted(node.children.items()):
+        if name not in skip:
+            yield posixpath.join(path, name), child
+            if child.kind == "dir":
+                yield from _walk(child, posixpath.join(path, name), skip)
+
+
+def _by_place(matches: builtins.list[GrepMatch]) -> builtins.list[GrepMatch]:
+    return sorted(matches, key=lambda m: (m.path, m.line))
 
 
 def _read_tree(source: Path) -> builtins.list[tuple[str, bytes | None, int]]:
     """(relative path, content or ``None`` for a directory, mode) of every entry under ``source``."""
     if not source.is_dir():
         raise FileNotFound(f"local directory not found: {source}", op="upload")
-    entries: builtins.list[tuple[str, bytes | None, int]] = []
-    for item in sorted(source.rglob("*")):
-        rel = item.relative_to(source).as_posix()
-        if item.is_dir():
-            entries.append((rel, None, 0o755))
-        elif item.is_file():
-            entries.append((rel, item.read_bytes(), item.stat().st_mode & 0o777))
-    return entries
-
-
-def _add_tree(tar: tarfile.TarFile, node: Node, name: str) -> None:
-    info = tarfile.TarInfo(name)
-    info.mtime = int(node.mtime)
-    info.mode = node.mode
-    if node.kind == "dir":
-        info.type = tarfile.DIRTYPE
-        tar.addfile(info)
-        for child_name, child in sorted(node.children.items()):
-            _add_tree(tar, child, f"{name}/{child_name}")
-    elif node.kind == "file":
-        info.size = len(node.data)
-        tar.addfile(info, io.BytesIO(bytes(node.data)))
+    return [
+        (
+            item.relative_to(source).as_posix(),
+            None if item.is_dir() else item.read_bytes(),
+            item.stat().st_mode & 0o777,
+        )
+        for item in sorted(source.rglob("*"))
+        if item.is_dir() or item.is_file()
+    ]
 
 
 class _Job:
-    """One command's output and end, shared by every handle on it (the fake's "supervisor")."""
+    """One process's stdin, output and end, shared by every handle on it."""
 
-    def __init__(self, argv: builtins.list[str], *, keep: bool) -> None:
-        self.argv = argv
-        self.keep = keep
+    def __init__(self, argv: builtins.list[str], options: StartOptions, proc: Proc) -> None:
+        self.argv, self.env, self.proc, self.detached = argv, options.env, proc, options.detached
+        self.stdin = Pipe() if options.stdin_open else Pipe(options.stdin or b"", closed=True)
         self.started_at = datetime.now(timezone.utc)
-        self.chunks: builtins.list[tuple[Stream, bytes]] = []
-        self.dropped = 0
+        self.chunks: deque[tuple[Stream, bytes]] = deque()
+        self.first = self.kept = 0  # the index of chunks[0] in all the output; bytes kept
         self.status: ExitStatus | None = None
-        self.changed = anyio.Event()
         self.error: Exception | None = None
-        self.proc: Proc | None = None
-        self.box: Box | None = None
+        self.changed = anyio.Event()
 
-    def _notify(self) -> None:
+    def notify(self) -> None:
         self.changed.set()
         self.changed = anyio.Event()
 
-    async def append(self, kind: Stream, data: bytes) -> None:
-        """Add output; a command nobody reads waits, like a writer on a full pipe (unless its
-        output is kept for attaching)."""
-        while not self.keep and len(self.chunks) - self.dropped >= _PIPE_CHUNKS:
-            await self.changed.wait()
-        self.chunks.append((kind, data))
-        self._notify()
+    async def write(self, kind: Stream, data: bytes) -> None:
+        for start in range(0, len(data), CHUNK):
+            while not self.detached and len(self.chunks) >= _PIPE_CHUNKS:
+                await self.changed.wait()
+            self.chunks.append((kind, data[start : start + CHUNK]))
+            self.kept += len(self.chunks[-1][1])
+            while self.detached and self.kept > _KEEP:
+                self.kept -= len(self.chunks.popleft()[1])
+                self.first += 1
+            self.notify()
+        await anyio.lowlevel.checkpoint()
 
     def finish(self, status: ExitStatus) -> None:
         if self.status is None:
             self.status = status
-            self._notify()
-
-    def kill(self) -> None:
-        if self.status is None and self.proc is not None and self.proc.scope is not None:
-            self.proc.signal = 9
-            self.proc.scope.cancel()
+            self.stdin.hang_up()
+            self.notify()
 
 
 class _Handle(ProcessHandle):
     """A client's view of a :class:`_Job`: its own read position."""
 
     def __init__(self, job: _Job, ref: str) -> None:
-        self.ref = ref
-        self._job = job
-        self._next = job.dropped if not job.keep else 0
+        self.ref, self._job, self._next = ref, job, job.first
 
     async def read(self) -> tuple[Stream, bytes] | None:
         job = self._job
         while True:
-            if self._next < len(job.chunks):
-                chunk = job.chunks[self._next]
+            self._next = max(self._next, job.first)
+            if self._next - job.first < len(job.chunks):
+                chunk = job.chunks[self._next - job.first]
                 self._next += 1
-                if not job.keep:  # a pipe: what was read is gone
-                    job.chunks[self._next - 1] = ("stdout", b"")
-                    job.dropped = self._next
-                    job._notify()
+                if not job.detached:  # a pipe: what was read is gone
+                    job.kept -= len(job.chunks.popleft()[1])
+                    job.first += 1
+                    job.notify()
                 return chunk
             if job.status is not None:
                 if job.error is not None:
@@ -611,21 +570,17 @@ class _Handle(ProcessHandle):
         return self._job.status
 
     async def kill(self) -> None:
-        self._job.kill()
+        self._job.proc.kill()
         await anyio.lowlevel.checkpoint()
 
+    async def write_stdin(self, data: bytes) -> None:
+        try:
+            await self._job.stdin.write(data)
+        except BrokenPipe:
+            raise StdinClosed(
+                f"the stdin of process {self.ref} is closed", provider="fake"
+            ) from None
 
-_PIPE_CHUNKS = 16
-
-
-def _files_below(node: Node, path: str) -> builtins.list[tuple[str, Node]]:
-    """``(path, node)`` of everything below the directory ``node`` (``.git`` skipped)."""
-    found = []
-    for name, child in sorted(node.children.items()):
-        if name == ".git":
-            continue
-        below = posixpath.join(path, name)
-        found.append((below, child))
-        if child.kind == "dir":
-            found.extend(_files_below(child, below))
-    return found
+    async def close_stdin(self) -> None:
+        self._job.stdin.close()
+        await anyio.lowlevel.checkpoint()
