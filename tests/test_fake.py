@@ -72,13 +72,13 @@ async def test_register_async_and_sync_commands(backend: FakeBackend, sb: Sandbo
 
 
 async def test_registered_command_overrides_a_utility(backend: FakeBackend, sb: Sandbox) -> None:
-    async def fake_ls(ctx: CommandContext) -> int:
+    async def fake_cat(ctx: CommandContext) -> int:
         await ctx.write_stdout("scripted\n")
         return 0
 
-    backend.register_command("ls", fake_ls)
-    assert (await run(sb, "ls"))[1] == "scripted\n"
-    assert (await run(sb, "command -v ls"))[1] == "/usr/bin/ls\n"
+    backend.register_command("cat", fake_cat)
+    assert (await run(sb, "cat nothing"))[1] == "scripted\n"
+    assert (await run(sb, "command -v cat"))[1] == "/usr/bin/cat\n"
 
 
 async def test_a_scripted_command_reads_streamed_stdin(backend: FakeBackend, sb: Sandbox) -> None:
@@ -130,15 +130,13 @@ async def test_unknown_command(sb: Sandbox) -> None:
         ),
         ("printf 'a\\nb\\nc\\n' | wc -l", "3\n"),
         ("echo one > f; echo two >> f; cat < f", "one\ntwo\n"),
-        ("ls missing 2>/dev/null; echo $?", "2\n"),
+        ("cat missing 2>/dev/null; echo $?", "1\n"),
         ("(echo sub 1>&2) 2>&1", "sub\n"),
         ("if [ -d /tmp ]; then echo dir; elif true; then echo no; else echo no; fi", "dir\n"),
         ("if [ -f /tmp ]; then echo no; elif false; then echo no; else echo else; fi", "else\n"),
         ("i=x; while [ $i != xxx ]; do echo $i; i=${i}x; done", "x\nxx\n"),
         ("n=x; until [ $n = xxx ]; do n=${n}x; done; echo $n", "xxx\n"),
         ("for w in a 'b c'; do printf '<%s>' \"$w\"; done; echo", "<a><b c>\n"),
-        ("for i in 1 2 3 4; do [ $i = 3 ] && break; echo $i; done", "1\n2\n"),
-        ("for i in 1 2 3; do [ $i = 2 ] && continue; echo $i; done", "1\n3\n"),
         ("cd /tmp; (cd /; pwd); pwd; echo $PWD", "/\n/tmp\n/tmp\n"),
         ("V=out; (V=in; exit 3); echo $? $V", "3 out\n"),
         ("{ echo a; echo b; } > g; cat g", "a\nb\n"),
@@ -146,11 +144,11 @@ async def test_unknown_command(sb: Sandbox) -> None:
         ("printf '%s-%d|' a 1 b 2; echo", "a-1|b-2|\n"),
         ("printf '%5s|%-3s|%03d|%x|%%|%b\\n' ab c 7 255 'x\\ty'", "   ab|c  |007|ff|%|x\ty\n"),
         ("echo -n no-newline; echo", "no-newline\n"),
-        ("printf '1\\n2\\n3\\n' | tail -n 2; printf abc | tail -c 1; echo", "2\n3\nc\n"),
+        ("printf '1\\n2\\n3\\n' | head -n 2; printf abc | head -c 1; echo", "1\n2\na\n"),
         ("head -c 5 /dev/zero | wc -c; cat /dev/null", "5\n"),
         ("printf 'a b\\nc\\n' | wc; printf 'a b\\nc\\n' | wc -w", "2 3 6\n3\n"),
-        ("mkdir -p a/b && touch a/b/c && ls a/b && rm -r a && ls", "c\n"),
-        ("touch .hidden x; ls; ls -a", "x\n.\n..\n.hidden\nx\n"),
+        ("mkdir -p a/b && touch a/b/c && [ -f a/b/c ] && ls a/b && rm -r a && ls", "c\n"),
+        ("touch .hidden x; ls; ls -a; ls -A", "x\n.\n..\n.hidden\nx\n.hidden\nx\n"),
         (
             "command -v cat; command -v cd; command -v nope || echo missing",
             "/usr/bin/cat\ncd\nmissing\n",
@@ -162,39 +160,21 @@ async def test_unknown_command(sb: Sandbox) -> None:
             "echo abc | sha256sum",
             "edeaaff3f1774ad2888673770c6d64097e391bc362d7d6fb34982ddf0efd18cb  -\n",
         ),
-        ("echo abc | md5sum", "0bee89b07a248e27c83fc3d5951213c1  -\n"),
         ("echo first | { read a; echo got $a; }", "got first\n"),
         ("printf 'a b c\\n' | { read x y; echo \"$y|$x\"; }", "b c|a\n"),
         ("printf '  lead  \\n' | { IFS= read -r l; echo \"[$l]\"; }", "[  lead  ]\n"),
         ("# a comment\necho after-comment # trailing", "after-comment\n"),
         ("/bin/echo via-path", "via-path\n"),
-        ('x=$(echo "a  b"); echo "$x" $(printf "%s" c)`echo d`', "a  b cd\n"),
+        ('x=$(echo "a  b"); echo "$x" $(printf "%s" c)$(echo d)', "a  b cd\n"),
         ("x=$(false); echo $?; x=$(true); echo $?", "1\n0\n"),
-        (
-            "v=path/to/file.tar.gz; echo ${v%.*} ${v%%.*} ${v#*/} ${v##*/} ${#v}",
-            "path/to/file.tar path/to/file to/file.tar.gz file.tar.gz 19\n",
-        ),
         ("echo ${unset-dflt} ${unset:+alt} ${e:=set}; echo $e ${e:+alt}", "dflt set\nset alt\n"),
         (
             'w="one two  three"; for x in $w; do printf "<%s>" "$x"; done; echo',
             "<one><two><three>\n",
         ),
         ('w="one two"; for x in "$w"; do printf "<%s>" "$x"; done; echo', "<one two>\n"),
-        ('f() { echo "in f: $1 $#"; return 3; }; f a b; echo $? $#', "in f: a 2\n3 0\n"),
-        (
-            "touch b.txt a.txt c.md; echo *.txt; echo nomatch*; echo '*.txt' \"*\".md",
-            "a.txt b.txt\nnomatch*\n*.txt *.md\n",
-        ),
-        ("mkdir -p d/e; touch d/e/x.py d/y.py; ls d/*.py d/*/*.py", "d/y.py\nd/e/x.py\n"),
-        ("eval 'a=1; echo $a'; cmd='echo hi'; eval $cmd", "1\nhi\n"),
-        ("echo 'v=42' > env.sh; . ./env.sh; echo $v", "42\n"),
-        ("set -- x y z; echo $#; shift; echo $@", "3\ny z\n"),
+        ("touch a.txt; echo *.txt", "*.txt\n"),  # no pathname expansion
         ("exec 2>&1; echo to-err >&2", "to-err\n"),
-        (
-            "cat <<EOF\nhome=$HOME\n  kept\nEOF\ncat <<'EOF'\n$HOME\nEOF",
-            "home=/root\n  kept\n$HOME\n",
-        ),
-        ("cat <<-EOF | wc -l\n\tone\n\ttwo\n\tEOF", "2\n"),
         (
             "[ a = a ] && [ 1 -lt 2 ] && [ -n x ] && [ -z '' ] && [ ! -e nope ] && test -e /tmp && echo ok",
             "ok\n",
@@ -217,11 +197,11 @@ async def test_scripts_from_files(sb: Sandbox) -> None:
     assert (await run(sb, "sh missing.sh"))[0] == 2
 
 
-async def test_chmod_and_ls_long(sb: Sandbox) -> None:
+async def test_chmod(sb: Sandbox) -> None:
     assert (await sb.exec("touch f; chmod 640 f; chmod u+x,o+r f; [ -x f ]")).ok
     assert (await sb.stat("f")).mode == 0o744
-    listed = await run(sb, "ls -l f; chmod a-w f; ls -l f")
-    assert [line.split()[0] for line in listed[1].splitlines()] == ["-rwxr--r--", "-r-xr--r--"]
+    assert (await sb.exec("chmod a-w,g=x f")).ok
+    assert (await sb.stat("f")).mode == 0o514
 
 
 async def test_unsupported_syntax_is_a_clear_error(sb: Sandbox) -> None:
@@ -229,10 +209,12 @@ async def test_unsupported_syntax_is_a_clear_error(sb: Sandbox) -> None:
         ("case x in x) echo;; esac", "'case' is not supported"),
         ("echo $((1 + 2))", "$((...)) is not supported"),
         ("if true; then echo", "'fi' expected"),
-        ("cat <<EOF\nno end", "here-document"),
+        ("cat <<EOF\nbody\nEOF", "here-documents are not supported"),
+        ("echo `date`", "use $(...)"),
+        ("f() { echo; }", "unexpected"),
         ("echo 'open", "unterminated"),
         ("echo ${x/a/b}", "bad substitution"),
-        ("set -e", "set -- arguments"),
+        ("echo ${x#a}", "bad substitution"),
     ]:
         code, _, err = await run(sb, script)
         assert code == 2, script
@@ -404,12 +386,10 @@ async def test_toolkit_runs_on_the_fake(sb: Sandbox) -> None:
     from agent_sandbox.tools import ToolKit
 
     tk = ToolKit(sb)
-    first = await tk.run(
-        "bash", {"command": "echo hello; cd /tmp; export FOO=bar; f() { echo f$1; }"}
-    )
+    first = await tk.run("bash", {"command": "echo hello; cd /tmp; export FOO=bar"})
     assert (first.content, first.is_error) == ("hello", False)
-    second = await tk.run("bash", {"command": "pwd; echo $FOO; f 1; cat <<EOF\nhere\nEOF"})
-    assert second.content == "/tmp\nbar\nf1\nhere"
+    second = await tk.run("bash", {"command": "pwd; echo $FOO"})
+    assert second.content == "/tmp\nbar"
     syntax = await tk.run("bash", {"command": "echo 'open"})
     assert "unterminated" in str(syntax.content)
     assert (await tk.run("bash", {"command": "echo $FOO"})).content == "bar"  # the shell lives on

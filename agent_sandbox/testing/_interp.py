@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import builtins
 import copy
-import fnmatch
 import inspect
 import posixpath
 import re
@@ -31,13 +30,11 @@ from ._fs import CHUNK, FS
 from ._shell import (
     AndOr,
     Command,
-    Compound,
     Incomplete,
     Pipeline,
     Redir,
     Script,
     ShellSyntaxError,
-    Simple,
     Word,
     parse,
 )
@@ -45,7 +42,6 @@ from ._shell import (
 PIPE_SIZE = 64 * 1024
 FILE_LIMIT = 256 * 1024 * 1024  # what one redirection may write: the fake's "disk"
 SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "USR1": 10, "USR2": 12, "PIPE": 13, "TERM": 15}
-Out = Callable[[bytes], Awaitable[None]]
 
 
 def encode(text: str) -> bytes:
@@ -68,15 +64,15 @@ class Usage(Exception):
         self.code = code
 
 
-class _Jump(Exception):
-    """``exit``, ``return``, ``break`` or ``continue`` on its way to who handles it."""
+class _Exit(Exception):
+    """``exit``, on its way to the end of its shell."""
 
-    def __init__(self, kind: str, code: int, levels: int = 1) -> None:
-        self.kind, self.code, self.levels = kind, code, levels
+    def __init__(self, code: int) -> None:
+        self.code = code
 
 
 class Pipe:
-    """A bounded pipe; also what reads a file, a here-document or the client's stdin."""
+    """A bounded pipe; also what reads a file or the client's stdin."""
 
     def __init__(self, data: bytes = b"", *, closed: bool = False) -> None:
         self.buf = bytearray(data)
@@ -93,8 +89,7 @@ class Pipe:
         while view:
             if self.gone or self.closed:
                 raise BrokenPipe()
-            room = PIPE_SIZE - len(self.buf)
-            if room <= 0:
+            if (room := PIPE_SIZE - len(self.buf)) <= 0:
                 await self._changed.wait()
                 continue
             self.buf += view[:room]
@@ -236,12 +231,8 @@ class CommandContext:
 Handler = Callable[[CommandContext], "int | Awaitable[int | None] | None"]
 
 
-def _escape_glob(text: str) -> str:
-    return re.sub(r"([*?[])", r"[\1]", text)
-
-
 class Shell:
-    """One shell: variables, functions, working directory, positional parameters, jobs."""
+    """One shell: variables, working directory, positional parameters, background jobs."""
 
     def __init__(
         self, box: Box, commands: dict[str, Handler], env: dict[str, str], cwd: str
@@ -249,7 +240,6 @@ class Shell:
         self.box, self.fs, self.commands = box, box.fs, commands
         self.vars = {**env, "PWD": cwd}
         self.exported = set(self.vars)
-        self.functions: dict[str, Command] = {}
         self.cwd = cwd
         self.args = ["sh"]
         self.pid = 0
@@ -261,8 +251,7 @@ class Shell:
     def sub(self) -> Shell:
         """A subshell: a copy whose changes stay its own."""
         sub = copy.copy(self)
-        sub.vars, sub.exported = dict(self.vars), set(self.exported)
-        sub.functions, sub.args = dict(self.functions), list(self.args)
+        sub.vars, sub.exported, sub.args = dict(self.vars), set(self.exported), list(self.args)
         return sub
 
     def env(self) -> dict[str, str]:
@@ -285,8 +274,8 @@ class Shell:
                     status = 0
                     while (script := await self._next_input(fds)) is not None:
                         status = await self.run(script, fds)
-            except _Jump as jump:
-                status = jump.code
+            except _Exit as exit_:
+                status = exit_.code
             except ShellSyntaxError as exc:
                 await fds[2](encode(f"sh: {exc}\n"))
                 status = 2
@@ -307,11 +296,11 @@ class Shell:
         return parse(text) if text.strip() else None
 
     async def body(self, script: Script, fds: dict[int, Any]) -> int:
-        """Run ``script`` as a (sub)shell's whole body: ``exit`` ends it."""
+        """Run ``script`` as a subshell's whole body: ``exit`` ends it."""
         try:
             return await self.run(script, fds)
-        except _Jump as jump:
-            return jump.code
+        except _Exit as exit_:
+            return exit_.code
 
     async def run(self, script: Script, fds: dict[int, Any]) -> int:
         for and_or, background in script:
@@ -324,7 +313,7 @@ class Shell:
     async def and_or(self, items: AndOr, fds: dict[int, Any]) -> int:
         status = 0
         for op, pipeline in items:
-            if (op == "&&" and status == 0) or (op == "||" and status != 0) or not op:
+            if not op or (op == "&&") == (status == 0):
                 status = self.status = await self.pipeline(pipeline, fds)
         return status
 
@@ -346,31 +335,27 @@ class Shell:
 
     async def pipeline(self, pipeline: Pipeline, fds: dict[int, Any]) -> int:
         negate, commands = pipeline
+        statuses, errors = [0] * len(commands), []
+
+        async def member(i: int, src: Pipe | None, dst: Pipe | None) -> None:
+            io = {**fds, **({0: src} if src else {}), **({1: dst.write} if dst else {})}
+            try:
+                statuses[i] = await self.sub().command(commands[i], io)
+            except _Exit as exit_:
+                statuses[i] = exit_.code
+            except BrokenPipe:
+                statuses[i] = 141
+            except Exception as exc:
+                errors.append(exc)
+            finally:
+                if dst is not None:
+                    dst.close()
+                if src is not None:
+                    src.hang_up()
+
         if len(commands) == 1:
             status = await self.command(commands[0], fds)
         else:
-            statuses, errors = [0] * len(commands), []
-
-            async def member(i: int, src: Pipe | None, dst: Pipe | None) -> None:
-                io = dict(fds)
-                if src is not None:
-                    io[0] = src
-                if dst is not None:
-                    io[1] = dst.write
-                try:
-                    statuses[i] = await self.sub().command(commands[i], io)
-                except _Jump as jump:
-                    statuses[i] = jump.code
-                except BrokenPipe:
-                    statuses[i] = 141
-                except Exception as exc:
-                    errors.append(exc)
-                finally:
-                    if dst is not None:
-                        dst.close()
-                    if src is not None:
-                        src.hang_up()
-
             async with anyio.create_task_group() as tg:
                 src = None
                 for i in range(len(commands)):
@@ -384,49 +369,34 @@ class Shell:
 
     async def command(self, node: Command, fds: dict[int, Any]) -> int:
         try:
-            if isinstance(node, Simple):
+            if node.kind == "simple":
                 return await self.simple(node, fds)
             return await self.compound(node, await self.redirect(node.redirs, fds))
         except (Usage, SandboxError) as exc:
             await fds[2](encode(f"sh: {exc}\n"))
             return exc.code if isinstance(exc, Usage) else 1
 
-    async def compound(self, node: Compound, fds: dict[int, Any]) -> int:
-        kind, parts = node.kind, node.parts
+    async def compound(self, node: Command, fds: dict[int, Any]) -> int:
+        kind, parts, status = node.kind, node.parts, 0
         if kind == "group":
             return await self.run(parts[0], fds)
         if kind == "subshell":
             return await self.sub().body(parts[0], fds)
-        if kind == "function":
-            self.functions[node.name] = parts[0]
-            return 0
         if kind == "if":
             for i in range(0, len(parts) - 1, 2):
                 if await self.run(parts[i], fds) == 0:
                     return await self.run(parts[i + 1], fds)
             return await self.run(parts[-1], fds) if len(parts) % 2 else 0
         if kind == "for":
-            items = self.args[1:] if node.items is None else await self.expand_all(node.items, fds)
-            loop = list(items)
-        status = 0
-        while True:
-            if kind == "for":
-                if not loop:
-                    return status
-                self.vars[node.name] = loop.pop(0)
-            elif (await self.run(parts[0], fds) == 0) != (kind == "while"):
-                return status
-            try:
-                status = await self.run(parts[-1], fds)
-            except _Jump as jump:
-                if jump.kind not in ("break", "continue"):
-                    raise
-                if jump.levels > 1:
-                    raise _Jump(jump.kind, 0, jump.levels - 1) from None
-                if jump.kind == "break":
-                    return 0
+            for item in self.args[1:] if node.each_arg else await self.expand_all(node.words, fds):
+                self.vars[node.name] = item
+                status = await self.run(parts[0], fds)
+            return status
+        while (await self.run(parts[0], fds) == 0) == (kind == "while"):
+            status = await self.run(parts[1], fds)
+        return status
 
-    async def simple(self, node: Simple, fds: dict[int, Any]) -> int:
+    async def simple(self, node: Command, fds: dict[int, Any]) -> int:
         self.subst_status = 0
         argv = await self.expand_all(node.words, fds)
         assigns = {name: await self.expand_one(value, fds) for name, value in node.assigns}
@@ -439,22 +409,10 @@ class Shell:
             return 0
         return await self.call(argv, inner, {**self.env(), **assigns})
 
-    async def call(
-        self, argv: list[str], fds: dict[int, Any], env: dict[str, str], *, functions: bool = True
-    ) -> int:
-        """Run one command: a shell builtin, a function, a command (registered or a utility) or
-        a script file, in that order."""
+    async def call(self, argv: list[str], fds: dict[int, Any], env: dict[str, str]) -> int:
+        """Run one command: a shell builtin, a command (registered or a utility) or a script
+        file, in that order."""
         name = argv[0]
-        if functions and name in self.functions and name not in BUILTINS:
-            saved, self.args = self.args, [self.args[0], *argv[1:]]
-            try:
-                return await self.command(self.functions[name], fds)
-            except _Jump as jump:
-                if jump.kind != "return":
-                    raise
-                return jump.code
-            finally:
-                self.args = saved
         node = self.fs.get(self.abspath(name)) if "/" in name else None
         if node is not None and node.kind == "file":  # a script: run by sh, whatever its #!
             if not node.mode & 0o111:
@@ -485,8 +443,6 @@ class Shell:
                 if not target.isdigit() or int(target) not in fds:
                     raise Usage(f"{target}: bad file descriptor")
                 fds[r.fd] = fds[int(target)]
-            elif r.op.startswith("<<"):
-                fds[r.fd] = Pipe(encode(target), closed=True)
             elif r.op == "<":
                 fds[r.fd] = self.reader(target)
             else:
@@ -499,7 +455,7 @@ class Shell:
             raise IsADirectory(f"{path}: Is a directory")
         return _Zero() if node.kind == "zero" else Pipe(bytes(node.data), closed=True)
 
-    def writer(self, path: str, *, append: bool) -> Out:
+    def writer(self, path: str, *, append: bool) -> Callable[[bytes], Awaitable[None]]:
         self.fs.write(self.abspath(path), b"", append=append)
         node = self.fs.lookup(self.abspath(path))
 
@@ -523,17 +479,15 @@ class Shell:
 
     async def expand(self, word: Word, fds: dict[int, Any], *, split: bool = True) -> list[str]:
         """The fields of ``word``: parameters and commands substituted, unquoted results split
-        at blanks, then each field globbed (quoted characters matched literally)."""
-        fields: list[tuple[str, str]] = []
-        text = pattern = ""
-        live = False
+        at blanks (no pathname expansion)."""
+        fields: list[str] = []
+        text, live = "", False
         for kind, value, quoted in word:
             if kind == "v" and value[:2] == ("@", "") and quoted:
                 for i, arg in enumerate(self.args[1:]):
                     if i:
-                        fields.append((text, pattern))
-                        text = pattern = ""
-                    text, pattern, live = text + arg, pattern + _escape_glob(arg), True
+                        fields.append(text)
+                    text, live = (text if not i else "") + arg, True
                 continue
             if kind == "s":
                 result = value
@@ -542,41 +496,16 @@ class Shell:
             else:
                 result = await self.substitute(value, fds)
             if quoted or not split or kind == "s":
-                text += result
-                pattern += _escape_glob(result) if quoted else result
-                live = live or quoted or bool(result)
+                text, live = text + result, live or quoted or bool(result)
                 continue
             for i, piece in enumerate(re.split(r"[ \t\n]+", result)):
                 if i and live:
-                    fields.append((text, pattern))
-                    text, pattern, live = "", "", False
-                text, pattern, live = text + piece, pattern + piece, live or bool(piece)
+                    fields.append(text)
+                    text, live = "", False
+                text, live = text + piece, live or bool(piece)
         if live or not split:
-            fields.append((text, pattern))
-        if not split:
-            return [" ".join(text for text, _ in fields)]
-        return [found for text, pattern in fields for found in (self.glob(pattern) or [text])]
-
-    def glob(self, pattern: str) -> list[str]:
-        """The paths matching ``pattern``, sorted (none when it has no wildcard)."""
-        if not re.search(r"[*?[]", pattern):
-            return []
-        found = ["/" if pattern.startswith("/") else ""]
-        for part in filter(None, pattern.split("/")):
-            matches = []
-            for base in found:
-                node = self.fs.get(self.abspath(base))
-                if node is None or node.kind != "dir":
-                    continue
-                names = [".", "..", *sorted(node.children)]
-                hidden = part.startswith(".")
-                matches += [
-                    posixpath.join(base, n)
-                    for n in names
-                    if fnmatch.fnmatchcase(n, part) and (hidden or n[0] != ".")
-                ]
-            found = matches
-        return sorted(found)
+            fields.append(text)
+        return [" ".join(fields)] if not split else fields
 
     def lookup(self, name: str) -> str | None:
         if name in ("@", "*"):
@@ -589,29 +518,15 @@ class Shell:
 
     async def param(self, name: str, op: str, arg: Word | None, *, fds: dict[int, Any]) -> str:
         value = self.lookup(name)
-        if op == "len":
-            return str(len(value or ""))
-        word = "" if arg is None else await self.expand_one(arg, fds)
         unset = value is None or (op.startswith(":") and not value)
         if op in (":-", "-", ":=", "=") and unset:
+            word = "" if arg is None else await self.expand_one(arg, fds)
             if "=" in op:
                 self.vars[name] = word
             return word
         if op in (":+", "+"):
-            return "" if unset else word
-        if op in (":?", "?") and unset:
-            raise Usage(f"{name}: {word or 'parameter not set'}", 2)
-        value = value or ""
-        sizes = range(len(value) + 1)
-        if op in ("#", "##"):
-            for k in sizes if op == "#" else reversed(sizes):
-                if fnmatch.fnmatchcase(value[:k], word):
-                    return value[k:]
-        if op in ("%", "%%"):
-            for k in reversed(sizes) if op == "%" else sizes:
-                if fnmatch.fnmatchcase(value[k:], word):
-                    return value[:k]
-        return value
+            return "" if unset or arg is None else await self.expand_one(arg, fds)
+        return value or ""
 
     async def substitute(self, script: Script, fds: dict[int, Any]) -> str:
         """The output of ``$(script)``, trailing newlines removed (at most ``FILE_LIMIT``)."""
@@ -630,94 +545,62 @@ class Shell:
 # -- builtins: commands that act on the shell itself ---------------------------------------------
 
 
-def _number(text: str, what: str = "number") -> int:
-    if not re.fullmatch(r"-?\d+", text.strip()):
+def number(text: str, what: str = "number") -> int:
+    if not re.fullmatch(r"\s*-?\d+\s*", text):
         raise Usage(f"invalid {what}: {text!r}", 2)
     return int(text)
 
 
-async def _b_cd(ctx: CommandContext) -> int:
+async def _cd(ctx: CommandContext) -> int:
     sh, args = ctx._sh, [a for a in ctx.argv[1:] if a != "--"]
     target = sh.abspath(args[0] if args else sh.vars.get("HOME", "/"))
-    node = sh.fs.get(target)
-    if node is None or node.kind != "dir":
+    if (node := sh.fs.get(target)) is None or node.kind != "dir":
         raise Usage(f"can't cd to {args[0] if args else target}: No such file or directory", 2)
     sh.cwd = sh.vars["PWD"] = target
     return 0
 
 
-async def _b_jump(ctx: CommandContext) -> int:
-    kind, args = ctx.argv[0], ctx.argv[1:]
-    n = _number(args[0]) if args else None
-    if kind in ("exit", "return"):
-        raise _Jump(kind, ctx._sh.status if n is None else n & 255)
-    raise _Jump(kind, 0, n or 1)
+async def _exit(ctx: CommandContext) -> int:
+    raise _Exit(number(ctx.argv[1]) & 255 if ctx.argv[1:] else ctx._sh.status)
 
 
-async def _b_export(ctx: CommandContext) -> int:
-    sh = ctx._sh
+async def _export(ctx: CommandContext) -> int:
     for arg in ctx.argv[1:]:
         name, eq, value = arg.partition("=")
         if eq:
-            sh.vars[name] = value
-        sh.exported.add(name)
+            ctx._sh.vars[name] = value
+        ctx._sh.exported.add(name)
     if ctx.argv[1:] in ([], ["-p"]):
-        for name, value in sorted(sh.env().items()):
+        for name, value in sorted(ctx._sh.env().items()):
             await ctx.write_stdout(f"export {name}={shlex.quote(value)}\n")
     return 0
 
 
-async def _b_unset(ctx: CommandContext) -> int:
+async def _unset(ctx: CommandContext) -> int:
     for name in ctx.argv[1:]:
         ctx._sh.vars.pop(name, None)
-        ctx._sh.functions.pop(name, None)
     return 0
 
 
-async def _b_set(ctx: CommandContext) -> int:
-    if ctx.argv[1:2] != ["--"]:
-        raise Usage("only 'set -- arguments' is supported", 2)
-    ctx._sh.args[1:] = ctx.argv[2:]
-    return 0
-
-
-async def _b_shift(ctx: CommandContext) -> int:
-    n = _number(ctx.argv[1]) if len(ctx.argv) > 1 else 1
-    if n > len(ctx._sh.args) - 1:
-        return 1
-    del ctx._sh.args[1 : n + 1]
-    return 0
-
-
-async def _b_eval(ctx: CommandContext, src: str | None = None) -> int:
+async def _eval(ctx: CommandContext) -> int:
     try:
-        script = parse(" ".join(ctx.argv[1:]) if src is None else src)
+        script = parse(" ".join(ctx.argv[1:]))
     except ShellSyntaxError as exc:
         raise Usage(str(exc), 2) from None
     return await ctx._sh.run(script, ctx._fds)
 
 
-async def _b_source(ctx: CommandContext) -> int:
-    if len(ctx.argv) < 2:
-        raise Usage("filename argument required", 2)
-    return await _b_eval(ctx, decode(ctx.read_file(ctx.argv[1])))
+async def _exec(ctx: CommandContext) -> int:
+    raise _Exit(await ctx._sh.call(ctx.argv[1:], ctx._fds, ctx.env))
 
 
-async def _b_exec(ctx: CommandContext) -> int:
-    raise _Jump("exit", await ctx._sh.call(ctx.argv[1:], ctx._fds, ctx.env))
-
-
-async def _b_command(ctx: CommandContext) -> int:
+async def _command(ctx: CommandContext) -> int:
     args, sh = ctx.argv[1:], ctx._sh
     if args[:1] != ["-v"]:
-        return await sh.call(args, ctx._fds, ctx.env, functions=False) if args else 0
+        return await sh.call(args, ctx._fds, ctx.env) if args else 0
     status = 0
     for name in args[1:]:
-        if (
-            name in BUILTINS
-            or name in sh.functions
-            or ("/" in name and sh.fs.get(sh.abspath(name)))
-        ):
+        if name in BUILTINS or ("/" in name and sh.fs.get(sh.abspath(name))):
             await ctx.write_stdout(name + "\n")
         elif name in sh.commands:
             await ctx.write_stdout(f"/usr/bin/{name}\n")
@@ -726,7 +609,7 @@ async def _b_command(ctx: CommandContext) -> int:
     return status
 
 
-async def _b_read(ctx: CommandContext) -> int:
+async def _read(ctx: CommandContext) -> int:
     names = [a for a in ctx.argv[1:] if not a.startswith("-")] or ["REPLY"]
     line = await ctx._fds[0].readline()
     ifs = ctx.env.get("IFS", ctx._sh.vars.get("IFS", " \t\n"))
@@ -739,9 +622,9 @@ async def _b_read(ctx: CommandContext) -> int:
     return 0 if line.endswith(b"\n") else 1
 
 
-async def _b_wait(ctx: CommandContext) -> int:
+async def _wait(ctx: CommandContext) -> int:
     jobs, status = ctx._sh.jobs, 0
-    for pid in [_number(a, "pid") for a in ctx.argv[1:]] or builtins.list(jobs):
+    for pid in [number(a, "pid") for a in ctx.argv[1:]] or builtins.list(jobs):
         if pid not in jobs:
             status = 127
             continue
@@ -751,7 +634,7 @@ async def _b_wait(ctx: CommandContext) -> int:
     return status if len(ctx.argv) > 1 else 0
 
 
-async def _b_kill(ctx: CommandContext) -> int:
+async def _kill(ctx: CommandContext) -> int:
     args, signal = ctx.argv[1:], 15
     if args[:1] == ["-s"] and len(args) > 1:
         args = ["-" + args[1], *args[2:]]
@@ -760,13 +643,11 @@ async def _b_kill(ctx: CommandContext) -> int:
         signal = int(name) if name.isdigit() else SIGNALS.get(name, -1)
         if not 0 <= signal <= 64:
             raise Usage(f"invalid signal {name}", 2)
-    args = args[1:] if args[:1] == ["--"] else args
-    if not args:
+    if not (args := args[1:] if args[:1] == ["--"] else args):
         raise Usage("usage: kill [-s SIGNAL | -SIGNAL] pid...", 2)
     status = 0
     for pid in args:
-        proc = ctx._sh.box.procs.get(int(pid)) if pid.isdigit() else None
-        if proc is None:
+        if (proc := ctx._sh.box.procs.get(int(pid)) if pid.isdigit() else None) is None:
             await ctx.write_stderr(f"kill: ({pid}) - No such process\n")
             status = 1
         elif signal:
@@ -775,13 +656,11 @@ async def _b_kill(ctx: CommandContext) -> int:
     return status
 
 
-async def _b_true(ctx: CommandContext) -> int:
+async def _true(ctx: CommandContext) -> int:
     return 0
 
 
 BUILTINS: dict[str, Callable[[CommandContext], Awaitable[int]]] = {
-    "cd": _b_cd, "exit": _b_jump, "return": _b_jump, "break": _b_jump, "continue": _b_jump,
-    "export": _b_export, "unset": _b_unset, "set": _b_set, "shift": _b_shift, "eval": _b_eval,
-    ".": _b_source, "source": _b_source, "exec": _b_exec, "command": _b_command,
-    "read": _b_read, "wait": _b_wait, "kill": _b_kill, ":": _b_true,
+    "cd": _cd, "exit": _exit, "export": _export, "unset": _unset, "eval": _eval, "exec": _exec,
+    "command": _command, "read": _read, "wait": _wait, "kill": _kill, ":": _true,
 }  # fmt: skip

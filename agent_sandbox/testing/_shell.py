@@ -1,12 +1,10 @@
 """The parser of :class:`~agent_sandbox.testing.FakeBackend`'s shell: sh syntax into a small tree.
 
-Understood: simple commands with ``NAME=value`` prefixes and redirections (``<``, ``>``, ``>>``,
-``n>&m``, here-documents ``<<WORD``); pipelines (with ``!``), ``&&``, ``||``, ``;``, ``&`` and
-newlines; ``{ }``, ``( )``, ``if``/``elif``/``else``, ``while``, ``until``, ``for``, functions,
-``#`` comments; words with ``'...'``, ``"..."``, backslashes, ``$name``, ``${name}``,
-``${name op word}`` (``:-`` ``-`` ``:=`` ``=`` ``:+`` ``+`` ``#`` ``##`` ``%`` ``%%``, and
-``${#name}``), ``$(...)``, backquotes and globs. Anything else (``case``, ``$((...))``, bash
-extensions) is a :class:`ShellSyntaxError` naming what is missing or unsupported.
+Understood: ``;``, ``&``, newlines, ``&&``, ``||``, ``|``, ``!``; ``{ }``, ``( )``,
+``if``/``elif``/``else``, ``while``, ``until``, ``for``; ``NAME=value`` prefixes; redirections
+``<``, ``>``, ``>>``, ``n>&m``; ``#`` comments; words with ``'...'``, ``"..."``, ``\\``,
+``$name``, ``${name}``, ``${name:-word}`` (and ``-``, ``:=``, ``=``, ``:+``, ``+``) and
+``$(...)``. Anything else is a :class:`ShellSyntaxError` saying what is not supported.
 """
 
 from __future__ import annotations
@@ -16,36 +14,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 Part = tuple[str, Any, bool]
-"""``(kind, value, quoted)``: ``s`` literal text, ``v`` a parameter ``(name, op, word)``, ``c``
-a command substitution (a :data:`Script`)."""
+"""``(kind, value, quoted)``: ``s`` text, ``v`` a parameter ``(name, op, word)``, ``c`` a
+command substitution (a :data:`Script`)."""
 Word = list[Part]
 
 
 @dataclass
 class Redir:
     fd: int
-    op: str  # "<" ">" ">>" ">&" "<&" "<<"
+    op: str  # < > >> >& <&
     target: Word
 
 
 @dataclass
-class Simple:
+class Command:
+    kind: str  # simple, group, subshell, if, while, until, for
+    words: list[Word] = field(default_factory=list)  # simple: argv; for: the items
     assigns: list[tuple[str, Word]] = field(default_factory=list)
-    words: list[Word] = field(default_factory=list)
+    parts: list[Script] = field(default_factory=list)  # if: cond, body, [cond, body...][, else]
+    name: str = ""  # for: the variable
     redirs: list[Redir] = field(default_factory=list)
+    each_arg: bool = False  # for without "in": the positional parameters
 
 
-@dataclass
-class Compound:
-    kind: str  # group, subshell, if, while, until, for, function
-    parts: list[Any]  # scripts (if: cond, body, cond, body..., [else]); function: [command]
-    name: str = ""  # the for loop's variable, the function's name
-    items: list[Word] | None = None  # for: the words after "in" (None: "$@")
-    redirs: list[Redir] = field(default_factory=list)
-
-
-Command = Simple | Compound
-Pipeline = tuple[bool, list[Command]]
+Pipeline = tuple[bool, list[Command]]  # (negated, commands)
 AndOr = list[tuple[str, Pipeline]]  # ("", first), ("&&" or "||", next)...
 Script = list[tuple[AndOr, bool]]  # (and-or list, runs in the background)
 
@@ -59,24 +51,23 @@ class Incomplete(ShellSyntaxError):
 
 
 _META = " \t\n;&|()<>"
-_STOP = {"then", "elif", "else", "fi", "do", "done", "}"}
+_STOP = ("then", "elif", "else", "fi", "do", "done", "}")
 _KEYWORD = re.compile(
     r"(if|then|elif|else|fi|while|until|do|done|for|in|case|esac|[{}!])(?=[\s;&|()<>]|$)"
 )
+_BLANK = (re.compile(r"[ \t]+|\\\n|#[^\n]*"), re.compile(r"[ \t\n]+|\\\n|#[^\n]*"))
 _PLAIN = re.compile(r"[^ \t\n;&|()<>'\"\\$`]+")
-_REDIR = re.compile(r"(\d?)(<<-?|>>|>&|<&|>\|?|<)")
+_ASSIGN = re.compile(r"([A-Za-z_]\w*)=")
+_REDIR = re.compile(r"(\d?)(>>|>&|<&|<<|>|<)")
 _PARAM = re.compile(
-    r"\$(?:([A-Za-z_]\w*|[0-9@*#?$!-])|\{(#?)([A-Za-z_]\w*|[0-9]+|[@*#?$!-])(:?[-=+?]|%%?|##?)?)"
+    r"\$(?:([A-Za-z_]\w*|[0-9@*#?$!-])|\{([A-Za-z_]\w*|[0-9]+|[@*#?$!-])(:?[-=+])?)"
 )
-_FUNCTION = re.compile(r"([A-Za-z_]\w*)[ \t]*\([ \t]*\)")
 
 
 def parse(src: str) -> Script:
     """The tree of ``src``. Raises :class:`Incomplete` when it ends too early."""
     parser = _Parser(src)
     script = parser.script()
-    if parser.heredocs:
-        raise Incomplete("syntax error: a here-document's body expected")
     if parser.i < len(src):
         raise parser.error(f"unexpected {src[parser.i : parser.i + 10]!r}")
     return script
@@ -85,81 +76,50 @@ def parse(src: str) -> Script:
 class _Parser:
     def __init__(self, src: str) -> None:
         self.s, self.i = src, 0
-        self.heredocs: list[tuple[Redir, str, bool]] = []
 
     def error(self, message: str) -> ShellSyntaxError:
-        kind = Incomplete if self.i >= len(self.s) else ShellSyntaxError
-        return kind(f"syntax error: {message}")
+        return (Incomplete if self.i >= len(self.s) else ShellSyntaxError)(
+            f"syntax error: {message}"
+        )
 
-    def blank(self, newlines: bool = False) -> None:
-        s = self.s
-        while self.i < len(s):
-            if s[self.i] in " \t" or s.startswith("\\\n", self.i):
-                self.i += 1 if s[self.i] != "\\" else 2
-            elif s[self.i] == "#":
-                end = s.find("\n", self.i)
-                self.i = len(s) if end < 0 else end
-            elif s[self.i] == "\n" and newlines:
-                self.newline()
-            else:
-                break
+    def blank(self, newlines: bool = False) -> str:
+        """Past blanks and comments (and newlines): the next character, ``""`` at the end."""
+        while m := _BLANK[newlines].match(self.s, self.i):
+            self.i = m.end()
+        return self.s[self.i : self.i + 1]
 
-    def newline(self) -> None:
-        """Past a newline, and past the bodies of the here-documents opened on its line."""
-        self.i += 1
-        for redir, delimiter, expand in self.heredocs:
-            lines = []
-            while True:
-                if self.i >= len(self.s):
-                    raise Incomplete(f"syntax error: here-document without {delimiter!r}")
-                end = self.s.find("\n", self.i) % (len(self.s) + 1)
-                line, self.i = self.s[self.i : end], end + 1
-                if line.lstrip("\t" if redir.op == "<<-" else "") == delimiter:
-                    break
-                lines.append(line.lstrip("\t") if redir.op == "<<-" else line)
-            body = "".join(line + "\n" for line in lines)
-            redir.target = _Parser(body).quoted(None) if expand else [("s", body, True)]
-        self.heredocs = []
-
-    def peek(self) -> str:
+    def op(self, *ops: str) -> str:
         self.blank()
-        for op in ("&&", "||", ";;", ";", "&", "|", "(", ")", "\n"):
-            if self.s.startswith(op, self.i):
+        for op in ops:
+            if self.s.startswith(op, self.i) and not self.s.startswith(op + op, self.i):
+                self.i += len(op)
                 return op
         return ""
 
     def keyword(self) -> str:
-        self.blank()
+        self.blank(newlines=True)
         m = _KEYWORD.match(self.s, self.i)
         return m.group(1) if m else ""
 
     def expect(self, word: str) -> None:
-        self.blank(newlines=True)
-        if self.keyword() != word and self.peek() != word:
+        if self.keyword() == word:
+            self.i += len(word)
+        elif not (word == ")" and self.op(")")):
             raise self.error(f"{word!r} expected")
-        self.i += len(word)
 
     def script(self) -> Script:
         items: Script = []
-        while True:
-            self.blank(newlines=True)
-            if self.i >= len(self.s) or self.keyword() in _STOP or self.peek() == ")":
-                return items
+        while self.keyword() not in _STOP and self.blank(newlines=True) not in ("", ")"):
             and_or = self.and_or()
-            sep = self.peek()
+            sep = self.op(";", "&") or self.blank()
             items.append((and_or, sep == "&"))
-            if sep == "\n":
-                self.newline()
-            elif sep in (";", "&"):
-                self.i += 1
-            else:
-                return items
+            if sep not in (";", "&", "\n"):
+                break
+        return items
 
     def and_or(self) -> AndOr:
         items: AndOr = [("", self.pipeline())]
-        while (op := self.peek()) in ("&&", "||"):
-            self.i += 2
-            self.blank(newlines=True)
+        while op := self.op("&&", "||"):
             items.append((op, self.pipeline()))
         return items
 
@@ -167,196 +127,148 @@ class _Parser:
         negate = self.keyword() == "!"
         self.i += negate
         commands = [self.command()]
-        while self.peek() == "|":
-            self.i += 1
-            self.blank(newlines=True)
+        while self.op("|"):
             commands.append(self.command())
         return negate, commands
 
     def command(self) -> Command:
-        kw, start = self.keyword(), self.i
-        if kw in ("{", "if", "while", "until", "for"):
-            self.i += len(kw)
+        kw = self.keyword()
+        self.i += len(kw) if kw in ("{", "if", "while", "until", "for") else 0
         if kw == "{":
-            node = Compound("group", [self.script()])
+            node = Command("group", parts=[self.script()])
             self.expect("}")
-        elif self.peek() == "(":
-            self.i += 1
-            node = Compound("subshell", [self.script()])
+        elif self.op("("):
+            node = Command("subshell", parts=[self.script()])
             self.expect(")")
         elif kw == "if":
-            parts = [self.script()]
+            node = Command("if")
             while True:
+                node.parts.append(self.script())
                 self.expect("then")
-                parts.append(self.script())
-                nxt = self.keyword()
-                self.i += len(nxt) if nxt in ("elif", "else") else 0
-                if nxt == "elif":
-                    parts.append(self.script())
-                    continue
-                if nxt == "else":
-                    parts.append(self.script())
-                self.expect("fi")
-                break
-            node = Compound("if", parts)
+                node.parts.append(self.script())
+                if (kw := self.keyword()) not in ("elif", "else"):
+                    break
+                self.i += 4
+                if kw == "else":
+                    node.parts.append(self.script())
+                    break
+            self.expect("fi")
         elif kw in ("while", "until"):
-            cond = self.script()
+            node = Command(kw, parts=[self.script()])
             self.expect("do")
-            node = Compound(kw, [cond, self.script()])
+            node.parts.append(self.script())
             self.expect("done")
         elif kw == "for":
-            self.blank()
-            name = re.compile(r"[A-Za-z_]\w*").match(self.s, self.i)
-            if name is None:
-                raise self.error("a variable name after 'for' expected")
-            self.i = name.end()
-            self.blank(newlines=True)
-            items = None
-            if self.keyword() == "in":
-                self.i += 2
-                items = []
-                while self.peek() not in (";", "\n") and self.i < len(self.s):
-                    if not (item := self.word()):
-                        raise self.error("a word expected")
-                    items.append(item)
-            if self.peek() in (";", "\n"):
-                self.i += 1
-            self.expect("do")
-            node = Compound("for", [self.script()], name.group(), items)
-            self.expect("done")
-        elif kw in _STOP or kw == "case":
-            raise self.error(f"unexpected {kw!r}" if kw != "case" else "'case' is not supported")
-        elif m := _FUNCTION.match(self.s, start):
+            if not (m := re.compile(r"[ \t]*([A-Za-z_]\w*)").match(self.s, self.i)):
+                raise self.error("a name after 'for' expected")
             self.i = m.end()
-            self.blank(newlines=True)
-            return Compound("function", [self.command()], m.group(1))
+            node = Command("for", name=m.group(1), each_arg=self.keyword() != "in")
+            self.i += 0 if node.each_arg else 2
+            while not node.each_arg and self.blank() not in ("", ";", "\n") and (w := self.word()):
+                node.words.append(w)
+            self.op(";")
+            self.expect("do")
+            node.parts.append(self.script())
+            self.expect("done")
+        elif kw:
+            raise self.error(f"{kw!r} is not supported" if kw == "case" else f"unexpected {kw!r}")
         else:
             return self.simple()
         while redir := self.redir():
             node.redirs.append(redir)
         return node
 
-    def simple(self) -> Simple:
-        cmd = Simple()
+    def simple(self) -> Command:
+        node = Command("simple")
         while True:
-            self.blank()
             if redir := self.redir():
-                cmd.redirs.append(redir)
-                continue
-            if self.i >= len(self.s) or self.s[self.i] in _META:
+                node.redirs.append(redir)
+            elif self.blank() in _META:
                 break
-            m = re.compile(r"([A-Za-z_]\w*)=").match(self.s, self.i)
-            if m and not cmd.words:
+            elif (m := _ASSIGN.match(self.s, self.i)) and not node.words:
                 self.i = m.end()
-                cmd.assigns.append((m.group(1), self.word()))
+                node.assigns.append((m.group(1), self.word()))
             else:
-                cmd.words.append(self.word())
-        if not (cmd.words or cmd.assigns or cmd.redirs):
+                node.words.append(self.word())
+        if not (node.words or node.assigns or node.redirs):
             raise self.error("a command expected")
-        return cmd
+        return node
 
     def redir(self) -> Redir | None:
         self.blank()
-        m = _REDIR.match(self.s, self.i)
-        if m is None:
+        if not (m := _REDIR.match(self.s, self.i)):
             return None
+        if m.group(2) == "<<":
+            raise self.error("here-documents are not supported")
         self.i = m.end()
-        op = m.group(2).rstrip("|")
-        fd = int(m.group(1) or (0 if op[0] == "<" else 1))
         self.blank()
-        start = self.i
-        target = self.word()
-        if not target:
-            raise self.error(f"a target for {op!r} expected")
-        redir = Redir(fd, op, target)
-        if op.startswith("<<"):
-            text = "".join(str(v) for _, v, _ in target)
-            self.heredocs.append((redir, text, not re.search("['\"\\\\]", self.s[start : self.i])))
-        return redir
+        if not (target := self.word()):
+            raise self.error(f"a target for {m.group(2)!r} expected")
+        return Redir(int(m.group(1) or m.group(2)[0] == ">"), m.group(2), target)
 
     def word(self) -> Word:
         parts: Word = []
-        s = self.s
-        while self.i < len(s) and s[self.i] not in _META:
-            c = s[self.i]
+        while (c := self.s[self.i : self.i + 1]) and c not in _META:
             if c == "'":
-                end = s.find("'", self.i + 1)
-                if end < 0:
+                if (end := self.s.find("'", self.i + 1)) < 0:
                     raise Incomplete("syntax error: unterminated quote")
-                parts.append(("s", s[self.i + 1 : end], True))
+                parts.append(("s", self.s[self.i + 1 : end], True))
                 self.i = end + 1
             elif c == '"':
                 self.i += 1
                 parts += self.quoted('"')
             elif c == "\\":
-                if s.startswith("\\\n", self.i) or self.i + 1 == len(s):
-                    self.i += 2
-                    continue
-                parts.append(("s", s[self.i + 1], True))
+                parts.append(("s", self.s[self.i + 1 : self.i + 2].strip("\n"), True))
                 self.i += 2
-            elif c in "$`":
+            elif c == "$":
                 parts.append(self.dollar(False))
+            elif c == "`":
+                raise self.error("`...` is not supported: use $(...)")
             else:
-                m = _PLAIN.match(s, self.i)
+                m = _PLAIN.match(self.s, self.i)
                 assert m is not None
                 parts.append(("s", m.group(), False))
                 self.i = m.end()
         return parts
 
-    def quoted(self, close: str | None) -> Word:
-        """Double-quoted text up to ``close`` (``None``: the end, for a here-document)."""
+    def quoted(self, close: str) -> Word:
+        """The parts of a double-quoted text (or ``${name:-word}``'s word) up to ``close``."""
         parts: Word = []
-        text, s = "", self.s
-        while True:
-            if self.i >= len(s):
-                if close is None:
-                    break
+        text = ""
+        while (c := self.s[self.i : self.i + 1]) != close:
+            if not c:
                 raise Incomplete(f"syntax error: unterminated {close!r}")
-            c = s[self.i]
-            if c == close:
-                self.i += 1
-                break
-            if c == "\\" and s[self.i + 1 : self.i + 2] in ("$", "`", "\\", "\n", close or "$"):
-                text += s[self.i + 1].strip("\n")
+            if c == "\\" and self.s[self.i + 1 : self.i + 2] in ("$", "`", "\\", "\n", close):
+                text += self.s[self.i + 1].strip("\n")
                 self.i += 2
-            elif c in "$`" and (
-                c == "`" or _PARAM.match(s, self.i) or s[self.i + 1 : self.i + 2] == "("
-            ):
+            elif c == "$" and (_PARAM.match(self.s, self.i) or self.s.startswith("$(", self.i)):
                 parts += [("s", text, True)] if text else []
                 parts.append(self.dollar(True))
                 text = ""
+            elif c == "`":
+                raise self.error("`...` is not supported: use $(...)")
             else:
                 text += c
                 self.i += 1
+        self.i += 1
         return [*parts, ("s", text, True)] if text or not parts else parts
 
     def dollar(self, quoted: bool) -> Part:
-        s = self.s
-        if s[self.i] == "`":
-            end = s.find("`", self.i + 1)
-            if end < 0:
-                raise Incomplete("syntax error: unterminated '`'")
-            inner, self.i = s[self.i + 1 : end], end + 1
-            return ("c", parse(inner), quoted)
-        if s.startswith("$((", self.i):
-            raise self.error("arithmetic expansion $((...)) is not supported")
-        if s.startswith("$(", self.i):
+        if self.s.startswith("$((", self.i):
+            raise self.error("$((...)) is not supported")
+        if self.s.startswith("$(", self.i):
             self.i += 2
             body = self.script()
             self.expect(")")
             return ("c", body, quoted)
-        m = _PARAM.match(s, self.i)
-        if m is None:
+        if not (m := _PARAM.match(self.s, self.i)):
             self.i += 1
             return ("s", "$", quoted)
         self.i = m.end()
-        if m.group(1):
-            return ("v", (m.group(1), "", None), quoted)
-        op, arg = m.group(4) or ("len" if m.group(2) else ""), None
-        if m.group(4):
-            arg = self.quoted("}")
-        elif s.startswith("}", self.i):
+        op = m.group(3) or ""
+        arg = self.quoted("}") if op else None
+        if m.group(2) and not op:
+            if not self.s.startswith("}", self.i):
+                raise self.error("bad substitution")
             self.i += 1
-        else:
-            raise self.error("bad substitution")
-        return ("v", (m.group(3), op, arg), quoted)
+        return ("v", (m.group(1) or m.group(2), op, arg), quoted)

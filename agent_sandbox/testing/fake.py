@@ -109,17 +109,17 @@ class FakeBackend(BaseBackend):
     bind no one) in a small shell:
 
     - syntax: ``;`` ``&`` newlines ``&&`` ``||`` ``|`` ``!``, ``{ }``, ``( )``,
-      ``if``/``elif``/``else``, ``while``, ``until``, ``for``, functions; quoting, ``$name``,
-      ``${name}``, ``${name:-word}`` and the other ``${...}`` forms of POSIX sh, ``$(...)``,
-      backquotes, globs; redirections ``<`` ``>`` ``>>`` ``n>&m`` and here-documents. Not
-      supported (a syntax error, exit status 2): ``case``, ``$((...))``, bash extensions.
-    - shell builtins: ``cd``, ``exit``, ``export``, ``unset``, ``set --``, ``shift``, ``eval``,
-      ``.``/``source``, ``exec``, ``command [-v]``, ``read``, ``wait``, ``kill`` (``$$``,
-      ``$!``; signals end a process with 128+N), ``return``, ``break``, ``continue``, ``:``.
-    - utilities: ``sh``, ``true``, ``false``, ``echo``, ``printf``, ``cat``, ``head``, ``tail``,
-      ``wc``, ``ls``, ``pwd``, ``mkdir``, ``rm``, ``touch``, ``chmod``, ``env``, ``test``/``[``,
-      ``sleep``, ``id``, ``sha256sum``, ``md5sum``; ``nc``, ``wget`` and ``curl`` always fail
-      (no network). A file with a path (``./run.sh``) runs as an ``sh`` script.
+      ``if``/``elif``/``else``, ``while``, ``until``, ``for``; quoting, ``$name``, ``${name}``,
+      ``${name:-word}`` (and ``-`` ``:=`` ``=`` ``:+`` ``+``), ``$(...)``; ``NAME=value``
+      prefixes; redirections ``<`` ``>`` ``>>`` ``n>&m``. No pathname expansion (``*`` is
+      literal). Anything else (``case``, functions, here-documents, backquotes, ``$((...))``)
+      is a syntax error naming it, exit status 2.
+    - shell builtins: ``cd``, ``exit``, ``export``, ``unset``, ``eval``, ``exec``,
+      ``command [-v]``, ``read``, ``wait``, ``kill`` (``$$``, ``$!``; a signal ends a process
+      with 128+N), ``:``.
+    - utilities: ``sh``, ``true``, ``false``, ``echo``, ``printf``, ``cat``, ``head``, ``wc``,
+      ``sha256sum``, ``test``/``[``, ``ls``, ``mkdir``, ``rm``, ``touch``, ``chmod``, ``sleep``,
+      ``env``, ``pwd``, ``id``. A file with a path (``./run.sh``) runs as an ``sh`` script.
 
     Anything else exits 127 with ``command not found`` unless scripted with
     :meth:`register_command`. Background jobs (``&``) end with the shell that started them.
