@@ -18,7 +18,6 @@ import threading
 import time
 import uuid
 from collections.abc import (
-    AsyncIterator,
     Callable,
     Iterator,
     Mapping,
@@ -33,9 +32,8 @@ import anyio.to_thread
 from agent_sandbox import file_access, progress
 from agent_sandbox import labels as _labels
 from agent_sandbox.archive import ArchiveSpool
-from agent_sandbox.backend import BaseBackend, ProviderOptions, argv_of
+from agent_sandbox.backend import BaseBackend, ProviderOptions
 from agent_sandbox.errors import (
-    CommandTimeout,
     ConfigError,
     FileNotFound,
     FileTooLarge,
@@ -43,6 +41,7 @@ from agent_sandbox.errors import (
     IsADirectory,
     ProviderError,
     ProviderUnavailable,
+    SandboxConflict,
     SandboxError,
     SandboxNotFound,
     Unsupported,
@@ -50,18 +49,19 @@ from agent_sandbox.errors import (
 from agent_sandbox.models import (
     DEFAULT_READ_LIMIT,
     Capabilities,
-    Command,
-    ExecEvent,
-    ExecOptions,
     FileInfo,
+    ProcessInfo,
     SandboxInfo,
     SandboxSpec,
     SandboxState,
+    StartOptions,
 )
+from agent_sandbox.process import ProcessHandle
 
-from . import _egress, _wire
+from . import _agent, _egress, _wire
+from ._engine import EngineProcess
 from ._errors import PROVIDER, translate, unreachable
-from ._exec import ExecConnection
+from ._stream import DockerStream
 
 if TYPE_CHECKING:
     import docker  # type: ignore[import-untyped,unused-ignore]
@@ -74,13 +74,9 @@ LABEL_WORKDIR = _labels.WORKDIR
 LABEL_SNAPSHOT_OF = _labels.SNAPSHOT_OF
 LABEL_EGRESS = _labels.EGRESS
 LABEL_ROLE = _labels.ROLE
+LABEL_AGENT = "agent-sandbox.agent"
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 
-_KILL_GROUP = 'kill -KILL "-$1" 2>/dev/null || kill -KILL "$1" 2>/dev/null; exit 0'
-_OOM_PROBE = (
-    "cat /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events 2>/dev/null"
-    " | awk '$1==\"oom_kill\"{print $2}'"
-)
 _STATES: dict[str, SandboxState] = {
     "running": "running",
     "created": "running",
@@ -103,7 +99,11 @@ class DockerOptions(ProviderOptions):
         pids_limit: most processes a sandbox may run (fork-bomb guard); ``None`` for no limit.
         disk_quota: pass ``disk_mib`` as ``--storage-opt size=`` (needs overlay2 on xfs with
             pquota); without it a ``disk_mib`` in the spec raises ``Unsupported``.
-        init: run the engine's tiny init (tini) as PID 1, reaping orphaned processes.
+        agent: run the exec agent (a small static binary copied in at create) as each
+            sandbox's main process, serving commands and files over its attach stream; without
+            it, or where it cannot run, every command is an exec of the engine.
+        init: without the agent, run the engine's tiny init (tini) as PID 1, reaping orphaned
+            processes (the agent reaps them itself).
         api_timeout: seconds to wait for an ordinary API answer.
         egress_proxy_image: image of the egress proxy and relay behind network policy
             ``allowlist`` (needs ``python3``; pulled on first use like any image).
@@ -116,6 +116,7 @@ class DockerOptions(ProviderOptions):
     pull: Literal["missing", "always", "never"] = "missing"
     pids_limit: int | None = 4096
     disk_quota: bool = False
+    agent: bool = True
     init: bool = True
     api_timeout: float = 120.0
     egress_proxy_image: str = "python:3.12-slim"
@@ -130,8 +131,11 @@ class DockerOptions(ProviderOptions):
 class DockerBackend(BaseBackend):
     """Sandboxes as Docker containers whose main process is their TTL dead-man switch.
 
-    Each container runs ``sleep <ttl>`` as its main process with ``auto_remove``: when the TTL runs
-    out the container ends and the engine deletes it, whether or not any client is still alive.
+    Each container's main process is the exec agent (``agent/agent.c``; ``sleep <ttl>`` where it
+    cannot run), with ``auto_remove``: when the TTL runs out the container ends and the engine
+    deletes it, whether or not any client is still alive. The agent runs commands, holds
+    background processes for any client to attach, and moves files, over the container's attach
+    stream (the creating client) or a relay exec (any other client).
     """
 
     name = PROVIDER
@@ -149,6 +153,8 @@ class DockerBackend(BaseBackend):
         persistent=True,
         isolated=True,
         signals=True,
+        stdin_streaming=True,
+        reattach=True,
     )
 
     def __init__(self, options: DockerOptions | None = None) -> None:
@@ -157,8 +163,10 @@ class DockerBackend(BaseBackend):
         self.opts: DockerOptions = self.options
         self._api: docker.APIClient | None = None
         self._lock = threading.Lock()
-        self._workdirs: dict[str, str] = {}
+        self._images: dict[str, tuple[str, str]] = {}
+        self._agents: dict[str, _agent.AgentConnection | None] = {}
         self._root_user: dict[str, bool] = {}
+        self._paused: set[str] = set()
         self._closed = False
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -229,7 +237,12 @@ class DockerBackend(BaseBackend):
         return await anyio.to_thread.run_sync(run)
 
     async def aclose(self) -> None:
-        """Close the engine connection pool. Containers keep running until their TTL."""
+        """Close the agent connections and the engine connection pool. Containers and their
+        background processes keep running until their TTL."""
+        agents, self._agents = self._agents, {}
+        for conn in agents.values():
+            if conn is not None:
+                await conn.aclose()
         with self._lock:
             api, self._api = self._api, None
             self._closed = True
@@ -280,9 +293,8 @@ class DockerBackend(BaseBackend):
             return str(max(1, math.ceil(left)))
 
         labels = {**spec.labels, LABEL_PROVIDER: PROVIDER}
-        workdir = spec.workdir
-        if workdir is None:
-            workdir = await self._image_workdir(image, pull=spec.snapshot is None)
+        image_workdir, arch = await self._image_facts(image, pull=spec.snapshot is None)
+        workdir = spec.workdir or image_workdir
         labels[LABEL_WORKDIR] = workdir
         env = dict(spec.env)
         egress_key = None
@@ -295,13 +307,14 @@ class DockerBackend(BaseBackend):
                 "create", lambda api: self._start_egress_proxy(api, egress_key, spec, ttl())
             )
 
-        def run(api: docker.APIClient) -> str:
+        def run(api: docker.APIClient, agent: bytes | None) -> tuple[str, DockerStream | None]:
             import docker.errors  # type: ignore[import-untyped,unused-ignore]
 
             open_network = spec.network.mode == "open"
             host_config = api.create_host_config(
                 auto_remove=True,
-                init=self.opts.init or None,
+                init=None if agent else self.opts.init or None,
+                log_config={"Type": "none", "Config": {}} if agent else None,
                 network_mode=_open_network(api) if open_network else "none",
                 nano_cpus=int(spec.cpus * 1e9) if spec.cpus is not None else None,
                 mem_limit=f"{spec.memory_mib}m" if spec.memory_mib is not None else None,
@@ -313,28 +326,28 @@ class DockerBackend(BaseBackend):
             )
             kwargs: dict[str, Any] = {
                 "image": image,
-                "entrypoint": ["sleep"],
-                "command": [ttl()],
-                "labels": labels,
+                "entrypoint": [_agent.PATH, "--ttl"] if agent else ["sleep"],
+                "labels": {**labels, LABEL_AGENT: str(_agent.PROTOCOL)} if agent else labels,
                 "environment": env or None,
                 "working_dir": workdir,
                 "user": spec.user,
                 "ports": list(spec.ports) or None,
                 "host_config": host_config,
                 "detach": True,
-                "stdin_open": False,
+                "stdin_open": agent is not None,  # the agent's stdin: its first client's stream
             }
             try:
-                created = api.create_container(**kwargs)
+                created = api.create_container(**kwargs, command=[ttl()])
             except docker.errors.ImageNotFound:
                 if spec.snapshot is not None:
                     raise ConfigError(
                         f"snapshot {spec.snapshot} not found", provider=PROVIDER, op="create"
                     ) from None
                 self._pull_blocking(api, image)
-                created = api.create_container(**{**kwargs, "command": [ttl()]})
+                created = api.create_container(**kwargs, command=[ttl()])
             cid: str = created["Id"]
             try:
+                stream = _agent.install(api, cid, agent) if agent else None
                 api.start(cid)
                 if egress_key is not None:
                     self._start_egress_relay(api, egress_key, cid, ttl())
@@ -344,10 +357,19 @@ class DockerBackend(BaseBackend):
                 except Exception:
                     log.debug("cleanup of container %s failed", cid, exc_info=True)
                 raise
-            return cid
+            return cid, stream
 
+        agent = _agent.binary(arch) if self.opts.agent else None
         try:
-            cid = await self._call("create", run)
+            try:
+                cid, stream = await self._call("create", lambda api: run(api, agent))
+                if stream is not None:
+                    self._agents[cid] = await self._greet(cid, stream)
+            except (_agent.AgentUnavailable, SandboxError) as exc:
+                if agent is None or not isinstance(exc, _agent.AgentUnavailable):
+                    raise
+                log.warning("%s; commands go through the engine's exec", exc)
+                cid, _ = await self._call("create", lambda api: run(api, None))
         except BaseException:
             if egress_key is not None:
                 with anyio.CancelScope(shield=True):
@@ -365,13 +387,29 @@ class DockerBackend(BaseBackend):
             metadata={"runtime": self.opts.runtime or "default", "engine": self.base_url},
         )
 
-    async def _image_workdir(self, image: str, *, pull: bool) -> str:
-        """The image's WORKDIR (``/`` when unset), pulling the image first if policy says so."""
-        cached = self._workdirs.get(image)
+    async def _greet(self, cid: str, stream: DockerStream) -> _agent.AgentConnection:
+        """Say hello to a new sandbox's agent over its attach stream; when it does not answer
+        (it cannot run here), remove the container and raise ``AgentUnavailable``."""
+        conn = _agent.AgentConnection(stream, cid)
+        try:
+            await conn.handshake(_agent.HANDSHAKE_TIMEOUT)
+        except (SandboxError, TimeoutError) as exc:
+            conn.drop()
+            with anyio.CancelScope(shield=True):  # the container only: an egress proxy stays
+                await self._call("create", lambda api: _remove_container(api, cid))
+            raise _agent.AgentUnavailable(
+                f"the exec agent could not start in a {cid[:12]} sandbox ({exc})"
+            ) from exc
+        return conn
+
+    async def _image_facts(self, image: str, *, pull: bool) -> tuple[str, str]:
+        """The image's WORKDIR (``/`` when unset) and architecture, pulling the image first if
+        policy says so."""
+        cached = self._images.get(image)
         if cached is not None and self.opts.pull != "always":
             return cached
 
-        def run(api: docker.APIClient) -> str:
+        def run(api: docker.APIClient) -> tuple[str, str]:
             import docker.errors  # type: ignore[import-untyped,unused-ignore]
 
             if pull and self.opts.pull == "always":
@@ -385,11 +423,12 @@ class DockerBackend(BaseBackend):
                     ) from None
                 self._pull_blocking(api, image)
                 attrs = api.inspect_image(image)
-            return str((attrs.get("Config") or {}).get("WorkingDir") or "/")
+            workdir = str((attrs.get("Config") or {}).get("WorkingDir") or "/")
+            return workdir, str(attrs.get("Architecture") or "")
 
-        workdir = await self._call("create", run)
-        self._workdirs[image] = workdir
-        return workdir
+        facts = await self._call("create", run)
+        self._images[image] = facts
+        return facts
 
     def _pull_blocking(self, api: docker.APIClient, image: str) -> None:
         import docker.errors  # type: ignore[import-untyped,unused-ignore]
@@ -593,6 +632,9 @@ class DockerBackend(BaseBackend):
         Only our sandboxes are removed: a container without this provider's label raises
         ``SandboxNotFound`` and is left alone.
         """
+        conn = self._agents.pop(sandbox_id, None)
+        if conn is not None:
+            conn.drop()
 
         def run(api: docker.APIClient) -> None:
             import docker.errors  # type: ignore[import-untyped,unused-ignore]
@@ -623,126 +665,72 @@ class DockerBackend(BaseBackend):
         self._root_user.pop(sandbox_id, None)
         await self._call("destroy", run, sandbox_id=sandbox_id)
 
-    # -- exec -------------------------------------------------------------------------------
+    # -- processes --------------------------------------------------------------------------
 
-    async def exec_stream(
-        self, sandbox_id: str, command: Command, options: ExecOptions
-    ) -> AsyncIterator[ExecEvent]:
-        """Run a command through the engine's exec API, streaming stdout and stderr separately.
-
-        The command runs under a one-line ``sh`` wrapper that reports its process group, so a
-        timeout (or leaving the stream early) kills the whole tree inside the container.
-        Raises ``CommandTimeout``, ``SandboxNotFound``.
-        """
-        argv = argv_of(command)
-        deadline = None if options.timeout is None else time.monotonic() + options.timeout
-        conn = await self._call(
-            "exec",
-            lambda api: ExecConnection.start(api, sandbox_id, argv, options),
-            sandbox_id=sandbox_id,
-        )
-        marker = _wire.MarkerSplitter()
-        finished = False
-        frames = conn.frames(deadline)
-        try:
-            async for kind, data in frames:
-                if kind == _wire.STDERR:
-                    data = marker.feed(data)
-                    if not data:
-                        continue
-                yield ExecEvent(kind="stdout" if kind == _wire.STDOUT else "stderr", data=data)
-            code: int | None = None
-            if not conn.timed_out:
-                leftover = marker.flush()
-                if leftover:
-                    yield ExecEvent(kind="stderr", data=leftover)
-                code = await self._wait_exit(sandbox_id, conn.exec_id, deadline)
-            if conn.timed_out or code is None:
-                early = await conn.read_marker(marker, 5.0)
-                await self._kill_group(sandbox_id, marker.pgid)
-                tail = early + await conn.drain(2.0)
-                for kind, data in tail:
-                    if kind == _wire.STDERR:
-                        data = marker.feed(data)
-                    if data:
-                        yield ExecEvent(
-                            kind="stdout" if kind == _wire.STDOUT else "stderr", data=data
-                        )
-                finished = True
-                raise CommandTimeout(
-                    f"command timed out after {options.timeout} s; its process group was killed",
-                    timeout=options.timeout,
-                    provider=PROVIDER,
-                    op="exec",
-                    sandbox_id=sandbox_id,
+    async def _agent_of(self, sandbox_id: str) -> _agent.AgentConnection | None:
+        """The connection to the sandbox's exec agent (opened through a relay exec by any client
+        but the creator); ``None`` when the sandbox runs without one."""
+        if sandbox_id in self._paused:  # a frozen agent would not answer: say so instead
+            if ((await self._inspect(sandbox_id, "exec")).get("State") or {}).get("Paused"):
+                raise SandboxConflict(
+                    f"sandbox {sandbox_id} is paused", provider=PROVIDER, sandbox_id=sandbox_id
                 )
-            finished = True
-            signal = code - 128 if 128 < code < 128 + 65 else None
-            if code == 137:
-                note = await self._oom_note(sandbox_id)
-                if note:
-                    yield ExecEvent(kind="stderr", data=note)
-            yield ExecEvent(kind="exit", exit_code=code, signal=signal)
-        finally:
-            await frames.aclose()
-            if not finished:
-                # stdout and stderr travel separately: the caller may leave on a stdout chunk
-                # that overtook the wrapper's stderr line; wait for it to learn the group.
-                with anyio.CancelScope(shield=True), anyio.move_on_after(15):
-                    await conn.read_marker(marker, 5.0)
-                    conn.close()
-                    await self._kill_group(sandbox_id, marker.pgid)
-            conn.close()
-
-    async def _wait_exit(self, sandbox_id: str, exec_id: str, deadline: float | None) -> int | None:
-        """The exit code once the command has ended; ``None`` when ``deadline`` passes first.
-
-        The output stream usually ends with the process, but a command that closed its stdout
-        and stderr keeps running after it: poll (with backoff) until the engine reports an exit.
-        """
-        delay = 0.002
-        while True:
-            info: dict[str, Any] = await self._call(
-                "exec", lambda api: api.exec_inspect(exec_id), sandbox_id=sandbox_id
+            self._paused.discard(sandbox_id)
+        conn = self._agents.get(sandbox_id)
+        if conn is not None and conn.usable:
+            return conn
+        if conn is None and sandbox_id in self._agents:
+            return None
+        attrs = await self._inspect(sandbox_id, "exec")
+        found = None
+        if ((attrs.get("Config") or {}).get("Labels") or {}).get(LABEL_AGENT):
+            stream = await self._call(
+                "exec", lambda api: _agent.relay(api, sandbox_id), sandbox_id=sandbox_id
             )
-            if not info.get("Running") and info.get("ExitCode") is not None:
-                return int(info["ExitCode"])
-            if deadline is not None and time.monotonic() >= deadline:
-                return None
-            pause = delay if deadline is None else min(delay, max(deadline - time.monotonic(), 0))
-            await anyio.sleep(pause)
-            delay = min(delay * 2, 0.25)
+            found = _agent.AgentConnection(stream, sandbox_id)
+            try:
+                await found.handshake(_agent.HANDSHAKE_TIMEOUT)
+            except (SandboxError, TimeoutError) as exc:
+                found.drop()
+                if isinstance(exc, SandboxNotFound):
+                    raise
+                log.warning(
+                    "sandbox %s: %s; commands go through the engine's exec", sandbox_id, exc
+                )
+                found = None
+        self._agents[sandbox_id] = found
+        return found
 
-    async def _kill_group(self, sandbox_id: str, pgid: int | None) -> None:
-        """Kill a command's process group from inside the container (best effort)."""
-        if pgid is None:
-            return
-        argv = ["/bin/sh", "-c", _KILL_GROUP, "sh", str(pgid)]
-        try:
-            await self._call(
-                "exec",
-                lambda api: _run_quick(api, sandbox_id, argv),
+    async def start(
+        self, sandbox_id: str, argv: builtins.list[str], options: StartOptions
+    ) -> ProcessHandle:
+        """Start a process through the sandbox's exec agent (the engine's exec for another
+        ``user``, or a sandbox without an agent). Raises ``SandboxNotFound``, ``FileNotFound``
+        for a missing ``cwd``."""
+        conn = None if options.user is not None else await self._agent_of(sandbox_id)
+        if conn is None:
+            return await EngineProcess.start(self, sandbox_id, argv, options)
+        return await conn.start(argv, options)
+
+    async def _require_agent(self, sandbox_id: str, what: str) -> _agent.AgentConnection:
+        conn = await self._agent_of(sandbox_id)
+        if conn is None:
+            raise Unsupported(
+                f"{what} needs the sandbox's exec agent, which does not run in {sandbox_id}",
+                provider=PROVIDER,
+                op=what,
                 sandbox_id=sandbox_id,
             )
-        except SandboxError:
-            log.debug("killing process group %s in %s failed", pgid, sandbox_id, exc_info=True)
+        return conn
 
-    async def _oom_note(self, sandbox_id: str) -> bytes:
-        """A stderr note when the container's memory cgroup has OOM-killed something."""
-        argv = ["/bin/sh", "-c", _OOM_PROBE]
-        try:
-            out = await self._call(
-                "exec", lambda api: _run_quick(api, sandbox_id, argv), sandbox_id=sandbox_id
-            )
-        except SandboxError:
-            return b""
-        count = out.strip()
-        if count.isdigit() and int(count) > 0:
-            return (
-                b"agent-sandbox: exit 137 with the sandbox's memory limit reached "
-                b"(OOMKilled: the kernel's out-of-memory killer ended a process)\n"
-            )
-        return b""
+    async def attach(self, sandbox_id: str, ref: str) -> ProcessHandle:
+        """Follow a process started with ``detached`` again, from any client; its recent output
+        (up to 1 MiB per stream) is replayed. Raises ``ProcessNotFound``."""
+        return await (await self._require_agent(sandbox_id, "attach")).attach(ref)
+
+    async def processes(self, sandbox_id: str) -> builtins.list[ProcessInfo]:
+        """The sandbox's background processes (running, and the last ones that ended)."""
+        return await (await self._require_agent(sandbox_id, "processes")).processes()
 
     # -- files ------------------------------------------------------------------------------
 
@@ -776,12 +764,16 @@ class DockerBackend(BaseBackend):
     async def read_file(
         self, sandbox_id: str, path: str, *, max_bytes: int = DEFAULT_READ_LIMIT
     ) -> bytes:
-        """The bytes of a regular file, as the sandbox's default user: through the archive API
-        when that user is root, else through a command of that user.
+        """The bytes of a regular file, as the sandbox's default user: read by the exec agent
+        (which runs as that user); without one, through the archive API when that user is root,
+        else through a command of that user.
 
         Symlinks are followed. Raises ``FileNotFound``, ``IsADirectory``, ``PermissionDenied``,
         ``FileTooLarge`` (checked before anything is read), ``InvalidPath`` (FIFO, device).
         """
+        conn = await self._agent_of(sandbox_id)
+        if conn is not None:
+            return await conn.read_file(path, max_bytes)
         if not await self._files_as_root(sandbox_id, "read_file"):
             return await file_access.read_as_user(self, sandbox_id, path, max_bytes)
         where: dict[str, Any] = {"provider": PROVIDER, "op": "read_file", "sandbox_id": sandbox_id}
@@ -811,10 +803,15 @@ class DockerBackend(BaseBackend):
         raise InvalidPath(f"too many levels of symbolic links: {path}", **where)
 
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
-        """Create or replace a file as the sandbox's default user, creating parents: through
-        the archive API (a streamed tar) when that user is root, else through a command of
-        that user. A replaced file keeps its mode; a directory is never replaced
-        (``IsADirectory``); a symlink is written through."""
+        """Create or replace a file as the sandbox's default user, creating parents: written by
+        the exec agent (which runs as that user); without one, through the archive API (a
+        streamed tar) when that user is root, else through a command of that user. A replaced
+        file keeps its mode; a directory is never replaced (``IsADirectory``); a symlink is
+        written through."""
+        conn = await self._agent_of(sandbox_id)
+        if conn is not None:
+            await conn.write_file(path, data)
+            return
         if not await self._files_as_root(sandbox_id, "write_file"):
             await file_access.write_as_user(self, sandbox_id, path, data)
             return
@@ -980,12 +977,15 @@ class DockerBackend(BaseBackend):
         return str(result["Id"])
 
     async def pause(self, sandbox_id: str) -> None:
-        """Freeze every process of the sandbox (cgroup freezer)."""
+        """Freeze every process of the sandbox (cgroup freezer). Until it is resumed, its commands
+        raise ``SandboxConflict`` (when paused by another client, they wait for the resume)."""
         await self._call("pause", lambda api: api.pause(sandbox_id), sandbox_id=sandbox_id)
+        self._paused.add(sandbox_id)
 
     async def resume(self, sandbox_id: str) -> None:
         """Thaw a paused sandbox."""
         await self._call("resume", lambda api: api.unpause(sandbox_id), sandbox_id=sandbox_id)
+        self._paused.discard(sandbox_id)
 
 
 # -- blocking helpers (run in worker threads) ------------------------------------------------
@@ -1074,6 +1074,14 @@ def _egress_volume(key: str) -> str:
     return f"agent-sandbox-egress-{key}"
 
 
+def _remove_container(api: docker.APIClient, cid: str) -> None:
+    """Force-remove one container; gone, or already being removed (auto-remove), is fine."""
+    import docker.errors  # type: ignore[import-untyped,unused-ignore]
+
+    with contextlib.suppress(docker.errors.APIError):  # NotFound, 409 removal in progress
+        api.remove_container(cid, force=True)
+
+
 def _remove_egress(api: docker.APIClient, key: str) -> None:
     """Remove the egress proxy, relay and volume of one allowlist sandbox (gone is fine)."""
     import docker.errors  # type: ignore[import-untyped,unused-ignore]
@@ -1100,12 +1108,6 @@ def _sweep_egress(api: docker.APIClient, now: datetime, labels: Mapping[str, str
         expires = _labels.expires_at(found)
         if expires is not None and expires <= now:
             _remove_egress(api, found[LABEL_EGRESS])
-
-
-def _run_quick(api: docker.APIClient, container: str, argv: list[str]) -> str:
-    ex = api.exec_create(container, argv, user="0")
-    out = api.exec_start(ex["Id"])
-    return out.decode("utf-8", "replace") if isinstance(out, bytes) else str(out)
 
 
 _SPOOL = 16 * 1024 * 1024

@@ -1,4 +1,4 @@
-"""Wire-level helpers: the exec attach stream, tar streams for the archive API, stat headers.
+"""Wire-level helpers: the engine's attach-stream framing, tar streams for the archive API, stat headers.
 
 Nothing here talks to the engine; these are pure functions and small classes the backend uses,
 so they are cheap to test and easy to read.
@@ -59,36 +59,6 @@ class FrameParser:
     def pending(self) -> int:
         """Bytes received but not yet part of a whole frame."""
         return len(self._buf)
-
-
-class MarkerSplitter:
-    """Takes the wrapper's first stderr line (the process group id) off the stderr stream."""
-
-    def __init__(self) -> None:
-        self.pgid: int | None = None
-        self._head = b""
-        self.done = False
-
-    def feed(self, data: bytes) -> bytes:
-        """Return the part of ``data`` that belongs to the command's own stderr."""
-        if self.done:
-            return data
-        self._head += data
-        line, sep, rest = self._head.partition(b"\n")
-        if not sep:
-            return b""
-        self.done = True
-        self._head = b""
-        try:
-            self.pgid = int(line)
-        except ValueError:  # not our marker (the wrapper could not run): pass it through
-            return line + sep + rest
-        return rest
-
-    def flush(self) -> bytes:
-        """Whatever was held back when the stream ends without a newline."""
-        head, self._head = self._head, b""
-        return head
 
 
 def tar_single_file(name: str, data: bytes | memoryview, mode: int = 0o644) -> Iterator[bytes]:

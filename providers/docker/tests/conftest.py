@@ -2,6 +2,7 @@
 
 from docker_testkit import (  # noqa: F401 - fixtures are found by name
     _session_cleanup,
+    _testkit_importable,
     anyio_backend,
     backend,
     docker_api,

@@ -95,6 +95,15 @@ def _session_cleanup() -> Iterator[None]:
     remove_labelled(f"{RUN_LABEL}={RUN_ID}")
 
 
+@pytest.fixture(autouse=True)
+def _testkit_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Client processes a test starts (reattach from another process) import this module."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
+    )
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"

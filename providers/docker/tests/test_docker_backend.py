@@ -90,7 +90,7 @@ async def test_create_sets_labels_limits_and_main_process(
         assert host["MemorySwap"] == 128 * 1024 * 1024
         assert host["PidsLimit"] == 4096
         assert host["AutoRemove"] is True
-        assert attrs["Config"]["Entrypoint"] == ["sleep"]
+        assert attrs["Config"]["Entrypoint"] == ["/.agent-sandbox/agent", "--ttl"]
         assert 890 <= int(attrs["Config"]["Cmd"][0]) <= 900
         assert sandbox.info.workdir == "/workspace"
         assert sandbox.info.expires_at is not None
@@ -930,6 +930,10 @@ async def test_runsc_runtime(docker_label: str, docker_api: Any) -> None:
             assert await sandbox.read_file("/tmp/g") == b"gvisor"
             with pytest.raises(CommandTimeout):
                 await sandbox.exec("sleep 100 & sleep 100", timeout=1)
+            # gVisor honours no child subreaper: a daemon orphaned at birth is still found
+            with pytest.raises(CommandTimeout):
+                await sandbox.exec("setsid sleep 301 & sleep 100", timeout=1)
+            assert "sleep 301" not in (await sandbox.exec(PROCS)).stdout
         finally:
             await sandbox.destroy()
     finally:
