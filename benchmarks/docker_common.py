@@ -6,6 +6,7 @@ removes whatever carries it at exit.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import statistics
@@ -47,11 +48,32 @@ def timed_sync(func: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def add_sandbox_options(parser: argparse.ArgumentParser) -> None:
+    """``--network none`` and ``--runtime runsc`` (gVisor), for ours and the baseline alike."""
+    parser.add_argument("--network", choices=["open", "none"], default="open")
+    parser.add_argument("--runtime", default=None, help="e.g. runsc (gVisor; network none only)")
+
+
+def raw_host_config(api: Any, network: str, runtime: str | None) -> Any:
+    """The baseline container's host config for the same network and runtime as ours."""
+    return api.create_host_config(
+        network_mode="none" if network == "none" else None, runtime=runtime
+    )
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 def report(title: str, samples: dict[str, list[float]], baseline: str) -> dict[str, float]:
-    """Print medians (ms) and ratios to ``baseline``; return the medians."""
+    """Print p50 and p99 (ms) and their ratios to ``baseline``; return the medians."""
     medians = {name: statistics.median(values) for name, values in samples.items()}
-    print(f"\n{title}  (median of {min(len(v) for v in samples.values())} runs)")
+    p99 = {name: percentile(values, 0.99) for name, values in samples.items()}
+    print(f"\n{title}  ({min(len(v) for v in samples.values())} runs)")
     for name, value in medians.items():
-        ratio = value / medians[baseline]
-        print(f"  {name:<28} {value * 1000:9.2f} ms   {ratio:5.2f}x {baseline}")
+        print(
+            f"  {name:<34} p50 {value * 1000:9.2f} ms {value / medians[baseline]:6.3f}x   "
+            f"p99 {p99[name] * 1000:9.2f} ms {p99[name] / p99[baseline]:6.3f}x   ({baseline})"
+        )
     return medians

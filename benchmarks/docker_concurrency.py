@@ -1,9 +1,9 @@
-"""50 sandboxes at once: each is created, runs one command and is destroyed, all concurrently on
-one backend (one connection pool). Prints the wall time, per-sandbox latency, errors and the
-containers left behind.
+"""50 sandboxes at once: each is created, runs 20 commands one after the other and is
+destroyed, all concurrently on one backend. Prints the wall time, per-sandbox latency, errors and
+the containers left behind.
 
-Run: ``uv run --all-extras python benchmarks/docker_concurrency.py [--count N] [--rounds R]``.
-Targets: errors 0, leaks 0.
+Run: ``uv run --all-extras python benchmarks/docker_concurrency.py [--count N] [--commands C]
+[--rounds R] [--network none] [--runtime runsc]``. Targets: errors 0, leaks 0.
 """
 
 from __future__ import annotations
@@ -13,41 +13,54 @@ import statistics
 import time
 
 import anyio
-from agent_sandbox_docker import DockerBackend
-from docker_common import BENCH_LABEL, IMAGE, RUN_ID, cleanup, raw_client
+from agent_sandbox_docker import DockerBackend, DockerOptions
+from docker_common import BENCH_LABEL, IMAGE, RUN_ID, add_sandbox_options, cleanup, raw_client
 
 from agent_sandbox import Sandbox
 
 
-async def one(backend: DockerBackend, i: int, latencies: list[float], errors: list[str]) -> None:
+async def one(
+    backend: DockerBackend,
+    i: int,
+    args: argparse.Namespace,
+    latencies: list[float],
+    errors: list[str],
+) -> None:
     start = time.perf_counter()
     try:
         async with await Sandbox.create(
-            backend=backend, image=IMAGE, labels={BENCH_LABEL: RUN_ID}, ttl_seconds=600
+            backend=backend,
+            image=IMAGE,
+            labels={BENCH_LABEL: RUN_ID},
+            ttl_seconds=600,
+            network=args.network,
         ) as sb:
-            result = await sb.exec(["sh", "-c", f"echo {i}"])
-            if result.stdout != f"{i}\n":
-                errors.append(f"sandbox {i}: wrong output {result.stdout!r}")
+            for n in range(args.commands):
+                result = await sb.exec(["sh", "-c", f"echo {i}-{n}"])
+                if result.stdout != f"{i}-{n}\n":
+                    errors.append(f"sandbox {i}: wrong output {result.stdout!r}")
     except Exception as exc:
         errors.append(f"sandbox {i}: {type(exc).__name__}: {exc}")
     latencies.append(time.perf_counter() - start)
 
 
-async def main(count: int, rounds: int) -> None:
+async def main(args: argparse.Namespace) -> None:
     api = raw_client()
-    backend = DockerBackend()
+    backend = DockerBackend(DockerOptions(runtime=args.runtime))
+    count = args.count
     try:
-        for r in range(rounds):
+        for r in range(args.rounds):
             latencies: list[float] = []
             errors: list[str] = []
             start = time.perf_counter()
             async with anyio.create_task_group() as tg:
                 for i in range(count):
-                    tg.start_soon(one, backend, i, latencies, errors)
+                    tg.start_soon(one, backend, i, args, latencies, errors)
             wall = time.perf_counter() - start
             left = len(api.containers(all=True, filters={"label": f"{BENCH_LABEL}={RUN_ID}"}))
             print(
-                f"round {r + 1}: {count} sandboxes create+exec+destroy concurrently: "
+                f"round {r + 1}: {count} sandboxes x {args.commands} commands, network "
+                f"{args.network}, runtime {args.runtime or 'default'}: "
                 f"wall {wall:.2f} s, per sandbox median {statistics.median(latencies):.2f} s "
                 f"max {max(latencies):.2f} s, errors {len(errors)}, leaked containers {left}"
             )
@@ -62,6 +75,7 @@ async def main(count: int, rounds: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=50)
+    parser.add_argument("--commands", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=1)
-    args = parser.parse_args()
-    anyio.run(main, args.count, args.rounds)
+    add_sandbox_options(parser)
+    anyio.run(main, parser.parse_args())

@@ -1,10 +1,10 @@
-"""Moving 50 MiB in and out: ``write_file`` + ``read_file`` against docker-py's own
-``put_archive`` (tar built in memory) + ``get_archive`` (tar read back and unpacked), same
-container, interleaved, median of N runs; then the peak client memory of one round trip each,
-measured with tracemalloc (the 50 MiB payload itself is allocated before tracing starts).
+"""Moving a file in and out: ``write_file`` + ``read_file`` (through the exec agent) against
+docker-py's own ``put_archive`` (tar built in memory) + ``get_archive`` (tar read back and
+unpacked), same container, interleaved, p50/p99 of N runs, for each size; then the peak client
+memory of one round trip each, measured with tracemalloc (the payload is allocated before).
 
-Run: ``uv run --all-extras python benchmarks/docker_files.py [--runs N] [--mib M]``.
-Target: ours / docker-py <= 1.10.
+Run: ``uv run --all-extras python benchmarks/docker_files.py [--runs N] [--sizes 4096,10485760]
+[--network none] [--runtime runsc]``. Target: ours / docker-py <= 0.5.
 """
 
 from __future__ import annotations
@@ -18,8 +18,18 @@ import tracemalloc
 from typing import Any
 
 import anyio
-from agent_sandbox_docker import DockerBackend
-from docker_common import BENCH_LABEL, IMAGE, RUN_ID, cleanup, raw_client, report, timed, timed_sync
+from agent_sandbox_docker import DockerBackend, DockerOptions
+from docker_common import (
+    BENCH_LABEL,
+    IMAGE,
+    RUN_ID,
+    add_sandbox_options,
+    cleanup,
+    raw_client,
+    report,
+    timed,
+    timed_sync,
+)
 
 from agent_sandbox import Sandbox
 
@@ -42,60 +52,65 @@ def raw_round_trip(api: Any, cid: str, data: bytes) -> None:
     assert len(back) == len(data)
 
 
-async def main(runs: int, mib: int) -> None:
+async def main(runs: int, sizes: list[int], network: str, runtime: str | None) -> None:
     api = raw_client()
-    backend = DockerBackend()
-    data = os.urandom(mib * 1024 * 1024)
+    backend = DockerBackend(DockerOptions(runtime=runtime))
     try:
         async with await Sandbox.create(
-            backend=backend, image=IMAGE, labels={BENCH_LABEL: RUN_ID}, ttl_seconds=1800
+            backend=backend,
+            image=IMAGE,
+            labels={BENCH_LABEL: RUN_ID},
+            ttl_seconds=1800,
+            network=network,
         ) as sb:
-
-            async def ours() -> None:
-                await sb.write_file("/tmp/ours.bin", data)
-                back = await sb.read_file("/tmp/ours.bin")
-                assert len(back) == len(data)
-
-            def raw() -> None:
-                raw_round_trip(api, sb.id, data)
-
-            for _ in range(2):
-                await ours()
-                raw()
-            samples: dict[str, list[float]] = {
-                "docker-py put/get_archive": [],
-                "write_file+read_file": [],
-            }
-            for i in range(runs):
-                if i % 2 == 0:
-                    samples["docker-py put/get_archive"].append(timed_sync(raw))
-                    samples["write_file+read_file"].append(await timed(ours))
-                else:
-                    samples["write_file+read_file"].append(await timed(ours))
-                    samples["docker-py put/get_archive"].append(timed_sync(raw))
-            report(f"write + read {mib} MiB, same container", samples, "docker-py put/get_archive")
-
-            tracemalloc.start()
-            await ours()
-            _, ours_peak = tracemalloc.get_traced_memory()
-            tracemalloc.reset_peak()
-            raw()
-            _, raw_peak = tracemalloc.get_traced_memory()
-            tracemalloc.stop()
-            print(f"\npeak client memory (tracemalloc) of one round trip of {mib} MiB:")
-            print(f"  docker-py put/get_archive    {raw_peak / 2**20:8.1f} MiB")
-            print(
-                f"  write_file+read_file         {ours_peak / 2**20:8.1f} MiB (incl. the returned bytes)"
-            )
+            for size in sizes:
+                await one_size(api, sb, runs, size)
     finally:
         await backend.aclose()
         cleanup(api)
         api.close()
 
 
+async def one_size(api: Any, sb: Sandbox, runs: int, size: int) -> None:
+    data = os.urandom(size)
+
+    async def ours() -> None:
+        await sb.write_file("/tmp/ours.bin", data)
+        back = await sb.read_file("/tmp/ours.bin")
+        assert len(back) == len(data)
+
+    def raw() -> None:
+        raw_round_trip(api, sb.id, data)
+
+    for _ in range(2):
+        await ours()
+        raw()
+    samples: dict[str, list[float]] = {"docker-py put/get_archive": [], "write_file+read_file": []}
+    for i in range(runs):
+        if i % 2 == 0:
+            samples["docker-py put/get_archive"].append(timed_sync(raw))
+            samples["write_file+read_file"].append(await timed(ours))
+        else:
+            samples["write_file+read_file"].append(await timed(ours))
+            samples["docker-py put/get_archive"].append(timed_sync(raw))
+    report(f"write + read {size} bytes, same container", samples, "docker-py put/get_archive")
+
+    tracemalloc.start()
+    await ours()
+    _, ours_peak = tracemalloc.get_traced_memory()
+    tracemalloc.reset_peak()
+    raw()
+    _, raw_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    print(f"  peak client memory of one round trip: docker-py {raw_peak / 2**20:.1f} MiB, ours")
+    print(f"  {ours_peak / 2**20:.1f} MiB (incl. the returned bytes)")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--mib", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--sizes", default="4096,10485760")
+    add_sandbox_options(parser)
     args = parser.parse_args()
-    anyio.run(main, args.runs, args.mib)
+    sizes = [int(size) for size in args.sizes.split(",")]
+    anyio.run(main, args.runs, sizes, args.network, args.runtime)
