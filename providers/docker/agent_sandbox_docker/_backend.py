@@ -77,6 +77,22 @@ LABEL_ROLE = _labels.ROLE
 LABEL_AGENT = "agent-sandbox.agent"
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 
+# What a sandbox's processes keep of Docker's default capabilities (all others are dropped):
+# enough for root in the sandbox to own, chmod and write any file of the sandbox, switch users
+# (package managers do) and bind low ports; not raw sockets (packet spoofing), device nodes,
+# chroot, file capabilities or the audit log. With no-new-privileges, no setuid program gains
+# anything either.
+CAPABILITIES = (
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "NET_BIND_SERVICE",
+)
+
 _STATES: dict[str, SandboxState] = {
     "running": "running",
     "created": "running",
@@ -313,6 +329,9 @@ class DockerBackend(BaseBackend):
             open_network = spec.network.mode == "open"
             host_config = api.create_host_config(
                 auto_remove=True,
+                cap_drop=["ALL"],
+                cap_add=list(CAPABILITIES),
+                security_opt=["no-new-privileges:true"],
                 init=None if agent else self.opts.init or None,
                 log_config={"Type": "none", "Config": {}} if agent else None,
                 network_mode=_open_network(api) if open_network else "none",
@@ -505,6 +524,8 @@ class DockerBackend(BaseBackend):
                     "host_config": api.create_host_config(
                         auto_remove=True,
                         init=True,
+                        cap_drop=["ALL"],
+                        security_opt=["no-new-privileges:true"],
                         pids_limit=512,
                         mem_limit="256m",
                         binds={_egress_volume(key): {"bind": _egress.SOCKET_DIR, "mode": "rw"}},
@@ -530,6 +551,8 @@ class DockerBackend(BaseBackend):
                 "host_config": api.create_host_config(
                     auto_remove=True,
                     init=True,
+                    cap_drop=["ALL"],
+                    security_opt=["no-new-privileges:true"],
                     pids_limit=128,
                     mem_limit="128m",
                     network_mode=f"container:{sandbox}",

@@ -685,6 +685,12 @@ async def test_allowlist_through_the_egress_proxy(docker_api: Any, docker_label:
                 for row in docker_api.containers(filters={"label": f"agent-sandbox.egress={key}"})
             }
             assert roles == {None, "egress-proxy", "egress-relay"}  # sandbox, proxy, relay
+            for row in docker_api.containers(filters={"label": f"agent-sandbox.egress={key}"}):
+                host = docker_api.inspect_container(row["Id"])["HostConfig"]
+                assert "no-new-privileges:true" in host["SecurityOpt"]
+                if row["Labels"].get("agent-sandbox.role"):  # the helpers need no capability
+                    assert host["CapDrop"] == ["ALL"]
+                    assert not host["CapAdd"]
         finally:
             await sandbox.destroy()
         assert docker_api.volumes(filters={"label": f"agent-sandbox.egress={key}"})["Volumes"] in (
