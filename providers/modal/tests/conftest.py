@@ -1,0 +1,114 @@
+"""Fixtures: the fake Modal (offline) or the real one (live), and a backend pointed at it.
+
+Offline (default): a :class:`FakeModal` serves Modal's control plane and task command router on
+127.0.0.1 from a thread of its own for the tests of this folder, and every backend talks to it
+through the real ``modal`` SDK. The SDK finds its server and credentials the way it always does,
+in ``MODAL_SERVER_URL``, ``MODAL_TOKEN_ID`` and ``MODAL_TOKEN_SECRET``: they are set before this
+folder's first test makes a Modal client (the SDK reads them then; nothing here imports ``modal``
+earlier) and restored after its last, so no other test of the repository sees them. A client
+process started by a test inherits them.
+
+Live: ``AGENT_SANDBOX_LIVE=modal`` (a comma-separated list may name other providers too) runs the
+tests marked ``live`` against Modal itself with the SDK's usual credentials (``MODAL_TOKEN_ID``
+and ``MODAL_TOKEN_SECRET``); without them they are skipped, saying so. ``nox -s live -- modal``
+sets this up.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent_sandbox.models import SandboxSpec
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import fake_modal_jail
+from agent_sandbox_modal import ModalBackend, ModalOptions
+from fake_modal import FakeModal
+
+MODAL_ENV = (
+    "MODAL_SERVER_URL",
+    "MODAL_TOKEN_ID",
+    "MODAL_TOKEN_SECRET",
+    "MODAL_ENVIRONMENT",
+    "MODAL_PROFILE",
+    "MODAL_SANDBOX_V2",
+)
+
+
+def live_mode() -> bool:
+    """True when the tests should run against the real Modal."""
+    wanted = os.environ.get("AGENT_SANDBOX_LIVE", "")
+    return "modal" in {part.strip() for part in wanted.split(",")}
+
+
+@pytest.fixture(scope="package")
+def fake_modal() -> Iterator[FakeModal]:
+    """The fake Modal for this folder's tests (offline mode only), with the SDK pointed at it."""
+    if live_mode():
+        pytest.skip("AGENT_SANDBOX_LIVE=modal: this test needs the fake, not the real Modal")
+    reason = fake_modal_jail.unavailable()
+    if reason:
+        pytest.skip(reason)
+    fake = FakeModal().start()
+    saved = {name: os.environ.get(name) for name in MODAL_ENV}
+    for name in MODAL_ENV:
+        os.environ.pop(name, None)
+    os.environ["MODAL_SERVER_URL"] = fake.url
+    os.environ["MODAL_TOKEN_ID"] = fake.token_id
+    os.environ["MODAL_TOKEN_SECRET"] = fake.token_secret
+    try:
+        yield fake
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        fake.stop()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def modal_options(request: pytest.FixtureRequest) -> ModalOptions:
+    """Options reaching the fake (offline) or the real Modal (live, from the environment)."""
+    if live_mode():
+        if not (os.environ.get("MODAL_TOKEN_ID") and os.environ.get("MODAL_TOKEN_SECRET")):
+            pytest.skip("live Modal tests need MODAL_TOKEN_ID and MODAL_TOKEN_SECRET; not set")
+        return ModalOptions()
+    request.getfixturevalue("fake_modal")
+    return ModalOptions(retry_backoff_seconds=0.05)
+
+
+@pytest.fixture
+def sandbox_backend(modal_options: ModalOptions) -> ModalBackend:
+    """A fresh backend per test (the conformance suite closes it)."""
+    return ModalBackend(modal_options)
+
+
+@pytest.fixture
+def sandbox_spec() -> SandboxSpec:
+    """The spec the conformance suite creates sandboxes from: Modal's default image."""
+    return SandboxSpec(ttl_seconds=600)
+
+
+@pytest.fixture
+def egress_target(egress_server: object) -> tuple[str, int] | None:
+    """Fake sandboxes share this machine's network; real Modal ones cannot reach it."""
+    if live_mode():
+        return None
+    return ("127.0.0.1", int(getattr(egress_server, "port")))  # noqa: B009
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register ``live``: the tests ``nox -s live -- modal`` runs against the real Modal."""
+    config.addinivalue_line("markers", "live: runs against the real vendor when selected")
