@@ -19,6 +19,7 @@ LIVE_CREDENTIALS = {
     "daytona": ["DAYTONA_API_KEY"],
     "vercel": ["VERCEL_TOKEN", "VERCEL_TEAM_ID", "VERCEL_PROJECT_ID"],
     "cloudflare": ["AGENT_SANDBOX_CLOUDFLARE_URL", "SANDBOX_API_KEY"],
+    "modal": ["MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET"],
 }
 
 

@@ -43,6 +43,7 @@ KNOWN_PROVIDERS: dict[str, KnownProvider] = {
     "e2b": KnownProvider("agent_sandbox_e2b:E2BBackend", "e2b"),
     "daytona": KnownProvider("agent_sandbox_daytona:DaytonaBackend", "daytona"),
     "cloudflare": KnownProvider("agent_sandbox_cloudflare:CloudflareBackend", "cloudflare"),
+    "modal": KnownProvider("agent_sandbox_modal:ModalBackend", "modal"),
 }
 
 

@@ -70,6 +70,7 @@ def test_import_loads_nothing_heavy() -> None:
         "docker",
         "e2b",
         "daytona",
+        "modal",
         "mcp",
     }
     assert not heavy & loaded
@@ -81,6 +82,7 @@ def test_using_the_sandbox_loads_no_vendor_sdk_nor_tools() -> None:
         "docker",
         "e2b",
         "daytona",
+        "modal",
         "mcp",
         "opentelemetry",
         "agent_sandbox.tools",

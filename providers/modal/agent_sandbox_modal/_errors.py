@@ -78,6 +78,9 @@ def rows(exc: Exception, lower: str) -> SandboxError | None:
     if isinstance(exc, e.TimeoutError):
         return OperationTimeout(f"Modal did not answer in time: {message}")
     if isinstance(exc, e.ClientClosed):
+        if "detached sandbox" in lower:
+            # This client let the sandbox go: it destroyed it, or its backend was closed.
+            return SandboxNotFound(f"this client no longer holds the sandbox: {message}")
         return ProviderError(f"the Modal client is closed: {message}")
     return None
 

@@ -88,15 +88,38 @@ async def _output(
     sandbox: _Sandbox, task_id: str, exec_id: str
 ) -> AsyncIterator[tuple[str, bytes] | tuple[str, int]]:
     """The command's output from its start, ``("stdout" | "stderr", data)`` as it comes, then
-    its end: ``("code", n)`` or ``("signal", n)``."""
+    its end: ``("code", n)`` or ``("signal", n)``.
+
+    Paced by the reader: at most a few chunks wait here, and a stream whose reader falls behind
+    is closed and reopened at its offset later, so a fast command's output never piles up in
+    this client."""
     _, router = await _router(sandbox, task_id)
     queue: asyncio.Queue[tuple[str, bytes] | BaseException | None] = asyncio.Queue(4)
 
     async def pump(name: str, fd: Any) -> None:
+        offset = 0
         try:
-            async for item in router.exec_stdio_read(task_id, exec_id, fd):
-                if item.data:
-                    await queue.put((name, bytes(item.data)))
+            while True:
+                stream = router.exec_stdio_read(task_id, exec_id, fd, start_offset=offset)
+                behind = False
+                try:
+                    async for item in stream:
+                        if not item.data:
+                            continue
+                        data = bytes(item.data)
+                        offset += len(data)
+                        if queue.full():
+                            # The reader is behind: let the stream go, and with it whatever
+                            # the transport took in for it (the SDK's HTTP/2 window is 64 MiB),
+                            # then resume from this offset once the reader catches up.
+                            behind = True
+                            break
+                        queue.put_nowait((name, data))
+                finally:
+                    await stream.aclose()
+                if not behind:
+                    break
+                await queue.put((name, data))
             await queue.put(None)
         except Exception as exc:
             await queue.put(exc)

@@ -436,9 +436,21 @@ class FakeModal:
         sandbox.timers.append(self._loop.call_later(1, self._check_idle, sandbox))
 
     async def _watch_main_process(self, sandbox: FakeSandbox) -> None:
+        """Finish the sandbox when its main process ends. Watched through a pidfd on the loop,
+        not a waiting thread: a thread per live sandbox would fill the loop's default executor
+        and stall every other ``to_thread`` call of the fake."""
         container = sandbox.container
         assert container is not None
-        code = await asyncio.to_thread(container.bwrap.wait)
+        loop = asyncio.get_running_loop()
+        pidfd = os.pidfd_open(container.bwrap.pid)
+        ended: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(pidfd, lambda: ended.done() or ended.set_result(None))
+        try:
+            await ended
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+        code = container.bwrap.wait()
         if sandbox.running:
             status = GENERIC.GENERIC_STATUS_SUCCESS if code == 0 else GENERIC.GENERIC_STATUS_FAILURE
             await self._finish(sandbox, status, exitcode=code)
