@@ -159,15 +159,21 @@ async def _attach(sandbox: _Sandbox, exec_id: str) -> tuple[str, int, bool]:
     return task_id, int(status.num_bytes_written), bool(status.closed)
 
 
-async def _polls(sandbox: _Sandbox, exec_ids: list[str]) -> list[Exit | Exception | None]:
-    """:func:`_poll` of many commands at once (an error in place of an unknown one)."""
+async def _polls(sandbox: _Sandbox, exec_ids: list[str]) -> dict[str, Exit | None]:
+    """Each command's end (``None``: still running), polled at once; a command the router never
+    ran is left out, any other failure raised."""
+    from modal.exception import NotFoundError
+
     task_id, router = await _router(sandbox)
 
-    async def one(exec_id: str) -> Exit | None:
-        return _exit(await router.exec_poll(task_id, exec_id))
+    async def one(exec_id: str) -> tuple[str, Exit | None] | None:
+        try:
+            return exec_id, _exit(await router.exec_poll(task_id, exec_id))
+        except NotFoundError:
+            return None
 
-    found = await asyncio.gather(*(one(e) for e in exec_ids), return_exceptions=True)
-    return [item if not isinstance(item, BaseException) else Exception(str(item)) for item in found]
+    found = await asyncio.gather(*(one(e) for e in exec_ids))
+    return dict(item for item in found if item is not None)
 
 
 async def _write_stdin(

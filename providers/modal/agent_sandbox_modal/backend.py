@@ -69,6 +69,9 @@ MAX_TTL_SECONDS = 24 * 3600
 SERVER_TIMEOUT_GRACE = 30
 """Seconds past a command's timeout after which Modal kills it, should this client be gone."""
 REGISTRY_LIMIT = 1 << 20
+"""Bytes of the in-sandbox process registry read (its newest)."""
+MAX_LISTED_PROCESSES = 1000
+"""Processes ``processes()`` polls at most (the newest): the registry is the sandbox's to write."""
 _INTERNAL_TAGS = (_labels.WORKDIR, _labels.CREATE_KEY)
 _TYPES: dict[str, FileType] = {"file": "file", "directory": "dir", "symlink": "symlink"}
 
@@ -394,8 +397,11 @@ class ModalBackend(BaseBackend):
         with self._translating("processes", sandbox_id):
             ends = await _sdk.polls.aio(box, [r["ref"] for r in records])
         found = []
-        for entry, end in zip(records, ends, strict=True):
-            status = None if isinstance(end, Exception) else _process.status_of(end)
+        for entry in records:
+            if entry["ref"] not in ends:
+                continue  # a line the router knows nothing of (forged, or from a snapshot)
+            end = ends[entry["ref"]]
+            status = _process.status_of(end)
             found.append(
                 ProcessInfo(
                     ref=entry["ref"],
@@ -542,7 +548,7 @@ def _records(raw: bytes) -> builtins.list[dict[str, Any]]:
             and all(isinstance(arg, str) for arg in command)
         ):
             found.setdefault(ref, {"ref": ref, "command": command, "started_at": started})
-    return builtins.list(found.values())
+    return builtins.list(found.values())[-MAX_LISTED_PROCESSES:]
 
 
 @contextlib.contextmanager
