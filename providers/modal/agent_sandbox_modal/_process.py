@@ -2,11 +2,13 @@
 
 Every command runs as ``sh -c 'exec "$@"' sh <argv>``: argv stays argv (never spliced into a
 script), a command that cannot be found is the shell's 127 with its message on stderr, and a
-command given no stdin reads ``/dev/null``. Its environment carries a mark,
-``AGENT_SANDBOX_PROCESS=<ref>``: Modal has no call that ends a command, so :meth:`ModalProcess.kill`
-runs a small script in the sandbox that stops, then kills, every process bearing the mark and
-every descendant of one (children that left the process group or cleared their environment
-included, as long as their parent lives). A command started for ``Sandbox.start`` also appends a
+command given no stdin reads ``/dev/null``. Its environment carries the mark of
+:mod:`agent_sandbox.tree` (``AGENT_SANDBOX_PROC=<ref>``): Modal has no call that ends a command,
+so :meth:`ModalProcess.kill` runs that module's tree kill in the sandbox, which stops, then kills,
+every process bearing the mark and every descendant of one (children that left the process group
+or cleared their environment included, as long as their parent lives). No supervisor stands
+between the router and the command, ``exec``'d in place: the router's exit status, signal
+included, is the command's own. A command started for ``Sandbox.start`` also appends a
 line to :data:`REGISTRY` in the sandbox, which is how ``processes()`` finds it from any client.
 """
 
@@ -21,6 +23,7 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from agent_sandbox import tree
 from agent_sandbox._tasks import spawn
 from agent_sandbox.errors import SandboxError, StdinClosed, translating
 from agent_sandbox.process import ExitStatus, ProcessHandle, Stream, exit_status
@@ -28,7 +31,6 @@ from agent_sandbox.process import ExitStatus, ProcessHandle, Stream, exit_status
 from . import _sdk
 from ._errors import NAME, rows
 
-MARK = "AGENT_SANDBOX_PROCESS"
 REGISTRY = "/tmp/.agent-sandbox/processes"
 """One JSON line per process started with ``Sandbox.start``: ``{"ref", "command", "started_at"}``."""
 RECORDED_COMMAND_CHARS = 4096
@@ -39,40 +41,6 @@ _REGISTER = (
     + REGISTRY
     + " 2>/dev/null; "
 )
-
-KILL_TREE = r"""
-mark="AGENT_SANDBOX_PROCESS=$1"
-me=$$
-found=" "
-scan() {
-  for f in $(grep -lzxF -- "$mark" /proc/[0-9]*/environ 2>/dev/null); do
-    p=${f#/proc/}; p=${p%/environ}
-    [ "$p" = "$me" ] && continue
-    case "$found" in *" $p "*) ;; *) found="$found$p " ;; esac
-  done
-  grown=1
-  while [ -n "$grown" ]; do
-    grown=
-    for s in /proc/[0-9]*/stat; do
-      read -r line 2>/dev/null < "$s" || continue
-      p=${s#/proc/}; p=${p%/stat}
-      set -- ${line##*) }
-      case "$found" in
-        *" $2 "*) case "$found" in *" $p "*) ;; *) found="$found$p "; grown=1 ;; esac ;;
-      esac
-    done
-  done
-}
-for round in 1 2 3; do
-  scan
-  [ "$found" = " " ] && exit 0
-  kill -STOP $found 2>/dev/null
-done
-kill -KILL $found 2>/dev/null
-kill -CONT $found 2>/dev/null
-exit 0
-"""
-"""Stop (so none can fork away) then kill every process marked ``$1``, and their descendants."""
 
 
 def wrap(argv: list[str], *, stdin: bool, record: str | None = None) -> list[str]:
@@ -179,7 +147,8 @@ class ModalProcess(ProcessHandle):
 
     async def kill(self) -> None:
         """Stop, then kill, the command and every process it started."""
-        argv = wrap(["sh", "-c", KILL_TREE, "kill-tree", self.ref], stdin=False)
+        # No supervisor: the command is exec'd in place, so the walk starts from the marks alone.
+        argv = wrap(["sh", "-c", tree.KILL, "kill", self.ref, ""], stdin=False)
         killer = str(uuid.uuid4())
         with self._translating("kill"), anyio.fail_after(KILL_SECONDS):
             task_id = await _sdk.start.aio(self._sandbox, killer, argv, "/", {}, None, None)

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr
 
-from agent_sandbox import file_access
+from agent_sandbox import file_access, tree
 from agent_sandbox import labels as _labels
 from agent_sandbox.backend import BaseBackend, ProviderOptions
 from agent_sandbox.errors import (
@@ -346,7 +346,7 @@ class ModalBackend(BaseBackend):
         ref = str(uuid.uuid4())
         streaming = options.stdin_open or options.stdin is not None
         record = _process.record(ref, argv) if options.detached else None
-        env = {**options.env, _process.MARK: ref}
+        env = {**options.env, tree.MARK: ref}
         timeout = (
             None if options.timeout is None else math.ceil(options.timeout) + SERVER_TIMEOUT_GRACE
         )

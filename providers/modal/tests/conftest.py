@@ -3,9 +3,9 @@
 Offline (default): a :class:`FakeModal` serves Modal's control plane and task command router on
 127.0.0.1 from a thread of its own for the tests of this folder, and every backend talks to it
 through the real ``modal`` SDK. The SDK finds its server and credentials the way it always does,
-in ``MODAL_SERVER_URL``, ``MODAL_TOKEN_ID`` and ``MODAL_TOKEN_SECRET``: they are set before this
-folder's first test makes a Modal client (the SDK reads them then; nothing here imports ``modal``
-earlier) and restored after its last, so no other test of the repository sees them. A client
+in ``MODAL_SERVER_URL``, ``MODAL_TOKEN_ID`` and ``MODAL_TOKEN_SECRET`` (its ``config.get`` reads
+the environment each time a client is made): they are set before this folder's first test makes a
+Modal client and restored after its last, so no other test of the repository sees them. A client
 process started by a test inherits them.
 
 Live: ``AGENT_SANDBOX_LIVE=modal`` (a comma-separated list may name other providers too) runs the
