@@ -10,7 +10,6 @@ again from the byte offsets it has reached: nothing is lost or repeated.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Literal
 
 import anyio
@@ -62,35 +61,41 @@ class BridgeProcess(ProcessHandle):
     async def _pump(self, response: httpx.Response) -> None:
         try:
             async with self._send:
-                cuts = 0
-                while True:
-                    before = sum(self._offsets.values())
-                    try:
-                        outcome = await self._relay(response)
-                    finally:
-                        with anyio.CancelScope(shield=True):
-                            await response.aclose()
-                    if outcome == "exit":
-                        return
-                    progress = sum(self._offsets.values()) > before
-                    cuts = 0 if outcome == "more" or progress else cuts + 1
-                    if cuts >= _CUTS:
-                        raise ProviderUnavailable(
-                            f"the Worker's event stream of process {self.ref} kept breaking"
-                        )
-                    response = await self._api.follow(
-                        self._sandbox_id, self.ref, self._offsets["stdout"], self._offsets["stderr"]
+                try:
+                    await self._follow(response)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    raise
+                except Exception as exc:
+                    self._error = translate(
+                        exc, provider=PROVIDER, op="exec", sandbox_id=self._sandbox_id, table=table
                     )
+                    await self._send.send(self._error)  # the reader's next read raises it
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the reader left
-        except Exception as exc:
-            self._error = translate(
-                exc, provider=PROVIDER, op="exec", sandbox_id=self._sandbox_id, table=table
-            )
-            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._send.send_nowait(self._error)
         finally:
             self._done.set()
+
+    async def _follow(self, response: httpx.Response) -> None:
+        """Relay responses until the exit, following again after ``more`` or a cut."""
+        cuts = 0
+        while True:
+            before = sum(self._offsets.values())
+            try:
+                outcome = await self._relay(response)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await response.aclose()
+            if outcome == "exit":
+                return
+            progress = sum(self._offsets.values()) > before
+            cuts = 0 if outcome == "more" or progress else cuts + 1
+            if cuts >= _CUTS:
+                raise ProviderUnavailable(
+                    f"the Worker's event stream of process {self.ref} kept breaking"
+                )
+            response = await self._api.follow(
+                self._sandbox_id, self.ref, self._offsets["stdout"], self._offsets["stderr"]
+            )
 
     async def _relay(self, response: httpx.Response) -> Outcome:
         """Forward one response's chunks; how it ended."""
