@@ -35,7 +35,8 @@ PROVIDER = "cloudflare"
 FOLLOW_SECONDS = 300
 """The longest the Worker follows a process in one response (then it says ``more``)."""
 MAX_SSE_LINE = 1 << 20
-"""Longest event line accepted from the Worker (its chunks are 256 KiB, 350 KB in base64)."""
+"""Longest event line (and event data) accepted from the Worker (its chunks are 256 KiB, 350 KB
+in base64)."""
 
 
 class BridgeError(Exception):
@@ -134,20 +135,43 @@ class Event:
             ) from None
 
 
-async def events(response: httpx.Response) -> AsyncIterator[Event]:
-    """The events of an SSE response (``event:`` and ``data:`` lines, a blank line ends one)."""
-    name, data = "message", list[str]()
-    async for line in response.aiter_lines():
-        if len(line) > MAX_SSE_LINE:
+async def _lines(response: httpx.Response) -> AsyncIterator[str]:
+    """The lines of a response, each refused (``ProviderError``) once it passes
+    :data:`MAX_SSE_LINE` bytes: never buffered whole."""
+    pending = bytearray()
+    async for chunk in response.aiter_bytes():
+        pending += chunk
+        start = 0
+        while (end := pending.find(b"\n", start)) >= 0:
+            if end - start > MAX_SSE_LINE:
+                break
+            yield pending[start:end].rstrip(b"\r").decode("utf-8", "replace")
+            start = end + 1
+        del pending[:start]
+        if len(pending) > MAX_SSE_LINE:
             raise ProviderError("an event line from the Worker is too long")
+    if pending:
+        yield pending.rstrip(b"\r").decode("utf-8", "replace")
+
+
+async def events(response: httpx.Response) -> AsyncIterator[Event]:
+    """The events of an SSE response (``event:`` and ``data:`` lines, a blank line ends one).
+
+    Their lines carry what a sandbox's processes print (and a process can write into its
+    runner's output), so an event holds at most :data:`MAX_SSE_LINE` bytes of data."""
+    name, data, size = "message", list[str](), 0
+    async for line in _lines(response):
         if not line:
             if data:
                 yield Event(name, "\n".join(data))
-            name, data = "message", list[str]()
+            name, data, size = "message", list[str](), 0
         elif line.startswith("event:"):
             name = line[6:].strip()
         elif line.startswith("data:"):
             data.append(line[5:].removeprefix(" "))
+            size += len(data[-1])
+            if size > MAX_SSE_LINE:
+                raise ProviderError("an event from the Worker is too long")
     if data:
         yield Event(name, "\n".join(data))
 

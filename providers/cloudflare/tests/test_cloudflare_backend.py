@@ -5,6 +5,7 @@ quoting."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -26,12 +27,14 @@ from agent_sandbox.errors import (
     AuthenticationError,
     ConfigError,
     FileNotFound,
+    ProviderError,
     ProviderUnavailable,
     QuotaExceeded,
     SandboxNotFound,
     Unsupported,
 )
-from agent_sandbox.models import NetworkPolicy, SandboxSpec
+from agent_sandbox.models import NetworkPolicy, SandboxSpec, StartOptions
+from agent_sandbox.process import ProcessHandle
 
 pytestmark = pytest.mark.anyio
 MiB = 1024 * 1024
@@ -386,3 +389,54 @@ async def test_the_fake_refuses_what_the_bridges_document_forbids(
         assert (await anonymous.get("/asb/v1/sandboxes")).status_code == 401
     document = json.loads((Path(__file__).parent / "bridge-openapi-0.12.10.json").read_text())
     assert document["openapi"] == "3.1.0"
+
+
+@pytest.mark.parametrize(
+    ("head", "flood"),
+    [
+        (b"event: stdout\ndata: ", b"A" * 65536),
+        (b"event: stdout\n", b"data: " + b"A" * 65530 + b"\n"),
+    ],
+    ids=["one endless line", "endless data of one event"],
+)
+async def test_an_endless_event_is_refused_without_being_buffered(
+    head: bytes, flood: bytes
+) -> None:
+    # A process can write into its runner's output (same user: /proc/<runner>/fd/1), so the
+    # lines the Worker relays are the sandbox's: a stand-in for the Worker floods one event.
+    sent = 0
+
+    async def worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n")
+        writer.write(b'event: start\ndata: {"ref": "p-0"}\n\n' + head)
+        try:
+            while sent < 64 * MiB:
+                writer.write(flood)
+                await writer.drain()
+                sent += len(flood)
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(worker, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    backend = CloudflareBackend(CloudflareOptions(url=f"http://127.0.0.1:{port}", api_key="k"))
+
+    async def read_all(handle: ProcessHandle) -> None:
+        while await handle.read() is not None:
+            pass
+
+    try:
+        with anyio.fail_after(30):
+            handle = await backend.start("a" * 26, ["true"], StartOptions())
+            with pytest.raises(ProviderError, match="too long"):
+                await read_all(handle)
+            await handle.close()
+    finally:
+        await backend.aclose()
+        server.close()
+        await server.wait_closed()
+    assert sent < 8 * MiB  # the bound plus what the sockets hold, not the flood
