@@ -115,6 +115,13 @@ async def test_unknown_command(sb: Sandbox) -> None:
     assert (await run(sb, "bash -c true"))[0] == 127  # sh only
 
 
+async def test_there_is_no_network(sb: Sandbox) -> None:
+    for command in ("nc -w 1 127.0.0.1 80", "wget -O - http://example.com", "curl example.com"):
+        code, out, err = await run(sb, command)
+        assert (code, out) == (1, "")
+        assert "network is unreachable" in err
+
+
 # -- the shell --------------------------------------------------------------------------------
 
 

@@ -298,6 +298,11 @@ async def _id(ctx: CommandContext) -> int:
     return 0
 
 
+async def _no_network(ctx: CommandContext) -> int:
+    await ctx.write_stderr(f"{ctx.argv[0]}: network is unreachable (FakeBackend has no network)\n")
+    return 1
+
+
 async def _false(ctx: CommandContext) -> int:
     return 1
 
@@ -310,5 +315,6 @@ UTILITIES: dict[str, Callable[[CommandContext], Awaitable[int]]] = {
     "sh": run_sh, "true": _true, "false": _false, "echo": _echo, "printf": _printf,
     "cat": _cat, "head": _head, "wc": _wc, "sha256sum": _sha256sum, "test": _test, "[": _test,
     "ls": _ls, "mkdir": _mkdir, "rm": _rm, "touch": _touch, "chmod": _chmod, "sleep": _sleep,
-    "env": _env, "pwd": _pwd, "id": _id,
+    "env": _env, "pwd": _pwd, "id": _id, "nc": _no_network, "wget": _no_network,
+    "curl": _no_network,
 }  # fmt: skip

@@ -119,7 +119,8 @@ class FakeBackend(BaseBackend):
       with 128+N), ``:``.
     - utilities: ``sh``, ``true``, ``false``, ``echo``, ``printf``, ``cat``, ``head``, ``wc``,
       ``sha256sum``, ``test``/``[``, ``ls``, ``mkdir``, ``rm``, ``touch``, ``chmod``, ``sleep``,
-      ``env``, ``pwd``, ``id``. A file with a path (``./run.sh``) runs as an ``sh`` script.
+      ``env``, ``pwd``, ``id``; ``nc``, ``wget`` and ``curl`` always fail (no network). A
+      file with a path (``./run.sh``) runs as an ``sh`` script.
 
     Anything else exits 127 with ``command not found`` unless scripted with
     :meth:`register_command`. Background jobs (``&``) end with the shell that started them.
