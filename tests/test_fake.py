@@ -168,6 +168,9 @@ async def test_there_is_no_network(sb: Sandbox) -> None:
             "edeaaff3f1774ad2888673770c6d64097e391bc362d7d6fb34982ddf0efd18cb  -\n",
         ),
         ("echo first | { read a; echo got $a; }", "got first\n"),
+        # read takes one line even when more arrive at once, and a line without end is cut
+        ("{ sleep 0.1; printf 'a\\nb\\n'; } | { read x; read y; echo \"$x|$y\"; }", "a|b\n"),
+        ("read x < /dev/zero; echo $?", "1\n"),
         ("printf 'a b c\\n' | { read x y; echo \"$y|$x\"; }", "b c|a\n"),
         ("printf '  lead  \\n' | { IFS= read -r l; echo \"[$l]\"; }", "[  lead  ]\n"),
         ("# a comment\necho after-comment # trailing", "after-comment\n"),

@@ -41,6 +41,7 @@ from ._shell import (
 
 PIPE_SIZE = 64 * 1024
 FILE_LIMIT = 256 * 1024 * 1024  # what one redirection may write: the fake's "disk"
+LINE_LIMIT = 16 * 1024 * 1024  # the longest line read (by read, head -n, a shell from stdin)
 SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "USR1": 10, "USR2": 12, "PIPE": 13, "TERM": 15}
 
 
@@ -97,24 +98,28 @@ class Pipe:
             self._notify()
         await anyio.lowlevel.checkpoint()
 
-    async def read(self, size: int = CHUNK) -> bytes:
-        """Up to ``size`` bytes, waiting for at least one; ``b""`` at the end."""
+    async def _fill(self) -> bool:
+        """Wait for data to read: ``False`` at the end of input."""
         while not self.buf and not self.closed:
             await self._changed.wait()
+        return bool(self.buf)
+
+    async def read(self, size: int = CHUNK) -> bytes:
+        """Up to ``size`` bytes, waiting for at least one; ``b""`` at the end."""
+        await self._fill()
         data = bytes(self.buf[:size])
         del self.buf[:size]
         self._notify()
         await anyio.lowlevel.checkpoint()
         return data
 
-    async def readline(self) -> bytes:
-        line = b""
-        while not line.endswith(b"\n") and (chunk := await self.read(self._line_end())):
-            line += chunk
-        return line
-
-    def _line_end(self) -> int:
-        return self.buf.find(b"\n") + 1 or PIPE_SIZE
+    async def readline(self, limit: int = LINE_LIMIT) -> bytes:
+        """One line with its newline (none at the end of input), cut at ``limit`` bytes."""
+        line = bytearray()
+        while not line.endswith(b"\n") and len(line) < limit and await self._fill():
+            size = self.buf.find(b"\n") + 1 or len(self.buf)
+            line += await self.read(min(size, limit - len(line)))
+        return bytes(line)
 
     def close(self) -> None:
         self.closed = True
@@ -129,9 +134,9 @@ class Pipe:
 class _Zero(Pipe):
     """``/dev/zero`` read: zeros without end."""
 
-    async def read(self, size: int = CHUNK) -> bytes:
-        await anyio.lowlevel.checkpoint()
-        return bytes(size)
+    async def _fill(self) -> bool:
+        self.buf += bytes(CHUNK - len(self.buf))
+        return True
 
 
 @dataclass
