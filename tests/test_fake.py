@@ -13,7 +13,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent_sandbox import FileNotFound, Sandbox, SandboxNotFound, StdinClosed, Unsupported
+from agent_sandbox import (
+    CommandTimeout,
+    FileNotFound,
+    Sandbox,
+    SandboxNotFound,
+    StdinClosed,
+    Unsupported,
+)
 from agent_sandbox.testing import CommandContext, FakeBackend, FakeOptions
 
 pytestmark = pytest.mark.anyio
@@ -283,7 +290,9 @@ async def test_background_jobs_wait_and_kill(sb: Sandbox) -> None:
     assert (code, out) == (0, "143\ndone\n")
     assert (await run(sb, "cat & wait"))[0] == 0  # a job reads nothing: it does not block
     # background jobs end with the shell that started them
-    await run(sb, "while true; do echo b >> bg; sleep 0.05; done & echo started")
+    await run(
+        sb, "while true; do echo b >> bg; sleep 0.05; done & until [ -e bg ]; do sleep 0.01; done"
+    )
     size = len(await sb.read_file("bg"))
     await anyio.sleep(0.3)
     assert len(await sb.read_file("bg")) == size
@@ -296,6 +305,13 @@ async def test_signals(sb: Sandbox) -> None:
     assert (r.exit_code, r.stdout) == (0, "child=130\n")
     r = await sb.exec("kill -BOGUS 1")
     assert r.exit_code == 2
+
+
+async def test_a_busy_loop_ends_at_its_timeout(sb: Sandbox) -> None:
+    # Every command is a point where the fake's cooperative processes can be cancelled.
+    for script in ("while :; do :; done", "while true; do x=1; done"):
+        with pytest.raises(CommandTimeout):
+            await sb.exec(script, timeout=0.3)
 
 
 async def test_destroy_kills_running_commands(backend: FakeBackend) -> None:

@@ -373,6 +373,7 @@ class Shell:
         return int(not status) if negate else status
 
     async def command(self, node: Command, fds: dict[int, Any]) -> int:
+        await anyio.lowlevel.checkpoint()  # a busy loop (while :; do :; done) stays killable
         try:
             if node.kind == "simple":
                 return await self.simple(node, fds)
