@@ -29,6 +29,7 @@ needs_bwrap = pytest.mark.skipif(not HAVE_BWRAP, reason=BWRAP_PROBLEM or "")
 @pytest.fixture
 def local_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("local-root")
+    root.chmod(0o711)  # as root, the sandboxes' own uids pass through it
     try:
         yield root
     finally:

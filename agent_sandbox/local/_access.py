@@ -4,8 +4,9 @@ Local file operations run in this process, which may hold rights the sandbox's u
 or the jail's user mapped onto this process's uid but stripped of every capability). Each
 operation opens the file or directory first and decides here, from the opened inode's own
 ``fstat``, whether the sandbox's user could do the same, so a path swapped meanwhile cannot change
-the answer. The user is the jail's user with bubblewrap (:func:`_jail.host_user`), and this
-process itself without it.
+the answer. The user is the sandbox's own unprivileged uid when this process is root (see
+``_user``), else the jail's user with bubblewrap (:func:`_jail.host_user`), and this process
+itself without it.
 """
 
 from __future__ import annotations
@@ -58,8 +59,11 @@ class User:
         return self.uid, self.gid
 
 
-def sandbox_user(isolation: Literal["bwrap", "none"]) -> User:
-    """The user a sandbox of this isolation runs its commands as."""
+def sandbox_user(isolation: Literal["bwrap", "none"], dedicated: int | None) -> User:
+    """The user a sandbox of this isolation runs its commands as; ``dedicated``: the uid (and
+    gid) of its own that it runs as when we are root."""
+    if dedicated is not None:
+        return User(dedicated, dedicated, frozenset({dedicated}), privileged=False)
     if isolation == "bwrap":
         uid, gid, groups = _jail.host_user()
         return User(uid, gid, groups, privileged=False)

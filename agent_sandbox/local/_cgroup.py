@@ -1,11 +1,11 @@
-"""CPU and memory limits through cgroups (v1 or v2), nested under the backend's own cgroup.
+"""CPU, memory and process-count limits through cgroups (v1 or v2), nested under our own cgroup.
 
 Sandbox groups are created *below* the cgroup this process lives in, so whatever limits and
 accounting already apply to the caller keep applying to its sandboxes. A command joins its
 sandbox's groups before it executes, through a tiny ``sh`` wrapper (``echo $$ > cgroup.procs;
 exec ...``): Python has no safe pre-exec hook, and joining after the spawn would race with the
-command's first children. When no writable cgroup is found, :func:`detect` says why and the
-backend reports ``Capabilities(resources=False)``.
+command's first children. Each controller (``cpu``, ``memory``, ``pids``) is usable or not on its
+own: :func:`detect` finds which, and says why the others are not.
 """
 
 from __future__ import annotations
@@ -15,19 +15,40 @@ import functools
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _ROOT = "/sys/fs/cgroup"
 CPU_PERIOD_US = 100_000
+CONTROLLERS = ("cpu", "memory", "pids")
+# The file a usable controller shows in a child group, per cgroup version.
+_V2_FILES = {"cpu": "cpu.max", "memory": "memory.max", "pids": "pids.max"}
+_V1_FILES = {"cpu": "cpu.cfs_quota_us", "memory": "memory.limit_in_bytes", "pids": "pids.max"}
+_V1_MOUNTS = {
+    "cpu": ("cpu", "cpu,cpuacct", "cpuacct,cpu"),
+    "memory": ("memory",),
+    "pids": ("pids",),
+}
 
 
 @dataclass(frozen=True)
 class Hierarchy:
-    """Where sandbox groups are made: ``version`` 2 (one ``base``) or 1 (cpu and memory bases)."""
+    """Where sandbox groups are made: ``version`` 1 or 2, and per usable controller the
+    directory under which a sandbox's group of that controller is created (on v2 they are all
+    the same directory). ``missing`` says, per unusable controller, why."""
 
     version: int
-    memory_base: str
-    cpu_base: str
+    bases: dict[str, str]
+    missing: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def resources(self) -> bool:
+        """Whether ``cpus`` and ``memory_mib`` can both be enforced."""
+        return "cpu" in self.bases and "memory" in self.bases
+
+    @property
+    def pids(self) -> bool:
+        """Whether a process-count limit (``pids.max``) can be enforced."""
+        return "pids" in self.bases
 
 
 def _own_paths() -> dict[str, str]:
@@ -41,14 +62,15 @@ def _own_paths() -> dict[str, str]:
     return paths
 
 
-def _can_nest(base: str, needed: tuple[str, ...]) -> bool:
+def _nestable(base: str, files: list[str]) -> set[str]:
+    """Which of ``files`` a child group created under ``base`` has (empty: cannot create one)."""
     probe = os.path.join(base, f"asb-probe-{os.getpid()}")
     try:
         os.mkdir(probe)
     except OSError:
-        return False
+        return set()
     try:
-        return all(os.path.exists(os.path.join(probe, name)) for name in needed)
+        return {name for name in files if os.path.exists(os.path.join(probe, name))}
     finally:
         with contextlib.suppress(OSError):
             os.rmdir(probe)
@@ -56,37 +78,45 @@ def _can_nest(base: str, needed: tuple[str, ...]) -> bool:
 
 @functools.lru_cache(maxsize=1)
 def detect() -> Hierarchy | str:
-    """The usable hierarchy, or why there is none (a sentence for logs and docs)."""
+    """The usable hierarchy (at least one controller), or why there is none (a sentence)."""
     try:
         own = _own_paths()
     except OSError as exc:
         return f"cannot read /proc/self/cgroup: {exc}"
     if os.path.exists(os.path.join(_ROOT, "cgroup.controllers")):
         base = os.path.join(_ROOT, own.get("", "/").lstrip("/"))
-        if _can_nest(base, ("memory.max", "cpu.max")):
-            return Hierarchy(2, base, base)
-        return (
-            f"cgroup v2: cannot create child groups with the cpu and memory controllers "
-            f"under {base} (not delegated to this user, or controllers not enabled)"
+        found = _nestable(base, list(_V2_FILES.values()))
+        bases = {c: base for c, f in _V2_FILES.items() if f in found}
+        why = (
+            f"cgroup v2: cannot create child groups under {base} (not delegated to this user)"
+            if not found
+            else f"cgroup v2: the controller is not enabled for child groups of {base}"
         )
-    memory_mount = os.path.join(_ROOT, "memory")
-    cpu_mount = next(
-        (
-            os.path.join(_ROOT, name)
-            for name in ("cpu", "cpu,cpuacct", "cpuacct,cpu")
-            if os.path.exists(os.path.join(_ROOT, name, "cpu.cfs_quota_us"))
-        ),
-        None,
-    )
-    if cpu_mount is None or not os.path.isdir(memory_mount):
-        return "cgroup v1 without both the cpu and memory controllers mounted"
-    memory_base = os.path.join(memory_mount, own.get("memory", "/").lstrip("/"))
-    cpu_base = os.path.join(cpu_mount, own.get("cpu", own.get("cpuacct", "/")).lstrip("/"))
-    if _can_nest(memory_base, ("memory.limit_in_bytes",)) and _can_nest(
-        cpu_base, ("cpu.cfs_quota_us",)
-    ):
-        return Hierarchy(1, memory_base, cpu_base)
-    return f"cgroup v1: {memory_base} or {cpu_base} is not writable"
+        missing = {c: why for c in CONTROLLERS if c not in bases}
+        return Hierarchy(2, bases, missing) if bases else why
+    bases = {}
+    missing = {}
+    for controller, names in _V1_MOUNTS.items():
+        mount = next(
+            (
+                os.path.join(_ROOT, name)
+                for name in names
+                if os.path.exists(os.path.join(_ROOT, name, "cgroup.procs"))
+            ),
+            None,
+        )
+        if mount is None:
+            missing[controller] = f"cgroup v1: no {controller} controller mounted"
+            continue
+        own_path = own.get(controller, own.get("cpuacct", "/") if controller == "cpu" else "/")
+        base = os.path.join(mount, own_path.lstrip("/"))
+        if _nestable(base, [_V1_FILES[controller]]):
+            bases[controller] = base
+        else:
+            missing[controller] = f"cgroup v1: {base} is not writable"
+    if not bases:
+        return "; ".join(dict.fromkeys(missing.values()))
+    return Hierarchy(1, bases, missing)
 
 
 def _write(path: str, value: str) -> None:
@@ -95,62 +125,88 @@ def _write(path: str, value: str) -> None:
 
 
 def create(
-    hierarchy: Hierarchy, name: str, cpus: float | None, memory_mib: int | None
+    hierarchy: Hierarchy,
+    name: str,
+    *,
+    cpus: float | None = None,
+    memory_mib: int | None = None,
+    pids: int | None = None,
 ) -> list[str]:
-    """Make the groups of one sandbox and set its limits; the directories, to join and remove."""
+    """Make the groups of one sandbox and set its limits; the directories, to join and remove.
+
+    A limit whose controller is not in ``hierarchy.bases`` is a programming error (``KeyError``):
+    the caller checks what is usable first.
+    """
+    wanted = {
+        c: v for c, v in (("cpu", cpus), ("memory", memory_mib), ("pids", pids)) if v is not None
+    }
     made: list[str] = []
     try:
-        if hierarchy.version == 2:
-            group = os.path.join(hierarchy.memory_base, name)
-            os.mkdir(group)
-            made.append(group)
-            if memory_mib is not None:
-                _write(os.path.join(group, "memory.max"), str(memory_mib * 1024 * 1024))
-                with contextlib.suppress(OSError):
-                    _write(os.path.join(group, "memory.swap.max"), "0")
-            if cpus is not None:
-                quota = max(1000, int(cpus * CPU_PERIOD_US))
-                _write(os.path.join(group, "cpu.max"), f"{quota} {CPU_PERIOD_US}")
-            return made
-        if memory_mib is not None:
-            group = os.path.join(hierarchy.memory_base, name)
-            os.mkdir(group)
-            made.append(group)
-            limit = str(memory_mib * 1024 * 1024)
-            _write(os.path.join(group, "memory.limit_in_bytes"), limit)
-            with contextlib.suppress(OSError):  # absent without swap accounting
-                _write(os.path.join(group, "memory.memsw.limit_in_bytes"), limit)
-        if cpus is not None:
-            group = os.path.join(hierarchy.cpu_base, name)
-            os.mkdir(group)
-            made.append(group)
-            _write(os.path.join(group, "cpu.cfs_period_us"), str(CPU_PERIOD_US))
-            _write(
-                os.path.join(group, "cpu.cfs_quota_us"), str(max(1000, int(cpus * CPU_PERIOD_US)))
-            )
+        for controller in wanted:
+            group = os.path.join(hierarchy.bases[controller], name)
+            if group not in made:
+                os.mkdir(group)
+                made.append(group)
+            _set_limit(hierarchy.version, group, controller, wanted[controller])
         return made
     except OSError:
         remove(made)
         raise
 
 
-def join_prefix(groups: list[str]) -> list[str]:
-    """An argv prefix that moves the command into ``groups`` and then executes it."""
+def _set_limit(version: int, group: str, controller: str, value: float) -> None:
+    if controller == "cpu":
+        quota = max(1000, int(value * CPU_PERIOD_US))
+        if version == 2:
+            _write(os.path.join(group, "cpu.max"), f"{quota} {CPU_PERIOD_US}")
+        else:
+            _write(os.path.join(group, "cpu.cfs_period_us"), str(CPU_PERIOD_US))
+            _write(os.path.join(group, "cpu.cfs_quota_us"), str(quota))
+    elif controller == "memory":
+        limit = str(int(value) * 1024 * 1024)
+        if version == 2:
+            _write(os.path.join(group, "memory.max"), limit)
+            with contextlib.suppress(OSError):
+                _write(os.path.join(group, "memory.swap.max"), "0")
+        else:
+            _write(os.path.join(group, "memory.limit_in_bytes"), limit)
+            with contextlib.suppress(OSError):  # absent without swap accounting
+                _write(os.path.join(group, "memory.memsw.limit_in_bytes"), limit)
+    else:
+        _write(os.path.join(group, "pids.max"), str(int(value)))
+
+
+def join_script(groups: list[str]) -> str:
+    """``sh`` lines moving the shell into ``groups`` (passed as ``$1``...), then shifting them."""
     script = "".join(f'echo $$ > "${i + 1}/cgroup.procs" && ' for i in range(len(groups)))
-    script += f'shift {len(groups)} && exec "$@"'
-    return ["/bin/sh", "-c", script, "sh", *groups]
+    return script + f"shift {len(groups)}"
 
 
-def kill_all(group: str) -> None:
-    """SIGKILL every process in a sandbox group (nothing in it can escape, unlike a pgid)."""
+def _members(group: str) -> list[int]:
     try:
         with open(os.path.join(group, "cgroup.procs")) as handle:
-            pids = [int(line) for line in handle if line.strip()]
+            return [int(line) for line in handle if line.strip()]
     except (OSError, ValueError):
-        return
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
+        return []
+
+
+def kill_all(group: str, wait: float = 5.0) -> None:
+    """SIGKILL every process in a sandbox group (nothing in it can escape, unlike a pgid).
+
+    A process forking while we kill is caught by the next round; the group's pids limit bounds
+    how many rounds that can take.
+    """
+    with contextlib.suppress(OSError):
+        _write(os.path.join(group, "cgroup.kill"), "1")  # v2, Linux 5.14+: atomic
+    limit = time.monotonic() + wait
+    while True:
+        pids = _members(group)
+        if not pids or time.monotonic() > limit:
+            return
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.001)
 
 
 def remove(groups: list[str], wait: float = 2.0) -> None:

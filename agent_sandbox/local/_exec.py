@@ -84,7 +84,7 @@ class Launcher:
             full = list(box.prefix)
             for key, value in options.env.items():
                 full += ["--setenv", key, value]
-            full += ["--chdir", cwd, "--", *argv]
+            full += ["--chdir", cwd, "--", *box.inner, *argv]
             env = {MARK_SANDBOX: box.id, MARK_EXEC: nonce}
             host_cwd: str | None = box.dir
         else:

@@ -133,7 +133,7 @@ class Files:
         return fd
 
     def _user(self, box: Box) -> User:
-        return sandbox_user(box.isolation)
+        return sandbox_user(box.isolation, box.confinement.uid)
 
     def _denied(self, op: str, box: Box, path: str) -> PermissionDenied:
         return PermissionDenied(
@@ -141,13 +141,15 @@ class Files:
         )
 
     def _reachable(self, user: User, fd: int, mount: _jail.Mount | None) -> bool:
-        """Whether the user may search every directory from the mount down to ``fd``'s parent
-        (without a mount, the kernel checked that when the path was opened)."""
-        if mount is None:
+        """Whether the user may search every directory from the mount (without one, from
+        ``/``) down to ``fd``'s parent. Without a mount and as this process's own user, the
+        kernel checked that when the path was opened."""
+        if mount is None and user.uid == os.geteuid():
             return True
+        top = mount.host if mount is not None else "/"
         real = os.readlink(f"/proc/self/fd/{fd}")
-        below = real[len(mount.host) :].strip("/").split("/")[:-1]
-        directory = mount.host
+        below = real[len(top) :].strip("/").split("/")[:-1]
+        directory = top
         for part in ["", *below]:
             directory = os.path.join(directory, part) if part else directory
             if not user.may(os.stat(directory), SEARCH):
@@ -160,14 +162,19 @@ class Files:
         """A descriptor of ``directory``, its missing directories created as the user (0755,
         the user's) when ``create``. In a jail the walk starts at the mount and follows no
         symlink, each step allowed only where the user may search (and create)."""
-        if mount is None:
-            if create:
-                os.makedirs(directory, exist_ok=True)
-            return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(mount.host, flags)
+        if mount is not None:
+            top = mount.host
+            fd = os.open(top, flags)
+        else:
+            # Unconfined: the path is followed as a command would, down to what exists; the
+            # missing directories are then made as in a jail (owned by the user).
+            directory = top = os.path.abspath(directory)
+            while create and not os.path.isdir(top):
+                top = os.path.dirname(top)
+            fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            for part in directory[len(mount.host) :].split("/"):
+            for part in directory[len(top) :].split("/"):
                 if not part:
                     continue
                 here = os.fstat(fd)
@@ -190,7 +197,8 @@ class Files:
                     below = os.open(part, flags, dir_fd=fd)
                 os.close(fd)
                 fd = below
-            _jail.check_inside(fd, mount)
+            if mount is not None:
+                _jail.check_inside(fd, mount)
         except BaseException:
             os.close(fd)
             raise

@@ -15,7 +15,10 @@ import os
 import posixpath
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
+
+from . import _user
 
 WORKSPACE = "/workspace"
 TMP = "/tmp"
@@ -87,25 +90,44 @@ def bwrap_prefix(bwrap: str, workspace: str, tmp: str, *, share_net: bool) -> li
     return argv
 
 
+# Run in the probe jail: fails (exit 3) when the jail's user could write a host-global sysctl,
+# i.e. when it is host root. access(2) only asks; nothing is written.
+_CANARY = "test -w /proc/sys/kernel/core_pattern && exit 3; exit 0"
+
+
 @functools.lru_cache(maxsize=4)
 def probe(bwrap: str) -> str | None:
-    """``None`` when bwrap can build a jail here, else why not (e.g. user namespaces disabled)."""
-    scratch = "/"
-    argv = [bwrap, "--tmpfs", "/"]
-    for directory in _READONLY_DIRS:
-        argv += ["--ro-bind", directory, directory]
-    for name, target in top_level_links():
-        argv += (
-            ["--ro-bind", "/" + name, "/" + name]
-            if target is None
-            else ["--symlink", target, "/" + name]
-        )
-    argv += ["--unshare-all", "--unshare-user", "--uid", str(JAIL_UID), "--gid", str(JAIL_GID)]
-    argv += ["--die-with-parent", "--new-session", "--clearenv", "true"]
-    try:
-        done = subprocess.run(argv, capture_output=True, timeout=30, cwd=scratch, check=False)
-    except (OSError, subprocess.SubprocessError) as exc:
-        return str(exc)
+    """``None`` when bwrap can build a safe jail here, else why not.
+
+    The probe builds the real recipe and runs a canary in it as the user commands will run as
+    (an unprivileged uid when we are root): it fails where user namespaces are disabled for that
+    user, where ``setpriv`` is missing for a root client, or where the jail's user could still
+    write host sysctls.
+    """
+    prefix: list[str] = []
+    owner: int | None = None
+    if _user.dedicated():
+        try:
+            owner = _user.probe_uid()
+            prefix = _user.drop_argv(owner, owner)
+        except _user.UserError as exc:
+            return f"running as root, the jail must run as an unprivileged user, but {exc}"
+    with tempfile.TemporaryDirectory(prefix="asb-probe-") as scratch:
+        workspace, tmp = os.path.join(scratch, "w"), os.path.join(scratch, "t")
+        for directory in (workspace, tmp):
+            os.mkdir(directory, 0o700)
+            if owner is not None:
+                os.chown(directory, owner, owner)
+        if owner is not None:
+            os.chmod(scratch, 0o711)
+        argv = [*prefix, *bwrap_prefix(bwrap, workspace, tmp, share_net=False)]
+        argv += ["--chdir", WORKSPACE, "--", "/bin/sh", "-c", _CANARY]
+        try:
+            done = subprocess.run(argv, capture_output=True, timeout=30, cwd="/", check=False)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return str(exc)
+    if done.returncode == 3:
+        return "the jail's user could write host sysctls (it is host root)"
     if done.returncode != 0:
         return done.stderr.decode(errors="replace").strip() or f"exit status {done.returncode}"
     return None

@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,7 +28,8 @@ import anyio.to_thread
 
 from ..errors import ConfigError, ProviderError, SandboxNotFound
 from ..models import SandboxInfo, SandboxSpec
-from . import _cgroup, _jail
+from . import _cgroup, _confine, _jail, _user
+from ._confine import Confinement
 from ._process import has_marker, kill_marked, killpg
 
 ID_RE = re.compile(r"^loc-[0-9a-f]{20}$")
@@ -36,6 +38,8 @@ _ACTIVITY = "activity"
 MARK_SANDBOX = "AGENT_SANDBOX_ID"
 MARK_EXEC = "AGENT_SANDBOX_EXEC"
 PROVIDER = "local"
+ROOT_FOR_ROOT = "/var/lib/agent-sandbox/local"
+"""The default root of a client running as root (reachable by the sandboxes' own uids)."""
 
 
 @dataclass
@@ -53,12 +57,14 @@ class Box:
     workdir: str
     network: str
     state_mtime: int
-    cgroups: list[str] = field(default_factory=list)
-    rlimit_as: int | None = None
+    confinement: Confinement = field(default_factory=Confinement)
     env: dict[str, str] = field(default_factory=dict)
     prefix: list[str] = field(default_factory=list)
     wrap: list[str] = field(default_factory=list)
-    """argv run before the command: joins the sandbox's cgroups or sets its rlimit."""
+    """argv run before the command (or its jail): joins the sandbox's cgroups, sets its
+    rlimits, drops to its host user."""
+    inner: list[str] = field(default_factory=list)
+    """argv run inside the jail before the command (its process-count limit, if set there)."""
     fs: _jail.JailFS | None = None
     last_active: float = 0.0
     """Wall time of this process's last operation on the sandbox (idle timeout)."""
@@ -70,6 +76,16 @@ class Box:
     @property
     def procs(self) -> str:
         return os.path.join(self.dir, "procs")
+
+    @property
+    def uid(self) -> int:
+        """Host uid of the sandbox's user (its commands, and the owner of files made for it)."""
+        return self.confinement.uid if self.confinement.uid is not None else os.geteuid()
+
+    @property
+    def gid(self) -> int:
+        """Host gid of the sandbox's user."""
+        return self.confinement.uid if self.confinement.uid is not None else os.getegid()
 
 
 def utcnow() -> datetime:
@@ -160,8 +176,7 @@ class Store:
                 workdir=state["workdir"],
                 network=state["network"],
                 env=dict(state["env"]),
-                cgroups=list(state.get("cgroups") or []),
-                rlimit_as=state.get("rlimit_as"),
+                confinement=_confinement(state),
                 state_mtime=mtime,
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -170,12 +185,14 @@ class Store:
         return box
 
     def _prepare(self, box: Box) -> None:
-        """Precompute what every exec of this sandbox needs (env, bwrap argv prefix)."""
-        if box.cgroups:
-            box.wrap = _cgroup.join_prefix(box.cgroups)
-        elif box.rlimit_as is not None:
-            kib = str(box.rlimit_as // 1024)
-            box.wrap = ["/bin/sh", "-c", 'ulimit -v "$1" && shift && exec "$@"', "sh", kib]
+        """Precompute what every exec of this sandbox needs (env, argv prefixes)."""
+        try:
+            box.wrap = box.confinement.outer()
+        except _user.UserError as exc:
+            raise ProviderError(
+                f"sandbox {box.id} cannot run commands: {exc}", provider=PROVIDER, sandbox_id=box.id
+            ) from exc
+        box.inner = box.confinement.inner()
         if box.isolation == "bwrap":
             bwrap = self.bwrap or _jail.find_bwrap()
             if bwrap is None:
@@ -243,15 +260,21 @@ class Store:
         spec: SandboxSpec,
         isolation: Literal["bwrap", "none"],
         cgroups: _cgroup.Hierarchy | None,
+        pids: tuple[int, _confine.PidsBy] | None,
     ) -> SandboxInfo:
-        """Make a new sandbox's directories and state (and cgroups when limits are asked for)."""
+        """Make a new sandbox's directories and state, its host user (a root client), and its
+        cgroups. ``pids`` is the process-count limit and how it is enforced."""
         sandbox_id = "loc-" + secrets.token_hex(10)
         directory = self.dir(sandbox_id)
+        dedicated = _user.dedicated()
         try:
             os.makedirs(self.root, mode=0o700, exist_ok=True)
             root_real = os.path.realpath(self.root)
+            if dedicated:
+                _open_to_sandbox_users(root_real)
             directory = os.path.join(root_real, sandbox_id)
-            os.mkdir(directory, 0o700)
+            # A dedicated uid must pass through the sandbox's directory (never read it).
+            os.mkdir(directory, 0o711 if dedicated else 0o700)
             for sub in ("workspace", "tmp", "procs"):
                 os.mkdir(os.path.join(directory, sub), 0o700)
         except OSError as exc:
@@ -261,15 +284,23 @@ class Store:
         workspace = os.path.join(directory, "workspace")
         tmp = os.path.join(directory, "tmp")
         state: dict[str, Any] = {}
+        uid: int | None = None
         try:
-            workdir = _make_workdir(isolation, spec.workdir, workspace, tmp)
+            if dedicated:
+                uid = _user.allocate(root_real, sandbox_id)
+                for sub in (workspace, tmp):
+                    os.chown(sub, uid, uid)
+            workdir = _make_workdir(isolation, spec.workdir, workspace, tmp, uid)
             created = utcnow()
             expires = created.timestamp() + spec.ttl_seconds
             if isolation == "bwrap":
                 env = {"PATH": _jail.JAIL_PATH, "HOME": _jail.WORKSPACE, "LANG": "C.UTF-8"}
             else:
+                path = os.environ.get("PATH") or os.defpath
+                if uid is not None:  # only what the sandbox's own uid can search
+                    path = ":".join(d for d in path.split(":") if d and not _user.unreachable(d))
                 env = {
-                    "PATH": os.environ.get("PATH") or os.defpath,
+                    "PATH": path,
                     "HOME": workspace,
                     "LANG": os.environ.get("LANG") or "C.UTF-8",
                     "TMPDIR": tmp,
@@ -291,7 +322,6 @@ class Store:
                     "version": 1,
                     "id": sandbox_id,
                     "spec": spec.model_dump(mode="json"),
-                    "info": info.model_dump(mode="json"),
                     "isolation": isolation,
                     "expires": expires,
                     "idle": spec.idle_timeout_seconds,
@@ -300,23 +330,42 @@ class Store:
                     "env": env,
                 }
             )
+            if uid is not None:
+                state["uid"] = uid
+                info.metadata["uid"] = str(uid)
             if spec.idle_timeout_seconds is not None:
                 Path(directory, _ACTIVITY).touch()
-            if spec.cpus is not None or spec.memory_mib is not None:
-                if cgroups is not None:
-                    state["cgroups"] = groups = _cgroup.create(
-                        cgroups, f"asb-{sandbox_id}", spec.cpus, spec.memory_mib
-                    )
-                    info.metadata["cgroups"] = ",".join(groups)
-                elif spec.memory_mib is not None:
-                    state["rlimit_as"] = spec.memory_mib * 1024 * 1024
-                state["info"] = info.model_dump(mode="json")
+            limits: dict[str, Any] = {}
+            if cgroups is not None and cgroups.resources:
+                limits.update(cpus=spec.cpus, memory_mib=spec.memory_mib)
+            elif spec.memory_mib is not None:
+                state["rlimit_as"] = spec.memory_mib * 1024 * 1024
+            if pids is not None:
+                count, by = pids
+                info.metadata["pids_limit"] = str(count)
+                if by == "cgroup":
+                    limits["pids"] = count
+                else:
+                    state["nproc" if by == "uid" else "nproc_jail"] = count
+            if cgroups is not None and any(v is not None for v in limits.values()):
+                state["cgroups"] = groups = _cgroup.create(cgroups, f"asb-{sandbox_id}", **limits)
+                info.metadata["cgroups"] = ",".join(groups)
+            state["info"] = info.model_dump(mode="json")
             atomic_write_small(
                 os.path.join(directory, _STATE), json.dumps(state, indent=1).encode()
             )
+        except _user.UserError as exc:
+            rmtree(directory)
+            raise ConfigError(
+                f"cannot give the sandbox an unprivileged user: {exc}",
+                provider=PROVIDER,
+                op="create",
+            ) from exc
         except BaseException:
             _cgroup.remove(state.get("cgroups") or [])
             rmtree(directory)
+            if uid is not None:
+                _user.release(root_real, uid, sandbox_id)
             raise
         self.load(sandbox_id, "create")
         return info
@@ -360,21 +409,26 @@ class Store:
             os.rename(self.dir(sandbox_id), trash)
         except FileNotFoundError:
             return None
-        groups = self._kill_dir(sandbox_id, trash)
-        _cgroup.remove(groups)
+        confinement = self._kill_dir(sandbox_id, trash)
+        _cgroup.remove(confinement.cgroups)
+        if confinement.uid is not None:
+            _user.release(str(self.root), confinement.uid, sandbox_id)
         return trash
 
-    def _kill_dir(self, sandbox_id: str, directory: str) -> builtins.list[str]:
-        """Kill the commands recorded in ``directory/procs`` (checked by their marker, so a
-        reused pid is left alone), any process still carrying the sandbox's marker, and every
-        process in the sandbox's cgroups; returns those cgroups."""
-        groups: builtins.list[str] = []
+    def _kill_dir(self, sandbox_id: str, directory: str) -> Confinement:
+        """Kill every process of the sandbox: all of its dedicated uid's (a root client), all in
+        its cgroups, the commands recorded in ``directory/procs`` (checked by their marker, so a
+        reused pid is left alone) and any process still carrying the sandbox's marker; returns
+        the sandbox's confinement (its cgroups and uid, to release)."""
+        confinement = Confinement()
         with (
-            contextlib.suppress(OSError, ValueError, AttributeError),
+            contextlib.suppress(OSError, ValueError, AttributeError, TypeError),
             open(os.path.join(directory, _STATE), "rb") as handle,
         ):
-            groups = [str(g) for g in json.load(handle).get("cgroups") or []]
-        for group in groups:
+            confinement = _confinement(json.load(handle))
+        if confinement.uid is not None:
+            _user.kill_all(confinement.uid)
+        for group in confinement.cgroups:
             _cgroup.kill_all(group)
         procs = os.path.join(directory, "procs")
         try:
@@ -386,7 +440,7 @@ class Store:
             if pid_text.isdigit() and has_marker(int(pid_text), f"{MARK_EXEC}={nonce}".encode()):
                 killpg(int(pid_text))
         kill_marked(f"{MARK_SANDBOX}={sandbox_id}".encode())
-        return groups
+        return confinement
 
     async def sweep(
         self, *, now: datetime | None = None, labels: Mapping[str, str] | None = None
@@ -426,11 +480,29 @@ class Store:
             if moment >= self.expiry(box, moment):
                 await self.destroy(name)
                 removed.append(name)
+        self._sweep_claims()
         return removed
+
+    def _sweep_claims(self) -> None:
+        """Free the uids still claimed by sandboxes that are gone (a destroy that was cut
+        short), killing whatever still runs as them first."""
+        try:
+            names = os.listdir(self.root)
+        except OSError:
+            return
+        for uid, sandbox_id in _user.claims(str(self.root)).items():
+            if sandbox_id in names or any(n.startswith(f".trash-{sandbox_id}-") for n in names):
+                continue
+            _user.kill_all(uid)
+            _user.release(str(self.root), uid, sandbox_id)
 
 
 def _make_workdir(
-    isolation: Literal["bwrap", "none"], wanted: str | None, workspace: str, tmp: str
+    isolation: Literal["bwrap", "none"],
+    wanted: str | None,
+    workspace: str,
+    tmp: str,
+    uid: int | None,
 ) -> str:
     if isolation == "bwrap":
         if wanted is None:
@@ -446,7 +518,7 @@ def _make_workdir(
             )
         mount, host = located
         if mount.writable:
-            os.makedirs(host, exist_ok=True)
+            _make_owned(mount.host, host, uid)
         elif not os.path.isdir(host):
             raise ConfigError(f"workdir {wanted!r} does not exist", provider=PROVIDER, op="create")
         return path
@@ -455,8 +527,48 @@ def _make_workdir(
     path = _jail.normalise(wanted)
     if path == _jail.WORKSPACE or path.startswith(_jail.WORKSPACE + "/"):
         host = workspace + path[len(_jail.WORKSPACE) :]
-        os.makedirs(host, exist_ok=True)
+        _make_owned(workspace, host, uid)
         return host
     if not os.path.isdir(path):
         raise ConfigError(f"workdir {wanted!r} does not exist", provider=PROVIDER, op="create")
     return path
+
+
+def _make_owned(base: str, path: str, uid: int | None) -> None:
+    """``os.makedirs(path)`` below ``base``, the new directories owned by ``uid`` (if given).
+
+    Only at create, when nothing runs in the sandbox yet to race with.
+    """
+    os.makedirs(path, exist_ok=True)
+    if uid is None:
+        return
+    while path != base and path.startswith(base + "/"):
+        os.chown(path, uid, uid, follow_symlinks=False)
+        path = os.path.dirname(path)
+
+
+def _open_to_sandbox_users(root: str) -> None:
+    """As root: let the sandboxes' dedicated uids pass through ``root`` (search, not list), and
+    check that they can reach it at all."""
+    mode = os.stat(root).st_mode
+    if not mode & stat.S_IXOTH:
+        os.chmod(root, stat.S_IMODE(mode) | stat.S_IXOTH)
+    blocked = _user.unreachable(root)
+    if blocked is not None:
+        raise ConfigError(
+            f"the sandboxes of a root client run as an unprivileged user, which cannot reach "
+            f"{root}: other users may not search {blocked}. Choose a root they can reach (the "
+            f"default for root is {ROOT_FOR_ROOT}) or allow it (chmod o+x {blocked})",
+            provider=PROVIDER,
+            op="create",
+        )
+
+
+def _confinement(state: dict[str, Any]) -> Confinement:
+    return Confinement(
+        uid=state.get("uid"),
+        cgroups=[str(g) for g in state.get("cgroups") or []],
+        rlimit_as=state.get("rlimit_as"),
+        nproc=state.get("nproc"),
+        nproc_jail=state.get("nproc_jail"),
+    )

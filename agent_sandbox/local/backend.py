@@ -21,6 +21,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from pydantic import Field
+
 from ..backend import BaseBackend, Diagnostic, ProviderOptions
 from ..errors import ConfigError
 from ..models import (
@@ -33,16 +35,35 @@ from ..models import (
     StartOptions,
 )
 from ..process import ProcessHandle
-from . import _background, _cgroup, _jail
+from . import _background, _cgroup, _confine, _jail, _user
 from ._exec import Launcher
 from ._files import Files
-from ._store import Store
+from ._store import ROOT_FOR_ROOT, Store
 
 log = logging.getLogger("agent_sandbox.local")
 
 
+def _user_problem() -> str | None:
+    """Why a root client cannot run sandboxes as unprivileged uids here, if it cannot."""
+    if not _user.dedicated():
+        return None
+    if _user.find_setpriv() is None:
+        return (
+            "running as root, commands must drop to an unprivileged uid with setpriv "
+            "(util-linux), which is not installed"
+        )
+    try:
+        _user.candidates()
+    except _user.UserError as exc:
+        return f"running as root, sandboxes need unprivileged uids of their own, but {exc}"
+    return None
+
+
 def default_root() -> Path:
-    """``$XDG_STATE_HOME/agent-sandbox/local``, else ``~/.local/state/agent-sandbox/local``."""
+    """``$XDG_STATE_HOME/agent-sandbox/local``, else ``~/.local/state/agent-sandbox/local``;
+    for root ``/var/lib/agent-sandbox/local`` (its sandboxes' own uids must reach it)."""
+    if _user.dedicated():
+        return Path(ROOT_FOR_ROOT)
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(
         os.path.expanduser("~"), ".local", "state"
     )
@@ -59,6 +80,9 @@ class LocalOptions(ProviderOptions):
     """``bwrap``: jail every command with bubblewrap (an error when it is missing or unusable).
     ``none``: run commands directly on the host, confining nothing. ``auto``: ``bwrap`` when it
     is on PATH and works here, else ``none`` with a warning."""
+    pids_limit: int | None = Field(default=4096, gt=0)
+    """Most processes (threads included) a sandbox may run at once, a fork-bomb guard;
+    ``None`` for no limit. See ``docs/providers/local.md`` for how it is enforced."""
 
 
 class LocalBackend(BaseBackend):
@@ -77,6 +101,7 @@ class LocalBackend(BaseBackend):
         # Real path: the jail's file operations compare opened files' real paths against it.
         self.root = Path(os.path.realpath(root))
         self._warned = False
+        self._warned_pids = False
         self.bwrap: str | None = None
         self.isolation: Literal["bwrap", "none"] = "none"
         self._fallback_reason: str | None = None
@@ -102,16 +127,18 @@ class LocalBackend(BaseBackend):
                 )
             else:
                 self._fallback_reason = f"bwrap cannot build a jail here ({problem})"
+        self._user_problem = _user_problem()
         self.store = Store(self.root, self.bwrap)
         self.files = Files(self.store)
         self.launcher = Launcher(self.store)
         jailed = self.isolation == "bwrap"
         found_cgroups = _cgroup.detect()
         self.cgroups = found_cgroups if isinstance(found_cgroups, _cgroup.Hierarchy) else None
+        self.pids_by, self.pids_detail = _confine.pids_by(self.cgroups, self.isolation)
         self.capabilities = Capabilities(
             network_none=jailed,
             isolated=jailed,
-            resources=self.cgroups is not None,
+            resources=self.cgroups is not None and self.cgroups.resources,
             persistent=True,
             stdin=True,
             signals=True,
@@ -122,7 +149,8 @@ class LocalBackend(BaseBackend):
     def check_spec(self, spec: SandboxSpec) -> None:
         """As :meth:`BaseBackend.check_spec`; without cgroups ``memory_mib`` alone is still
         honoured, as an address-space limit (``ulimit -v``), while ``cpus`` is ``Unsupported``."""
-        if self.cgroups is None and spec.memory_mib is not None and spec.cpus is None:
+        no_cgroups = self.cgroups is None or not self.cgroups.resources
+        if no_cgroups and spec.memory_mib is not None and spec.cpus is None:
             spec = spec.model_copy(update={"memory_mib": None})
         super().check_spec(spec)
 
@@ -151,12 +179,40 @@ class LocalBackend(BaseBackend):
                     "bubblewrap to jail them",
                 )
             )
-        found = _cgroup.detect()
-        if isinstance(found, _cgroup.Hierarchy):
+        if _user.dedicated():
+            checks.append(
+                Diagnostic(
+                    "user",
+                    self._user_problem is None,
+                    self._user_problem
+                    or "running as root: each sandbox runs as an unprivileged uid of its own",
+                )
+            )
+        found = self.cgroups
+        if found is not None and found.resources:
             checks.append(Diagnostic("resources", True, f"cgroup v{found.version}"))
         else:
+            why = found.missing.get("cpu") or found.missing.get("memory") if found else None
             checks.append(
-                Diagnostic("resources", True, f"cpus unsupported, memory as ulimit -v ({found})")
+                Diagnostic(
+                    "resources",
+                    True,
+                    f"cpus unsupported, memory as ulimit -v ({why or _cgroup.detect()})",
+                )
+            )
+        options = self.options
+        limit = options.pids_limit if isinstance(options, LocalOptions) else None
+        if limit is None:
+            checks.append(Diagnostic("pids", True, "no process-count limit (pids_limit=None)"))
+        else:
+            checks.append(
+                Diagnostic(
+                    "pids",
+                    self.pids_by is not None,
+                    f"at most {limit} processes: {self.pids_detail}"
+                    if self.pids_by is not None
+                    else f"NOT limited: {self.pids_detail}",
+                )
             )
         return checks
 
@@ -167,8 +223,9 @@ class LocalBackend(BaseBackend):
             self._warned = True
             log.warning(
                 "local sandboxes run with isolation='none' (%s): commands run directly on this "
-                "host as your user and are NOT isolated from it",
+                "host as %s and are NOT isolated from it",
                 self._fallback_reason,
+                "an unprivileged uid of their own (not root)" if _user.dedicated() else "your user",
             )
 
     def _refuse(self, spec: SandboxSpec) -> None:
@@ -183,9 +240,30 @@ class LocalBackend(BaseBackend):
     async def create(self, spec: SandboxSpec) -> SandboxInfo:
         """Create the sandbox's directory and state. Raises ``Unsupported`` for what it cannot do."""
         self._refuse(spec)
+        if self._user_problem is not None:
+            raise ConfigError(
+                f"cannot create a sandbox: {self._user_problem}", provider=self.name, op="create"
+            )
+        pids = self._pids_limit()
         if self.isolation == "none":
             self._warn_unisolated()
-        return self.store.create(spec, self.isolation, self.cgroups)
+        return self.store.create(spec, self.isolation, self.cgroups, pids)
+
+    def _pids_limit(self) -> tuple[int, _confine.PidsBy] | None:
+        """The process-count limit of new sandboxes and how it is enforced; ``Unsupported`` when
+        one was set explicitly and cannot be, a warning when the default cannot be."""
+        opts = self.options
+        assert isinstance(opts, LocalOptions)
+        if opts.pids_limit is None:
+            return None
+        if self.pids_by is not None:
+            return opts.pids_limit, self.pids_by
+        if "pids_limit" in opts.model_fields_set:
+            raise self._unsupported(f"pids_limit here: {self.pids_detail}")
+        if not self._warned_pids:
+            self._warned_pids = True
+            log.warning("local sandboxes' process count is NOT limited: %s", self.pids_detail)
+        return None
 
     async def connect(self, sandbox_id: str) -> SandboxInfo:
         """Describe a sandbox by id (this process or another made it). Raises ``SandboxNotFound``."""

@@ -1,0 +1,157 @@
+"""Attacks on the host from a local sandbox whose client runs as root (CI does, and so do many
+agent deployments in containers): the sandbox's code must never act as host root.
+
+bubblewrap run by root with ``--unshare-user --uid 1000`` maps the jail's user onto host uid 0:
+it could then write host-global sysctls (``kernel.core_pattern`` with a pipe runs a workspace
+file as host root on the next crash), trigger SysRq, drop caches, read ``/etc/shadow``. Without
+isolation the commands would simply be root. Every attack here only *opens* a target for
+writing and closes it again, never writes a byte, and the host's value is read back unchanged.
+"""
+
+# ruff: noqa: ASYNC240
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import agent_sandbox as asb
+from agent_sandbox.local import LocalBackend, LocalOptions, _jail, _user
+from agent_sandbox.local._jail import probe
+
+pytestmark = pytest.mark.anyio
+
+
+def _bwrap_problem() -> str | None:
+    found = shutil.which("bwrap")
+    if found is None:
+        return "bubblewrap (bwrap) is not installed on this machine"
+    problem = probe(found)
+    return f"bwrap cannot build a jail here: {problem}" if problem else None
+
+
+BWRAP_PROBLEM = _bwrap_problem()
+needs_bwrap = pytest.mark.skipif(BWRAP_PROBLEM is not None, reason=BWRAP_PROBLEM or "")
+MODES = [pytest.param("bwrap", marks=needs_bwrap), "none"]
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the attack needs a client running as root")
+
+# Opens each target for writing (write nothing) and says which ones opened.
+_OPEN_FOR_WRITING = """
+import os, sys
+for path in sys.argv[1:]:
+    try:
+        os.close(os.open(path, os.O_WRONLY))
+        print("OPENED", path)
+    except OSError as exc:
+        print("refused", path, exc.errno)
+"""
+_HOST_GLOBAL = [
+    "/proc/sys/kernel/core_pattern",
+    "/proc/sys/vm/drop_caches",
+    "/proc/sysrq-trigger",
+    "/proc/sys/kernel/hostname",
+]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def sandbox(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[asb.Sandbox]:
+    backend = LocalBackend(LocalOptions(root=tmp_path / "state", isolation=request.param))
+    sb = await asb.Sandbox.create(backend=backend)
+    try:
+        yield sb
+    finally:
+        await sb.destroy()
+
+
+@as_root
+@pytest.mark.parametrize("sandbox", MODES, indirect=True)
+async def test_cannot_write_host_sysctls(sandbox: asb.Sandbox) -> None:
+    before = Path("/proc/sys/kernel/core_pattern").read_bytes()
+    result = await sandbox.exec(["python3", "-c", _OPEN_FOR_WRITING, *_HOST_GLOBAL])
+    assert result.exit_code == 0, result.stderr
+    assert "OPENED" not in result.stdout, result.stdout
+    assert result.stdout.count("refused") == len(_HOST_GLOBAL)
+    assert Path("/proc/sys/kernel/core_pattern").read_bytes() == before
+
+
+@as_root
+@pytest.mark.parametrize("sandbox", MODES, indirect=True)
+async def test_cannot_read_shadow(sandbox: asb.Sandbox) -> None:
+    if not os.path.exists("/etc/shadow"):
+        pytest.skip("this host has no /etc/shadow")
+    result = await sandbox.exec(["cat", "/etc/shadow"])
+    assert result.exit_code != 0
+    assert result.stdout == ""
+    assert "Permission denied" in result.stderr
+
+
+@as_root
+@pytest.mark.parametrize("sandbox", MODES, indirect=True)
+async def test_commands_run_as_an_unprivileged_host_uid(sandbox: asb.Sandbox) -> None:
+    uid = int(sandbox.info.metadata["uid"])
+    assert uid != 0
+    assert uid in _user.BLOCK
+    result = await sandbox.exec("echo x > made; cat /proc/self/status")
+    assert "CapEff:\t0000000000000000" in result.stdout
+    assert "NoNewPrivs:\t1" in result.stdout  # setuid programs cannot lead back to root
+    # The host sees what the command wrote as that uid (not root), and so can the sandbox's
+    # own commands modify what the host-side file operations made for it.
+    workspace = Path(sandbox.info.metadata["path"], "workspace")
+    assert (workspace / "made").stat().st_uid == uid
+    await sandbox.write_file("dir/sub/given.txt", b"from the host")
+    assert (workspace / "dir" / "sub" / "given.txt").stat().st_uid == uid
+    assert (workspace / "dir").stat().st_uid == uid
+    edit = await sandbox.exec("echo more >> dir/sub/given.txt && rm -r dir && echo done")
+    assert edit.stdout == "done\n", edit.stderr
+
+
+@as_root
+@needs_bwrap
+async def test_read_file_of_the_jail_cannot_read_shadow(tmp_path: Path) -> None:
+    """Host-side file operations read the jail's /etc as the jail's user would, not as root."""
+    if not os.path.exists("/etc/shadow"):
+        pytest.skip("this host has no /etc/shadow")
+    backend = LocalBackend(LocalOptions(root=tmp_path / "state", isolation="bwrap"))
+    async with await asb.Sandbox.create(backend=backend) as sb:
+        with pytest.raises(asb.PermissionDenied):
+            await sb.read_file("/etc/shadow")
+        assert b"root:" in await sb.read_file("/etc/passwd")
+
+
+@as_root
+async def test_without_setpriv_root_refuses_to_run_sandboxes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the jail cannot be made safe, bwrap is refused, and nothing runs as root."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        pytest.skip("bubblewrap (bwrap) is not installed on this machine")
+    only_bwrap = tmp_path / "bin"
+    only_bwrap.mkdir()
+    (only_bwrap / "bwrap").symlink_to(bwrap)
+    monkeypatch.setenv("PATH", str(only_bwrap))
+    _user.find_setpriv.cache_clear()
+    _jail.probe.cache_clear()
+    try:
+        assert "setpriv" in (probe(bwrap) or "")
+        with pytest.raises(asb.ConfigError, match="setpriv"):
+            LocalBackend(LocalOptions(root=tmp_path / "state", isolation="bwrap"))
+        backend = LocalBackend(LocalOptions(root=tmp_path / "state", isolation="none"))
+        checks = {c.name: c for c in await backend.doctor()}
+        assert not checks["user"].ok
+        assert "setpriv" in checks["user"].detail
+        with pytest.raises(asb.ConfigError, match="setpriv"):
+            await backend.create(asb.SandboxSpec())
+        assert await backend.list() == []
+    finally:
+        monkeypatch.undo()
+        _user.find_setpriv.cache_clear()
+        _jail.probe.cache_clear()
