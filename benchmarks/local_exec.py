@@ -1,6 +1,8 @@
 """What the local provider adds to running a command: ``Sandbox.exec(["true"])`` against a bare
 ``subprocess.run(["true"])``, and (with bubblewrap) against a bare ``bwrap ... true`` built from
-the same jail recipe. Median of N runs each, interleaved so machine noise hits all alike.
+the same jail recipe (run as root, the bare bwrap drops to the sandbox's unprivileged uid with
+``setpriv`` first, as the provider must). Median of N runs each, interleaved so machine noise
+hits all alike.
 
 Run: ``uv run python benchmarks/local_exec.py [--runs N]``. Target: both ratios <= 1.5.
 """
@@ -20,6 +22,7 @@ from collections.abc import Awaitable, Callable
 import agent_sandbox as asb
 from agent_sandbox.local import LocalBackend, LocalOptions
 from agent_sandbox.local._jail import bwrap_prefix
+from agent_sandbox.local._user import drop_argv
 
 
 def _time_sync(func: Callable[[], object]) -> float:
@@ -48,7 +51,9 @@ async def _measure(isolation: str, runs: int, root: str) -> dict[str, float]:
             bwrap = shutil.which("bwrap")
             assert bwrap is not None
             directory = sb.info.metadata["path"]
+            uid = sb.info.metadata.get("uid")
             bare_bwrap = [
+                *(drop_argv(int(uid), int(uid)) if uid else []),
                 *bwrap_prefix(
                     bwrap,
                     os.path.join(directory, "workspace"),
@@ -82,6 +87,7 @@ def main() -> None:
     else:
         print("bwrap not on PATH: measuring isolation='none' only")
     with tempfile.TemporaryDirectory(prefix="asb-bench-") as root:
+        os.chmod(root, 0o711)  # as root, the sandboxes' own uids pass through it
         for mode in modes:
             medians = asyncio.run(_measure(mode, args.runs, root))
             ms = {name: value * 1000 for name, value in medians.items()}

@@ -31,6 +31,7 @@ import pytest
 import agent_sandbox as asb
 from agent_sandbox.local import LocalBackend, LocalOptions
 from agent_sandbox.local._jail import probe
+from agent_sandbox.local.backend import default_root
 
 pytestmark = pytest.mark.anyio
 
@@ -627,6 +628,106 @@ async def test_idle_timeout(root: Path) -> None:
         assert await other.sweep() == [sb.id]
     finally:
         await sb.destroy()
+
+
+# -- the sandbox's host user and process limit ----------------------------------------------
+
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs a client running as root")
+
+
+async def test_doctor_reports_the_user_and_the_process_limit(root: Path) -> None:
+    backend = make_backend(root, "none")
+    checks = {c.name: c for c in await backend.doctor()}
+    assert "pids" in checks
+    if backend.pids_by is not None:
+        assert checks["pids"].ok
+        assert "at most 4096 processes" in checks["pids"].detail
+    else:
+        assert not checks["pids"].ok
+        assert "NOT limited" in checks["pids"].detail
+    unlimited = LocalBackend(LocalOptions(root=root, isolation="none", pids_limit=None))
+    assert {c.name: c for c in await unlimited.doctor()}["pids"].ok
+    if os.geteuid() == 0:
+        assert checks["user"].ok
+        assert "unprivileged uid" in checks["user"].detail
+        assert default_root() == Path("/var/lib/agent-sandbox/local")
+    else:
+        assert "user" not in checks
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_pids_limit_is_recorded_and_can_be_turned_off(root: Path, mode: str) -> None:
+    backend = LocalBackend(LocalOptions(root=root, isolation=mode, pids_limit=100))  # type: ignore[arg-type]
+    if backend.pids_by is None:
+        pytest.skip(f"no process-count limit on this host: {backend.pids_detail}")
+    async with await asb.Sandbox.create(backend=backend) as sb:
+        assert sb.info.metadata["pids_limit"] == "100"
+        if backend.pids_by == "cgroup":
+            limits = [Path(g, "pids.max") for g in sb.info.metadata["cgroups"].split(",")]
+            assert [p.read_text() for p in limits if p.exists()] == ["100\n"]
+    off = LocalBackend(LocalOptions(root=root, isolation=mode, pids_limit=None))  # type: ignore[arg-type]
+    async with await asb.Sandbox.create(backend=off) as sb:
+        assert "pids_limit" not in sb.info.metadata
+        assert "cgroups" not in sb.info.metadata
+
+
+@as_root
+async def test_sandboxes_of_root_cannot_touch_each_other_even_without_a_jail(root: Path) -> None:
+    backend = make_backend(root, "none")
+    async with (
+        await asb.Sandbox.create(backend=backend) as one,
+        await asb.Sandbox.create(backend=backend) as two,
+    ):
+        assert one.info.metadata["uid"] != two.info.metadata["uid"]
+        await one.write_file("secret", b"one's")
+        theirs = Path(one.info.metadata["path"], "workspace", "secret")
+        peek = await two.exec(["cat", str(theirs)])
+        assert peek.exit_code != 0
+        assert "Permission denied" in peek.stderr
+        token = _sleep_token()
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(one.exec, ["sleep", token])
+            with anyio.fail_after(10):
+                while not _processes_with(token):
+                    await anyio.sleep(0.02)
+            (pid,) = _processes_with(token)
+            kill = await two.exec(["kill", "-9", str(pid)])
+            assert kill.exit_code != 0
+            assert _processes_with(token) == [pid]
+            tasks.cancel_scope.cancel()
+    assert await _until_gone(token) == []
+
+
+@as_root
+async def test_a_root_the_sandbox_users_cannot_reach_is_refused(tmp_path: Path) -> None:
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    backend = make_backend(closed / "state", "none")
+    with pytest.raises(asb.ConfigError, match=f"chmod o\\+x {closed}"):
+        await backend.create(asb.SandboxSpec())
+    assert [p.name for p in (closed / "state").iterdir() if p.name.startswith("loc-")] == []
+
+
+@as_root
+@pytest.mark.parametrize("mode", MODES)
+async def test_sweep_frees_the_uid_of_a_destroy_cut_short(root: Path, mode: str) -> None:
+    backend = make_backend(root, mode)
+    sb = await asb.Sandbox.create(backend=backend)
+    uid = int(sb.info.metadata["uid"])
+    claim = root / ".uids" / str(uid)
+    assert os.readlink(claim) == sb.id
+    # A process still running as the sandbox's uid, and a destroy that stopped right after
+    # moving the directory aside (the first thing it does).
+    straggler = subprocess.Popen(["sleep", "300"], user=uid, group=uid, extra_groups=[])
+    try:
+        os.rename(root / sb.id, root / f".trash-{sb.id}-cutshort")
+        assert await make_backend(root, mode).sweep() == []
+        assert straggler.wait(timeout=10) == -9
+        assert not claim.exists()
+        assert [p.name for p in root.iterdir()] == [".uids"]
+    finally:
+        straggler.kill()
+        straggler.wait()
 
 
 async def test_doctor_reports_root_isolation_and_resources(
