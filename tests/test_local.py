@@ -703,6 +703,9 @@ async def test_a_root_the_sandbox_users_cannot_reach_is_refused(tmp_path: Path) 
     closed = tmp_path / "closed"
     closed.mkdir(mode=0o700)
     backend = make_backend(closed / "state", "none")
+    root_check = {c.name: c for c in await backend.doctor()}["root"]
+    assert not root_check.ok
+    assert str(closed) in root_check.detail
     with pytest.raises(asb.ConfigError, match=f"chmod o\\+x {closed}"):
         await backend.create(asb.SandboxSpec())
     assert [p.name for p in (closed / "state").iterdir() if p.name.startswith("loc-")] == []

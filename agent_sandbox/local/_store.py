@@ -77,16 +77,6 @@ class Box:
     def procs(self) -> str:
         return os.path.join(self.dir, "procs")
 
-    @property
-    def uid(self) -> int:
-        """Host uid of the sandbox's user (its commands, and the owner of files made for it)."""
-        return self.confinement.uid if self.confinement.uid is not None else os.geteuid()
-
-    @property
-    def gid(self) -> int:
-        """Host gid of the sandbox's user."""
-        return self.confinement.uid if self.confinement.uid is not None else os.getegid()
-
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)

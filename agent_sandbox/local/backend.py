@@ -160,9 +160,12 @@ class LocalBackend(BaseBackend):
         try:
             os.makedirs(self.root, mode=0o700, exist_ok=True)
             writable = os.access(self.root, os.W_OK | os.X_OK)
-            checks.append(
-                Diagnostic("root", writable, f"{self.root} ({len(await self.list())} sandboxes)")
-            )
+            detail = f"{self.root} ({len(await self.list())} sandboxes)"
+            blocked = _user.unreachable(str(self.root.parent)) if _user.dedicated() else None
+            if blocked is not None:
+                writable = False
+                detail += f"; the sandboxes' own uids cannot reach it ({blocked} is not o+x)"
+            checks.append(Diagnostic("root", writable, detail))
         except OSError as exc:
             checks.append(Diagnostic("root", False, f"{self.root}: {exc}"))
         if self.isolation == "bwrap":
