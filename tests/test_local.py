@@ -713,20 +713,26 @@ async def test_a_root_the_sandbox_users_cannot_reach_is_refused(tmp_path: Path) 
 
 @as_root
 @pytest.mark.parametrize("mode", MODES)
-async def test_sweep_frees_the_uid_of_a_destroy_cut_short(root: Path, mode: str) -> None:
+@pytest.mark.parametrize("cut", ["moved aside", "state lost"])
+async def test_sweep_finishes_a_destroy_cut_short(root: Path, mode: str, cut: str) -> None:
+    """Whatever a crashed destroy (or create) left is found and freed by the next sweep: the
+    processes still running as the sandbox's uid, its cgroups, its uid."""
     backend = make_backend(root, mode)
     sb = await asb.Sandbox.create(backend=backend)
     uid = int(sb.info.metadata["uid"])
+    groups = [Path(g) for g in sb.info.metadata.get("cgroups", "").split(",") if g]
     claim = root / ".uids" / str(uid)
     assert os.readlink(claim) == sb.id
-    # A process still running as the sandbox's uid, and a destroy that stopped right after
-    # moving the directory aside (the first thing it does).
     straggler = subprocess.Popen(["sleep", "300"], user=uid, group=uid, extra_groups=[])
     try:
-        os.rename(root / sb.id, root / f".trash-{sb.id}-cutshort")
+        if cut == "moved aside":  # the first thing destroy does, then the client died
+            os.rename(root / sb.id, root / f".trash-{sb.id}-0badc0de")
+        else:  # the directory went without the sandbox's state being read
+            shutil.rmtree(root / sb.id)
         assert await make_backend(root, mode).sweep() == []
         assert straggler.wait(timeout=10) == -9
         assert not claim.exists()
+        assert not any(g.exists() for g in groups)
         assert [p.name for p in root.iterdir()] == [".uids"]
     finally:
         straggler.kill()

@@ -176,6 +176,16 @@ def _set_limit(version: int, group: str, controller: str, value: float) -> None:
         _write(os.path.join(group, "pids.max"), str(int(value)))
 
 
+def named(name: str) -> list[str]:
+    """The groups called ``name`` that exist under this process's bases (a sandbox's groups,
+    found by its name when its state is lost)."""
+    found = detect()
+    if isinstance(found, str):
+        return []
+    groups = dict.fromkeys(os.path.join(base, name) for base in found.bases.values())
+    return [group for group in groups if os.path.isdir(group)]
+
+
 def join_script(groups: list[str]) -> str:
     """``sh`` lines moving the shell into ``groups`` (passed as ``$1``...), then shifting them."""
     script = "".join(f'echo $$ > "${i + 1}/cgroup.procs" && ' for i in range(len(groups)))

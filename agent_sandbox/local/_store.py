@@ -19,7 +19,7 @@ import shutil
 import stat
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -338,7 +338,9 @@ class Store:
                 else:
                     state["nproc" if by == "uid" else "nproc_jail"] = count
             if cgroups is not None and any(v is not None for v in limits.values()):
-                state["cgroups"] = groups = _cgroup.create(cgroups, f"asb-{sandbox_id}", **limits)
+                state["cgroups"] = groups = _cgroup.create(
+                    cgroups, _group_name(sandbox_id), **limits
+                )
                 info.metadata["cgroups"] = ",".join(groups)
             state["info"] = info.model_dump(mode="json")
             atomic_write_small(
@@ -399,11 +401,15 @@ class Store:
             os.rename(self.dir(sandbox_id), trash)
         except FileNotFoundError:
             return None
-        confinement = self._kill_dir(sandbox_id, trash)
+        self._release(sandbox_id, trash)
+        return trash
+
+    def _release(self, sandbox_id: str, directory: str) -> None:
+        """Kill the processes of a sandbox moved aside, remove its cgroups, free its uid."""
+        confinement = self._kill_dir(sandbox_id, directory)
         _cgroup.remove(confinement.cgroups)
         if confinement.uid is not None:
             _user.release(str(self.root), confinement.uid, sandbox_id)
-        return trash
 
     def _kill_dir(self, sandbox_id: str, directory: str) -> Confinement:
         """Kill every process of the sandbox: all of its dedicated uid's (a root client), all in
@@ -416,6 +422,8 @@ class Store:
             open(os.path.join(directory, _STATE), "rb") as handle,
         ):
             confinement = _confinement(json.load(handle))
+        if not confinement.cgroups:  # state lost: the groups are found by their name
+            confinement = replace(confinement, cgroups=_cgroup.named(_group_name(sandbox_id)))
         if confinement.uid is not None:
             _user.kill_all(confinement.uid)
         for group in confinement.cgroups:
@@ -451,6 +459,8 @@ class Store:
         for name in names:
             path = os.path.join(self.root, name)
             if name.startswith(".trash-"):
+                # A destroy cut short: finish it (its cgroups and uid too).
+                self._release(name[len(".trash-") :].rsplit("-", 1)[0], path)
                 await anyio.to_thread.run_sync(rmtree, path)
                 continue
             if not ID_RE.match(name):
@@ -484,6 +494,10 @@ class Store:
             if sandbox_id in names or any(n.startswith(f".trash-{sandbox_id}-") for n in names):
                 continue
             _user.kill_all(uid)
+            groups = _cgroup.named(_group_name(sandbox_id))
+            for group in groups:
+                _cgroup.kill_all(group)
+            _cgroup.remove(groups)
             _user.release(str(self.root), uid, sandbox_id)
 
 
@@ -552,6 +566,10 @@ def _open_to_sandbox_users(root: str) -> None:
             provider=PROVIDER,
             op="create",
         )
+
+
+def _group_name(sandbox_id: str) -> str:
+    return f"asb-{sandbox_id}"
 
 
 def _confinement(state: dict[str, Any]) -> Confinement:
