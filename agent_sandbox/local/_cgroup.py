@@ -220,7 +220,8 @@ def kill_all(group: str, wait: float = 5.0) -> None:
 
 
 def remove(groups: list[str], wait: float = 2.0) -> None:
-    """Remove sandbox groups once their (killed) processes are gone; best effort."""
+    """Remove sandbox groups once their processes are gone (killing any still there, e.g. one
+    that joined while the sandbox was being destroyed); best effort within ``wait`` seconds."""
     limit = time.monotonic() + wait
     for group in reversed(groups):
         while True:
@@ -232,4 +233,7 @@ def remove(groups: list[str], wait: float = 2.0) -> None:
             except OSError:  # EBUSY: a killed process has not left yet
                 if time.monotonic() > limit:
                     break
+                for pid in _members(group):
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
                 time.sleep(0.01)

@@ -38,6 +38,7 @@ _ACTIVITY = "activity"
 MARK_SANDBOX = "AGENT_SANDBOX_ID"
 MARK_EXEC = "AGENT_SANDBOX_EXEC"
 PROVIDER = "local"
+_GROUPS_EMPTY_WITHIN = 30.0
 ROOT_FOR_ROOT = "/var/lib/agent-sandbox/local"
 """The default root of a client running as root (reachable by the sandboxes' own uids)."""
 
@@ -388,7 +389,7 @@ class Store:
         """Kill the sandbox's commands and delete its directory. Idempotent."""
         trash = self.retire(sandbox_id)
         if trash is not None:
-            await anyio.to_thread.run_sync(rmtree, trash)
+            await anyio.to_thread.run_sync(_finish, sandbox_id, trash)
 
     def retire(self, sandbox_id: str) -> str | None:
         """Move a sandbox's directory aside (from then on nobody can find or exec in it) and
@@ -460,8 +461,9 @@ class Store:
             path = os.path.join(self.root, name)
             if name.startswith(".trash-"):
                 # A destroy cut short: finish it (its cgroups and uid too).
-                self._release(name[len(".trash-") :].rsplit("-", 1)[0], path)
-                await anyio.to_thread.run_sync(rmtree, path)
+                sandbox_id = name[len(".trash-") :].rsplit("-", 1)[0]
+                self._release(sandbox_id, path)
+                await anyio.to_thread.run_sync(_finish, sandbox_id, path)
                 continue
             if not ID_RE.match(name):
                 continue
@@ -566,6 +568,13 @@ def _open_to_sandbox_users(root: str) -> None:
             provider=PROVIDER,
             op="create",
         )
+
+
+def _finish(sandbox_id: str, trash: str) -> None:
+    """The slow end of a destroy, off the event loop: the sandbox's cgroups, once their last
+    killed process has left (which takes a while on a loaded machine), and its directory."""
+    _cgroup.remove(_cgroup.named(_group_name(sandbox_id)), wait=_GROUPS_EMPTY_WITHIN)
+    rmtree(trash)
 
 
 def _group_name(sandbox_id: str) -> str:
