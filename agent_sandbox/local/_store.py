@@ -33,6 +33,8 @@ from ._confine import Confinement
 from ._process import has_marker, kill_marked, killpg
 
 ID_RE = re.compile(r"^loc-[0-9a-f]{20}$")
+_TRASH_RE = re.compile(r"^\.trash-(loc-[0-9a-f]{20})-[0-9a-f]{8}$")
+"""A sandbox's directory moved aside by a destroy: ``.trash-ID-RANDOM``."""
 _STATE = "state.json"
 _ACTIVITY = "activity"
 MARK_SANDBOX = "AGENT_SANDBOX_ID"
@@ -387,13 +389,21 @@ class Store:
 
     async def destroy(self, sandbox_id: str) -> None:
         """Kill the sandbox's commands and delete its directory. Idempotent."""
+        if not ID_RE.match(sandbox_id):
+            return
         trash = self.retire(sandbox_id)
         if trash is not None:
             await anyio.to_thread.run_sync(_finish, sandbox_id, trash)
 
     def retire(self, sandbox_id: str) -> str | None:
         """Move a sandbox's directory aside (from then on nobody can find or exec in it) and
-        kill its commands; the directory to delete, or ``None`` when already gone."""
+        kill its commands; the directory to delete, or ``None`` when already gone. Given the
+        name of a directory already moved aside (a destroy cut short), finish killing."""
+        moved = _TRASH_RE.match(sandbox_id)
+        if moved:
+            trash = os.path.join(self.root, sandbox_id)
+            self._release(moved[1], trash)
+            return trash
         if not ID_RE.match(sandbox_id):
             return None
         self._boxes.pop(sandbox_id, None)
@@ -459,11 +469,10 @@ class Store:
         removed = []
         for name in names:
             path = os.path.join(self.root, name)
-            if name.startswith(".trash-"):
-                # A destroy cut short: finish it (its cgroups and uid too).
-                sandbox_id = name[len(".trash-") :].rsplit("-", 1)[0]
-                self._release(sandbox_id, path)
-                await anyio.to_thread.run_sync(_finish, sandbox_id, path)
+            moved = _TRASH_RE.match(name)
+            if moved:
+                self.retire(name)  # a destroy cut short: finish it (cgroups and uid too)
+                await anyio.to_thread.run_sync(_finish, moved[1], path)
                 continue
             if not ID_RE.match(name):
                 continue
