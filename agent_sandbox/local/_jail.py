@@ -27,6 +27,9 @@ JAIL_GID = 1000
 JAIL_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 _TOP_ENTRIES = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _READONLY_DIRS = ("/usr", "/etc")
+# Host-global kernel knobs under the jail's /proc, bound read-only over it (bubblewrap covers
+# them only when it finds them writable; we always do, as Docker masks them in a container).
+_PROC_READONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus")
 _MAX_SYMLINKS = 40
 
 
@@ -74,6 +77,10 @@ def bwrap_prefix(bwrap: str, workspace: str, tmp: str, *, share_net: bool) -> li
         "--bind", workspace, WORKSPACE,
         "--bind", tmp, TMP,
         "--proc", "/proc",
+    ]  # fmt: skip
+    for path in _PROC_READONLY:
+        argv += ["--ro-bind-try", path, path]
+    argv += [
         "--dev", "/dev",
         "--unshare-all",
     ]  # fmt: skip
@@ -90,9 +97,9 @@ def bwrap_prefix(bwrap: str, workspace: str, tmp: str, *, share_net: bool) -> li
     return argv
 
 
-# Run in the probe jail: fails (exit 3) when the jail's user could write a host-global sysctl,
-# i.e. when it is host root. access(2) only asks; nothing is written.
-_CANARY = "test -w /proc/sys/kernel/core_pattern && exit 3; exit 0"
+# Run in the probe jail: leaves a file whose host owner tells who the jail's user is on the host;
+# exit 4 when it could write a host-global sysctl (access(2) only asks; nothing is written).
+_CANARY = ": > /workspace/owner && test -w /proc/sys/kernel/core_pattern && exit 4; exit 0"
 
 
 @functools.lru_cache(maxsize=4)
@@ -101,8 +108,8 @@ def probe(bwrap: str) -> str | None:
 
     The probe builds the real recipe and runs a canary in it as the user commands will run as
     (an unprivileged uid when we are root): it fails where user namespaces are disabled for that
-    user, where ``setpriv`` is missing for a root client, or where the jail's user could still
-    write host sysctls.
+    user, where ``setpriv`` is missing for a root client, where the jail's user is host root
+    (what it creates belongs to uid 0), or where it could write host sysctls.
     """
     prefix: list[str] = []
     owner: int | None = None
@@ -126,10 +133,16 @@ def probe(bwrap: str) -> str | None:
             done = subprocess.run(argv, capture_output=True, timeout=30, cwd="/", check=False)
         except (OSError, subprocess.SubprocessError) as exc:
             return str(exc)
-    if done.returncode == 3:
-        return "the jail's user could write host sysctls (it is host root)"
-    if done.returncode != 0:
-        return done.stderr.decode(errors="replace").strip() or f"exit status {done.returncode}"
+        if done.returncode not in (0, 4):
+            return done.stderr.decode(errors="replace").strip() or f"exit status {done.returncode}"
+        try:
+            made = os.stat(os.path.join(workspace, "owner")).st_uid
+        except OSError as exc:
+            return f"the jail could not write its workspace ({exc.strerror})"
+    if made == 0:
+        return "the jail's user would be host root (uid 0 owns what it creates)"
+    if done.returncode == 4:
+        return "the jail's user could write host sysctls"
     return None
 
 

@@ -84,6 +84,79 @@ async def test_cannot_write_host_sysctls(sandbox: asb.Sandbox) -> None:
 
 @as_root
 @pytest.mark.parametrize("sandbox", MODES, indirect=True)
+async def test_background_commands_cannot_write_host_sysctls(sandbox: asb.Sandbox) -> None:
+    """A command started in the background runs under a supervisor of its own: it drops to the
+    sandbox's uid all the same."""
+    before = Path("/proc/sys/kernel/core_pattern").read_bytes()
+    script = _OPEN_FOR_WRITING + "open('bg', 'w').write(open('/proc/self/status').read())\n"
+    process = await sandbox.start(["python3", "-c", script, *_HOST_GLOBAL])
+    result = await process.wait()
+    assert result.exit_code == 0, result.stderr
+    assert "OPENED" not in result.stdout, result.stdout
+    assert result.stdout.count("refused") == len(_HOST_GLOBAL)
+    made = Path(sandbox.info.metadata["path"], "workspace", "bg")
+    assert made.stat().st_uid == int(sandbox.info.metadata["uid"])
+    assert "CapEff:\t0000000000000000" in made.read_text()
+    assert Path("/proc/sys/kernel/core_pattern").read_bytes() == before
+
+
+@needs_bwrap
+async def test_host_kernel_knobs_are_read_only_in_the_jail(tmp_path: Path) -> None:
+    """/proc/sys, /proc/sysrq-trigger, /proc/irq and /proc/bus are mounted read-only in the jail
+    (whoever runs the client): a write is refused by the mount, not only by permissions."""
+    backend = LocalBackend(LocalOptions(root=tmp_path / "state", isolation="bwrap"))
+    async with await asb.Sandbox.create(backend=backend) as sb:
+        check = (
+            "import os\n"
+            "for p in ('/proc/sys', '/proc/sys/kernel', '/proc/sysrq-trigger', '/proc/irq',"
+            " '/proc/bus'):\n"
+            "    if os.path.exists(p):\n"
+            "        print(p, 'ro' if os.statvfs(p).f_flag & os.ST_RDONLY else 'RW')\n"
+            "print('/proc/self', 'ro' if os.statvfs('/proc/self').f_flag & os.ST_RDONLY else 'rw')\n"
+        )
+        result = await sb.exec(["python3", "-c", check])
+        assert result.exit_code == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert "/proc/sys ro" in lines
+        assert "/proc/sys/kernel ro" in lines
+        assert not [line for line in lines if line.endswith(" RW")], result.stdout
+        assert "/proc/self rw" in lines  # the rest of /proc works as before
+        write = await sb.exec("echo x > /proc/sys/kernel/hostname")
+        assert write.exit_code != 0
+        assert "Read-only file system" in write.stderr
+
+
+@as_root
+async def test_probe_refuses_a_jail_whose_user_is_host_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The safety net under the uid drop: were the drop skipped (bubblewrap run by root, the
+    defect this file guards against), the probe's canary sees the jail's user own files as uid
+    0, and bubblewrap is refused. ``dedicated`` is switched off only to build that jail."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        pytest.skip("bubblewrap (bwrap) is not installed on this machine")
+    monkeypatch.setattr(_user, "dedicated", lambda: False)
+    _jail.probe.cache_clear()
+    try:
+        problem = probe(bwrap)
+        assert problem is not None
+        assert "host root" in problem
+        with pytest.raises(asb.ConfigError, match="host root"):
+            LocalBackend(LocalOptions(root=tmp_path / "state", isolation="bwrap"))
+        auto = LocalBackend(LocalOptions(root=tmp_path / "state", isolation="auto"))
+        assert auto.isolation == "none"
+        isolation = {c.name: c for c in await auto.doctor()}["isolation"]
+        assert not isolation.ok
+        assert "host root" in isolation.detail
+    finally:
+        monkeypatch.undo()
+        _jail.probe.cache_clear()
+    assert probe(bwrap) is None
+
+
+@as_root
+@pytest.mark.parametrize("sandbox", MODES, indirect=True)
 async def test_cannot_read_shadow(sandbox: asb.Sandbox) -> None:
     if not os.path.exists("/etc/shadow"):
         pytest.skip("this host has no /etc/shadow")
