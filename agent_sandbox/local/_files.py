@@ -63,6 +63,8 @@ class Files:
         if isinstance(exc, IsADirectoryError):
             return IsADirectory(f"is a directory: {path}", **where)
         if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+            if self._behind_closed_door(box, path):
+                return PermissionDenied(f"{op} {path}: permission denied", **where)
             return FileNotFound(f"no such file or directory: {path}", **where)
         if isinstance(exc, PermissionError):
             return PermissionDenied(f"{op} {path}: permission denied", **where)
@@ -156,6 +158,33 @@ class Files:
                 return False
         return True
 
+    def _behind_closed_door(self, box: Box, path: str) -> bool:
+        """Whether a missing ``path`` lies below a directory the sandbox's user may not search:
+        its own command gets ``EACCES`` there, so the answer must not tell what exists (this
+        process, as root, would see through the door)."""
+        user = self._user(box)
+        if user.uid == os.geteuid():
+            return False  # the kernel checked the path as that user
+        try:
+            located = self._host(box, path, "stat", follow=False)
+        except (OSError, SandboxError, _jail.JailPathError):
+            return False
+        if located is None:
+            return False
+        host, mount = located
+        directory = mount.host if mount is not None else "/"
+        for part in ["", *host[len(directory) :].strip("/").split("/")[:-1]]:
+            directory = os.path.join(directory, part) if part else directory
+            try:
+                st = os.stat(directory)
+            except OSError:
+                return False  # the way ends here: the path is missing indeed
+            if not stat.S_ISDIR(st.st_mode):
+                return False
+            if not user.may(st, SEARCH):
+                return True
+        return False
+
     def _open_dir(
         self, user: User, directory: str, mount: _jail.Mount | None, *, create: bool
     ) -> int:
@@ -214,6 +243,8 @@ class Files:
             fd = self._open_checked(*located, os.O_PATH | os.O_NOFOLLOW)
             try:
                 st = os.fstat(fd)
+                if not self._reachable(self._user(box), fd, located[1]):
+                    raise self._denied("stat", box, path)
             finally:
                 os.close(fd)
         except (OSError, _jail.JailPathError) as exc:

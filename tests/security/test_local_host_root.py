@@ -187,6 +187,41 @@ async def test_commands_run_as_an_unprivileged_host_uid(sandbox: asb.Sandbox) ->
 
 
 @as_root
+@pytest.mark.parametrize("sandbox", MODES, indirect=True)
+async def test_file_operations_see_behind_no_door_the_sandbox_user_cannot_open(
+    sandbox: asb.Sandbox, tmp_path: Path
+) -> None:
+    """A root client's file operations must not tell what lies in a directory the sandbox's
+    user may not search: not a file's size or times, not even whether it exists. They answer
+    as the sandbox's own ``stat`` does."""
+    if sandbox.info.metadata["isolation"] == "none":
+        door = tmp_path / "private"
+        door.mkdir(mode=0o700)
+        (door / "key").write_text("root only")
+        inside = [str(door / "key"), str(door / "missing"), str(door / "missing" / "deeper")]
+    else:  # the jail shows the host's /etc: a directory there that root keeps closed
+        door = Path("/etc/ssl/private")
+        if not door.is_dir() or door.stat().st_mode & 0o001:
+            pytest.skip("this host has no /etc/ssl/private closed to other users")
+        inside = [str(door / "asb-missing"), *(str(p) for p in door.iterdir())]
+    for path in inside:
+        own = await sandbox.exec(["stat", path])
+        assert own.exit_code != 0
+        assert "Permission denied" in own.stderr, (path, own.stderr)
+        for operation in (sandbox.stat, sandbox.read_file):
+            with pytest.raises(asb.PermissionDenied):
+                await operation(path)
+        with pytest.raises(asb.PermissionDenied):
+            await sandbox.write_file(path, b"x")
+    with pytest.raises(asb.PermissionDenied):
+        await sandbox.list_dir(str(door))
+    # Doors the sandbox's user may pass still answer as before.
+    with pytest.raises(asb.FileNotFound):
+        await sandbox.stat("/usr/asb-missing")
+    assert (await sandbox.stat("/etc/passwd")).type == "file"
+
+
+@as_root
 @needs_bwrap
 async def test_read_file_of_the_jail_cannot_read_shadow(tmp_path: Path) -> None:
     """Host-side file operations read the jail's /etc as the jail's user would, not as root."""
