@@ -2,8 +2,9 @@
 
 The bridge's OpenAPI document kept here is the one in the pinned ``@cloudflare/sandbox`` package;
 the Worker's image is that version's; the Worker's routes are the ones its own document
-describes; and its TypeScript type-checks. The checks that need the Worker's npm dependencies
-(``npm ci`` in ``providers/cloudflare/worker``, which CI runs) say so when they are absent.
+describes; its TypeScript type-checks; and its ``wrangler.jsonc`` is valid for the pinned wrangler.
+The checks that need the Worker's npm dependencies (``npm ci`` in ``providers/cloudflare/worker``,
+which CI runs) say so when they are absent.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from jsonschema import Draft7Validator
+from workerd_worker import wrangler_config
 
 WORKER = Path(__file__).resolve().parents[1] / "worker"
 PACKAGE = json.loads((WORKER / "package.json").read_text())
@@ -68,3 +71,25 @@ def test_the_worker_type_checks() -> None:
         [str(tsc), "--noEmit", "-p", "."], cwd=WORKER, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_wrangler_config_is_valid_for_wrangler() -> None:
+    _installed()
+    schema = json.loads((WORKER / "node_modules" / "wrangler" / "config-schema.json").read_text())
+    config = wrangler_config()
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in Draft7Validator(schema).iter_errors(config)
+    ]
+    assert not errors, errors
+    # Every Durable Object class is one the Worker exports, each SQLite-backed by a migration.
+    exported = set(
+        re.findall(r"^export \{ (\w+) \}", (WORKER / "src" / "index.ts").read_text(), re.M)
+    )
+    bound = {b["class_name"] for b in config["durable_objects"]["bindings"]}
+    migrated = {c for m in config["migrations"] for c in m.get("new_sqlite_classes", [])}
+    assert bound == exported == migrated
+    # The bridge's pool must know the containers' ceiling (its pool.ts says to keep them equal).
+    (container,) = config["containers"]
+    assert container["class_name"] == "Sandbox"
+    assert int(config["vars"]["WARM_POOL_MAX_INSTANCES"]) == container["max_instances"]
