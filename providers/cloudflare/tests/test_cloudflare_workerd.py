@@ -160,6 +160,107 @@ def test_the_fake_answers_as_the_worker_does(
         assert real.json() == fake.json()
 
 
+INVALID: list[tuple[str, str, str, dict[str, Any]]] = [
+    # (what, method, path under the sandbox, request options): refused before any container
+    ("no ref", "POST", "/processes", {"json": {"argv": ["true"]}}),
+    ("a malformed ref", "POST", "/processes", {"json": {"ref": "a b", "argv": ["true"]}}),
+    ("no argv", "POST", "/processes", {"json": {"ref": "p-1"}}),
+    ("an empty argv", "POST", "/processes", {"json": {"ref": "p-1", "argv": []}}),
+    ("argv not strings", "POST", "/processes", {"json": {"ref": "p-1", "argv": ["echo", 1]}}),
+    (
+        "a relative cwd",
+        "POST",
+        "/processes",
+        {"json": {"ref": "p-1", "argv": ["true"], "cwd": "tmp"}},
+    ),
+    (
+        "env value not a string",
+        "POST",
+        "/processes",
+        {"json": {"ref": "p-1", "argv": ["true"], "env": {"A": 1}}},
+    ),
+    (
+        "env name with =",
+        "POST",
+        "/processes",
+        {"json": {"ref": "p-1", "argv": ["true"], "env": {"A=B": "c"}}},
+    ),
+    (
+        "env name empty",
+        "POST",
+        "/processes",
+        {"json": {"ref": "p-1", "argv": ["true"], "env": {"": "c"}}},
+    ),
+    (
+        "timeout not positive",
+        "POST",
+        "/processes",
+        {"json": {"ref": "p-1", "argv": ["true"], "timeout_ms": 0}},
+    ),
+    (
+        "timeout not an integer",
+        "POST",
+        "/processes",
+        {"json": {"ref": "p-1", "argv": ["true"], "timeout_ms": 1.5}},
+    ),
+    (
+        "stdin not a boolean",
+        "POST",
+        "/processes",
+        {"json": {"ref": "p-1", "argv": ["true"], "stdin": 1}},
+    ),
+    (
+        "unknown field",
+        "POST",
+        "/processes",
+        {"json": {"ref": "p-1", "argv": ["true"], "shell": True}},
+    ),
+    (
+        "body not JSON",
+        "POST",
+        "/processes",
+        {"content": b"[", "headers": {"Content-Type": "application/json"}},
+    ),
+    ("follow, negative offset", "GET", "/processes/p-1", {"params": {"stdout": "-1"}}),
+    ("follow, offset not a number", "GET", "/processes/p-1", {"params": {"stderr": "x"}}),
+    ("follow, malformed ref", "GET", "/processes/a.b", {}),
+    ("kill, malformed ref", "POST", "/processes/a.b/kill", {}),
+    (
+        "stdin, malformed ref",
+        "PUT",
+        "/processes/a.b/stdin",
+        {"content": b"x", "headers": {"Content-Type": "application/octet-stream"}},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "options"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID]
+)
+def test_process_requests_are_refused_as_the_worker_refuses_them(
+    fake_worker: FakeWorker,
+    real_worker: RealWorker,
+    method: str,
+    path: str,
+    options: dict[str, Any],
+) -> None:
+    # A sandbox of each, minted by the bridge's POST /v1/sandbox: recorded, no container.
+    answers = []
+    for url in (real_worker.url, fake_worker.url):
+        key = fake_worker.api_key
+        sandbox_id = _ask(url, key, "POST", "/v1/sandbox").json()["id"]
+        try:
+            answers.append(
+                _ask(url, key, method, f"/asb/v1/sandboxes/{sandbox_id}{path}", **options)
+            )
+        finally:
+            _ask(url, key, "DELETE", f"/v1/sandbox/{sandbox_id}")
+    real, fake = answers
+    assert _answer(real) == (400, "invalid_request"), real.text
+    assert _answer(fake) == _answer(real), f"fake {fake.text[:200]!r}, Worker {real.text[:200]!r}"
+    _check_declared(real)
+
+
 def test_the_workers_document_is_its_source(real_worker: RealWorker) -> None:
     served = _ask(real_worker.url, real_worker.api_key, "GET", "/asb/v1/openapi.json")
     assert served.json() == json.loads((WORKER / "src" / "openapi.json").read_text())
