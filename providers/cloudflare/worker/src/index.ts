@@ -52,7 +52,8 @@ async function mint(request: Request, env: Env, ctx: ExecutionContext): Promise<
  * the bridge's pool middleware in front of it. Hono's `/sandbox/:id/*` also matches the bare
  * path, so that middleware asks the warm pool for the id's container first, starting one when
  * none is running: destroying a sandbox whose container slept (or never started) would start a
- * container just to destroy it, or fail with 503 when every container is in use.
+ * container just to destroy it, or fail with 503 when every container is in use. (The SDK's
+ * `Sandbox.destroy()` treats a container that is not running as nothing to stop.)
  */
 async function destroy(id: string, env: Env): Promise<void> {
   const pool = warmPool(env);
