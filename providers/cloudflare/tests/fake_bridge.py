@@ -3,18 +3,19 @@
 The Worker (``providers/cloudflare/worker``) is Cloudflare's sandbox bridge plus agent-sandbox's
 routes. This fake models both, each after its own source:
 
-- the bridge's routes the provider uses -- ``POST /v1/sandbox``, ``DELETE /v1/sandbox/{id}``,
+- the bridge's routes the provider uses -- ``POST /v1/sandbox``,
   ``POST /v1/sandbox/{id}/session``, ``POST``/``DELETE /v1/sandbox/{id}/tunnel/{port}``,
-  ``POST /v1/sandbox/{id}/persist`` and ``/hydrate`` -- and its ``exec`` route, after
+  ``POST /v1/sandbox/{id}/persist`` and ``/hydrate`` -- its ``exec`` and ``DELETE`` routes, after
   ``src/bridge/routes.ts`` and ``helpers.ts`` of ``@cloudflare/sandbox`` 0.12.10 (in the npm
   package's ``dist/bridge/index.js.map``): its id format check, auth, warm-pool assignment
-  (``capacity_exceeded`` 503 past ``max_instances``), session, tunnel and archive behaviour and
-  error bodies ``{"error", "code"}``. Every request and response is checked against the bridge's
+  (``capacity_exceeded`` 503 past ``max_instances``; Hono's trailing wildcard runs it for a bare
+  ``DELETE`` too), session, tunnel and archive behaviour and error bodies ``{"error", "code"}``. Every request and response is checked against the bridge's
   own OpenAPI document (``bridge-openapi-0.12.10.json``, extracted from the package by
   ``worker/scripts/bridge-openapi.mjs``): a request the document forbids is answered 400
   ``invalid_request``, a response it does not declare is recorded in :attr:`FakeWorker.violations`
   (the tests fail on any);
-- agent-sandbox's routes (``/asb/v1``) and the registry in front of the bridge, after
+- agent-sandbox's routes (``/asb/v1``), the registry in front of the bridge and the Worker's own
+  ``DELETE /v1/sandbox/{id}`` (no container started to destroy one), after
   ``worker/src/routes.ts``, ``registry.ts`` and ``index.ts``, checked against
   ``worker/src/openapi.json`` the same way; processes run ``worker/src/runner.sh`` itself;
 - the container side of the SDK, after ``packages/sandbox-container/src/session.ts`` of
