@@ -14,8 +14,9 @@ How the contract maps (details and limits in ``docs/providers/modal.md``):
   only, stdout and stderr apart as they come, stdin streamed, exact exit codes and signals,
   attach from any client (output replayed from the start), ``processes()`` from a registry in the
   sandbox.
-* files: ``sb.filesystem`` (``read_bytes``, ``write_bytes``, ``list_files``, ``stat``,
-  ``make_directory``, ``remove``), which acts as root, the sandbox's default user.
+* files: ``sb.filesystem`` (``write_bytes``, ``list_files``, ``stat``, ``make_directory``,
+  ``remove``), which acts as root, the sandbox's default user; reads run the same in-sandbox tool
+  as ``read_bytes``, streamed and bounded.
 * ``expose_port`` -> ``sb.tunnels()``; ``snapshot`` -> ``sb.snapshot_filesystem()`` (an image id).
 * every ``modal`` exception is translated into the agent-sandbox error hierarchy (:mod:`._errors`).
 """
@@ -33,6 +34,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import anyio
 from pydantic import Field, SecretStr
 
 from agent_sandbox import file_access, tree
@@ -41,6 +43,7 @@ from agent_sandbox.backend import BaseBackend, ProviderOptions
 from agent_sandbox.errors import (
     ConfigError,
     FileTooLarge,
+    SandboxError,
     SandboxNotFound,
     translating,
 )
@@ -68,6 +71,10 @@ MAX_TTL_SECONDS = 24 * 3600
 """Modal ends a sandbox after at most 24 hours."""
 SERVER_TIMEOUT_GRACE = 30
 """Seconds past a command's timeout after which Modal kills it, should this client be gone."""
+FS_TOOLS = "/__modal/.bin/modal-sandbox-fs-tools"
+"""Modal's in-sandbox file tool, behind ``sb.filesystem``."""
+FS_ERROR_LIMIT = 64 * 1024
+"""Bytes of the file tool's error report kept."""
 REGISTRY_LIMIT = 1 << 20
 """Bytes of the in-sandbox process registry read (its newest)."""
 MAX_LISTED_PROCESSES = 1000
@@ -418,23 +425,49 @@ class ModalBackend(BaseBackend):
     async def read_file(
         self, sandbox_id: str, path: str, *, max_bytes: int = DEFAULT_READ_LIMIT
     ) -> bytes:
-        """Content of a regular file, through ``sb.filesystem.read_bytes``.
+        """Content of a regular file, read by Modal's in-sandbox file tool.
 
         A command first checks that it is a regular file (Modal's reader would block on a FIFO)
-        of at most ``max_bytes``.
+        of at most ``max_bytes``. The tool then runs with the command ``sb.filesystem.read_bytes``
+        gives it, but its output is streamed and cut past ``max_bytes``: ``read_bytes`` would
+        keep all of a file that grew after the check (or a ``/proc`` file that reports no size).
         """
+        from modal._utils.sandbox_fs_utils import make_read_file_command, raise_read_file_error
+
         await file_access.check_read(self, sandbox_id, path, max_bytes)
-        box = await self._box(sandbox_id, "read_file")
-        with self._translating("read_file", sandbox_id):
-            data: bytes = await box.filesystem.read_bytes.aio(path)
-        if len(data) > max_bytes:  # it grew after the check
-            raise FileTooLarge(
-                f"read_file {path}: larger than max_bytes={max_bytes}",
-                provider=NAME,
-                op="read_file",
-                sandbox_id=sandbox_id,
-            )
-        return data
+        argv = [FS_TOOLS, make_read_file_command(path)]
+        handle = await self.start(sandbox_id, argv, StartOptions(cwd="/"))
+        chunks: builtins.list[bytes] = []
+        total = 0
+        errors = bytearray()
+        try:
+            while (item := await handle.read()) is not None:
+                stream, data = item
+                if stream == "stderr":
+                    errors += data[: FS_ERROR_LIMIT - len(errors)]
+                    continue
+                total += len(data)
+                if total > max_bytes:
+                    raise FileTooLarge(
+                        f"read_file {path}: more than max_bytes={max_bytes} came (the file "
+                        "grew after its size was checked)",
+                        provider=NAME,
+                        op="read_file",
+                        sandbox_id=sandbox_id,
+                    )
+                chunks.append(data)
+            status = await handle.wait()
+        except BaseException:
+            with anyio.CancelScope(shield=True), contextlib.suppress(SandboxError):
+                await handle.kill()
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await handle.close()
+        if status.exit_code != 0:
+            with self._translating("read_file", sandbox_id):
+                raise_read_file_error(status.exit_code, bytes(errors), path)
+        return b"".join(chunks)
 
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
         """Create or replace a file (parents created, a replaced file keeps its mode), through
@@ -553,7 +586,5 @@ def _records(raw: bytes) -> builtins.list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def _shielded() -> Any:
-    import anyio
-
     with anyio.CancelScope(shield=True) as scope:
         yield scope

@@ -17,6 +17,7 @@ from agent_sandbox import labels as _labels
 from agent_sandbox.errors import (
     CommandTimeout,
     ConfigError,
+    FileTooLarge,
     ProcessNotFound,
     ProviderUnavailable,
     Unsupported,
@@ -269,3 +270,19 @@ async def test_a_create_that_keeps_failing_leaves_nothing(
         fake_modal.faults.clear()
         await backend.aclose()
     assert set(fake_modal.running_sandboxes()) == before
+
+
+async def test_a_file_larger_than_it_says_is_cut_at_max_bytes(
+    backend: ModalBackend, sandboxes: list[str]
+) -> None:
+    """The attack: a regular file that passes the size check, then streams without end (a file
+    swapped after the check does the same). ``/proc/self/pagemap`` reports a size of 0 and reads
+    as hundreds of GiB: the read stops past ``max_bytes`` instead of keeping it all."""
+    info = await backend.create(SandboxSpec())
+    sandboxes.append(info.id)
+    with pytest.raises(FileTooLarge, match="grew after its size was checked"):
+        await backend.read_file(info.id, "/proc/self/pagemap", max_bytes=1 << 20)
+    left = await backend.exec(info.id, ["pgrep", "-f", "modal-sandbox-fs-tools"], ExecOptions())
+    assert (left.exit_code, left.stdout) == (1, "")  # the reader was killed, not left running
+    await backend.write_file(info.id, "/root/small", b"fits")
+    assert await backend.read_file(info.id, "/root/small", max_bytes=4) == b"fits"
