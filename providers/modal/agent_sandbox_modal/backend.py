@@ -368,9 +368,12 @@ class ModalBackend(BaseBackend):
                 timeout,
                 stdin,
             )
-        return _process.ModalProcess(
+        process = _process.ModalProcess(
             box, sandbox_id, task_id, ref, stdin_closed=not options.stdin_open
         )
+        if options.stdin_open and options.stdin:
+            await process.write_stdin(options.stdin)  # fed, and left open
+        return process
 
     async def attach(self, sandbox_id: str, ref: str) -> ProcessHandle:
         """A command started by any client, its output replayed from the start. Raises

@@ -22,7 +22,7 @@ from agent_sandbox.errors import (
     ProviderUnavailable,
     Unsupported,
 )
-from agent_sandbox.models import ExecOptions, NetworkPolicy, SandboxSpec
+from agent_sandbox.models import ExecOptions, NetworkPolicy, SandboxSpec, StartOptions
 
 pytestmark = pytest.mark.anyio
 BLOCKED = api_pb2.NetworkAccess.NetworkAccessType.BLOCKED
@@ -286,3 +286,19 @@ async def test_a_file_larger_than_it_says_is_cut_at_max_bytes(
     assert (left.exit_code, left.stdout) == (1, "")  # the reader was killed, not left running
     await backend.write_file(info.id, "/root/small", b"fits")
     assert await backend.read_file(info.id, "/root/small", max_bytes=4) == b"fits"
+
+
+async def test_stdin_fed_and_left_open(backend: ModalBackend, sandboxes: list[str]) -> None:
+    info = await backend.create(SandboxSpec())
+    sandboxes.append(info.id)
+    handle = await backend.start(info.id, ["cat"], StartOptions(stdin=b"first ", stdin_open=True))
+    try:
+        await handle.write_stdin(b"second")
+        await handle.close_stdin()
+        out = b""
+        while (item := await handle.read()) is not None:
+            out += item[1]
+        assert out == b"first second"
+        assert (await handle.wait()).exit_code == 0
+    finally:
+        await handle.close()
