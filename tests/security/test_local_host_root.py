@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -263,3 +265,64 @@ async def test_without_setpriv_root_refuses_to_run_sandboxes(
         monkeypatch.undo()
         _user.find_setpriv.cache_clear()
         _jail.probe.cache_clear()
+
+
+_ROOT_WITHOUT_SPARE_UIDS = """
+import asyncio, sys
+import agent_sandbox as asb
+from agent_sandbox.local import LocalBackend, LocalOptions
+
+root = sys.argv[1]
+try:
+    LocalBackend(LocalOptions(root=root, isolation="bwrap"))
+    print("bwrap accepted")
+except asb.ConfigError as exc:
+    print("bwrap refused:", exc)
+backend = LocalBackend(LocalOptions(root=root, isolation="none"))
+
+async def main():
+    try:
+        await backend.create(asb.SandboxSpec())
+        print("created")
+    except asb.ConfigError as exc:
+        print("create refused:", exc)
+    user = {c.name: c for c in await backend.doctor()}["user"]
+    print("user check:", user.ok, user.detail)
+
+asyncio.run(main())
+"""
+
+
+@as_root
+def test_root_without_unprivileged_uids_to_give_runs_nothing(tmp_path: Path) -> None:
+    """Root of a user namespace that maps only itself (a rootless container) has no
+    unprivileged uid to give a sandbox: bubblewrap is refused, and so is every sandbox, rather
+    than run as that root."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    root = tmp_path / "state"
+    done = subprocess.run(
+        [
+            unshare,
+            "--user",
+            "--map-root-user",
+            sys.executable,
+            "-c",
+            _ROOT_WITHOUT_SPARE_UIDS,
+            root,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd="/",
+        env={**os.environ, "PYTHONPATH": ":".join(sys.path)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("bwrap refused:"), done.stdout
+    assert "are mapped in this user namespace" in lines[0]
+    assert lines[1].startswith("create refused:"), done.stdout
+    assert lines[2].startswith("user check: False")
+    assert [p.name for p in root.iterdir()] == []
