@@ -265,6 +265,13 @@ def from_status(status: int | None, message: str, *, op: str | None = None) -> S
     return None
 
 
+def _status(exc: BaseException) -> int | None:
+    """The HTTP status an exception carries, if any (read only when the provider's table has no
+    row for it: some SDKs warn when it is read)."""
+    status = getattr(exc, "status_code", None) or getattr(exc, "status", None)
+    return status if isinstance(status, int) else None
+
+
 def translate(
     exc: BaseException,
     *,
@@ -285,10 +292,9 @@ def translate(
             if table is not None and isinstance(exc, Exception)
             else None
         )
-        status = getattr(exc, "status_code", None) or getattr(exc, "status", None)
         err = (
             found
-            or from_status(status if isinstance(status, int) else None, message, op=op)
+            or from_status(_status(exc), message, op=op)
             or _transport(exc, message)
             or ProviderError(f"{provider} {op} failed: {message}")
         )
