@@ -1,92 +1,62 @@
 """``DaytonaBackend``: the agent-sandbox contract on Daytona's official async SDK.
 
-How the contract maps (details and limits in ``docs/providers/daytona.md``):
-
-* create: ``CreateSandboxFromImageParams`` (``spec.image``, with ``Resources`` rounded up to whole
-  cores and GiB) or ``CreateSandboxFromSnapshotParams`` (``spec.snapshot`` or Daytona's default);
-  ``env_vars``, ``labels``; ``ttl_seconds`` -> ``ttl_minutes`` (Daytona's wall-clock lifetime);
-  ``idle_timeout_seconds`` -> ``auto_stop_interval`` with ``auto_delete_interval=0`` (a stopped
-  sandbox is deleted); network ``none`` -> ``network_block_all``, ``allowlist`` -> CIDRs in
-  ``network_allow_list`` and host names in ``domain_allow_list``. Every create carries a unique
-  name, so a retried create finds the first attempt's sandbox instead of making a second one.
-* exec: one Daytona *session* per command (``execute_session_command(run_async=True)``), its log
-  stream read as bytes with stdout and stderr kept apart, the exit code from
-  ``get_session_command``; the session is deleted afterwards, which on a timeout kills the
-  command. Per-command cwd, env and stdin are applied by a small shell prologue (the session API
-  has none of them); stdin is uploaded as a file first, so it is binary-safe and ends with EOF.
-* files through the toolbox file API (multipart upload/download), never through argv.
+Lifecycle through ``AsyncDaytona``; processes as session commands under a wrapper that keeps
+output byte-exact and ends the stream as soon as the command does (``_process``); files through
+the toolbox's file endpoints (list, info, folder, delete, streamed upload and download), never an
+exec per file. The vendor behaviours relied on are listed in ``docs/providers/daytona.md``. The
+SDK is imported in a worker thread on first use, never on the event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
+import base64
 import builtins
 import contextlib
+import importlib
 import ipaddress
 import math
+import posixpath
 import re
+import secrets
 import shlex
-import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from datetime import datetime
+from typing import Any, ClassVar, Literal
 
+import anyio
+import anyio.to_thread
 from pydantic import Field, SecretStr
 
-from agent_sandbox import file_access
+from agent_sandbox import errors as err
+from agent_sandbox import file_access, models, tree
 from agent_sandbox import labels as _labels
-from agent_sandbox.backend import BaseBackend, ProviderOptions, argv_of
-from agent_sandbox.errors import (
-    AuthenticationError,
-    CommandTimeout,
-    ConfigError,
-    FileNotFound,
-    FileTooLarge,
-    InvalidPath,
-    IsADirectory,
-    OperationTimeout,
-    PermissionDenied,
-    ProviderError,
-    ProviderUnavailable,
-    QuotaExceeded,
-    RateLimited,
-    SandboxConflict,
-    SandboxError,
-    SandboxNotFound,
-)
-from agent_sandbox.labels import expires_at
-from agent_sandbox.models import (
-    DEFAULT_READ_LIMIT,
-    Capabilities,
-    Command,
-    ExecEvent,
-    ExecOptions,
-    SandboxInfo,
-    SandboxSpec,
-    SandboxState,
-)
+from agent_sandbox.backend import BaseBackend, ProviderOptions
+from agent_sandbox.models import FileInfo, SandboxInfo, SandboxSpec, StartOptions
+from agent_sandbox.process import ProcessHandle
+from agent_sandbox.retry import retry
 
-if TYPE_CHECKING:
-    from daytona import AsyncDaytona, AsyncSandbox
+from ._process import UNTRAP, WRAPPER, SessionProcess
 
 NAME = "daytona"
-WORKDIR_LABEL = _labels.WORKDIR
 LANGUAGE_LABEL = "code-toolbox-language"  # the SDK adds it to every sandbox; not ours to show
-EXIT_STATUS_GRACE = 30.0
-"""Seconds to wait, after a command's output ends, for the daemon to record its exit status."""
-STDOUT_PREFIX = b"\x01\x01\x01"
-STDERR_PREFIX = b"\x02\x02\x02"
-_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_STATES: dict[str, SandboxState] = {
-    "started": "running",
-    "paused": "paused",
-    "pausing": "paused",
-    "stopped": "stopped",
-    "stopping": "stopped",
-    "archived": "stopped",
-    "archiving": "stopped",
-}
+_REF = re.compile(r"asb-[0-9a-f]{16}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_GONE = ("destroyed", "destroying")
+_STATES: dict[str, models.SandboxState] = {
+    "started": "running", "paused": "paused", "pausing": "paused", "stopped": "stopped",
+    "stopping": "stopped", "archived": "stopped", "archiving": "stopped",
+}  # fmt: skip
+_loaded = False
+
+
+async def sdk() -> Any:
+    """The ``daytona`` module, imported (about a second) in a worker thread the first time."""
+    global _loaded
+    if not _loaded:
+        await anyio.to_thread.run_sync(importlib.import_module, "daytona")
+        _loaded = True
+    return importlib.import_module("daytona")
 
 
 class DaytonaOptions(ProviderOptions):
@@ -105,78 +75,36 @@ class DaytonaOptions(ProviderOptions):
     """Make preview links (``expose_port``) reachable without a token."""
     create_timeout: float = Field(default=120.0, gt=0)
     """Seconds Daytona may take to create and start a sandbox (image builds can be slow)."""
-    create_attempts: int = Field(default=3, ge=1)
-    """Tries of a create that failed transiently (network, 5xx, rate limit)."""
+    api_attempts: int = Field(default=3, ge=1)
+    """Attempts at a call that failed transiently (network, 5xx, rate limit)."""
     preview_expiry_seconds: int = Field(default=3600, ge=1, le=86400)
     """Lifetime of the signed URL ``expose_port`` returns."""
-    timeout_backstop: bool = True
-    """Also run a command that has a timeout under GNU ``timeout -s KILL`` (when the image has
-    it), so its whole process group dies even where deleting the session does not kill it.
-    Costs one extra process per command with a timeout."""
 
-    # Credentials, addresses, public links and the timeout backstop stay out of project files:
-    # only code, the environment or the user's config set them.
+    # Credentials, addresses and public links only from code, the environment or user config.
     project_settable: ClassVar[frozenset[str]] = frozenset(
-        {"target", "create_timeout", "create_attempts"}
+        {"target", "create_timeout", "api_attempts"}
     )
 
 
-class _Demux:
-    """Splits Daytona's log stream (chunks tagged by 3-byte markers) into stdout/stderr bytes."""
+def _table(exc: Exception, lower: str) -> err.SandboxError | None:
+    """Daytona's own error rows (the shared HTTP-status rows come after them)."""
+    import aiohttp
+    import daytona as d
 
-    def __init__(self) -> None:
-        self._buf = b""
-        self._kind: Literal["stdout", "stderr"] | None = None
-
-    def feed(self, data: bytes, final: bool = False) -> list[tuple[str, bytes]]:
-        buf = self._buf + data
-        out: list[tuple[str, bytes]] = []
-        while True:
-            found = [(i, k) for k, m in (("stdout", STDOUT_PREFIX), ("stderr", STDERR_PREFIX))
-                     if (i := buf.find(m)) != -1]  # fmt: skip
-            if not found:
-                break
-            index, kind = min(found)
-            if index and self._kind is not None:
-                out.append((self._kind, buf[:index]))
-            self._kind = "stdout" if kind == "stdout" else "stderr"
-            buf = buf[index + 3 :]
-        # Hold back a tail that may be the start of a marker split across frames.
-        keep = (
-            0 if final else next((n for n in (2, 1) if buf[-n:] in (b"\x01" * n, b"\x02" * n)), 0)
-        )
-        ready, self._buf = (buf[: len(buf) - keep], buf[len(buf) - keep :]) if keep else (buf, b"")
-        if ready and self._kind is not None:
-            out.append((self._kind, ready))
-        return out
-
-
-def _minutes(seconds: float) -> int:
-    return max(1, math.ceil(seconds / 60))
-
-
-def _gib(mib: int) -> int:
-    return max(1, math.ceil(mib / 1024))
-
-
-def _split_allowlist(allow: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    cidrs, domains = [], []
-    for entry in allow:
-        try:
-            cidrs.append(str(ipaddress.ip_network(entry, strict=False)))
-        except ValueError:
-            domains.append(entry)
-    return cidrs, domains
-
-
-def _parse_time(raw: str | None) -> datetime | None:
-    if not raw:
-        return None
-    try:
-        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    rows = [
+        (isinstance(exc, d.DaytonaAuthenticationError), err.AuthenticationError),
+        ("sandbox with id or name" in lower or "sandbox not found" in lower, err.SandboxNotFound),
+        ("session not found" in lower or "command not found" in lower, err.ProcessNotFound),
+        ("points to a directory" in lower or "is a directory" in lower, err.IsADirectory),
+        (isinstance(exc, d.DaytonaFileAccessDeniedError) or "permission denied" in lower, err.PermissionDenied),
+        ("read-only file system" in lower, err.PermissionDenied),
+        (isinstance(exc, d.DaytonaFileNotFoundError), err.FileNotFound),
+        (isinstance(exc, d.DaytonaInvalidFilePathError), err.InvalidPath),
+        (isinstance(exc, d.DaytonaTimeoutError), err.OperationTimeout),
+        (isinstance(exc, (d.DaytonaConnectionError, aiohttp.ClientError)), err.ProviderUnavailable),
+        ("command has already completed" in lower, err.StdinClosed),
+    ]  # fmt: skip
+    return next((error(f"Daytona: {exc}") for hit, error in rows if hit), None)
 
 
 class DaytonaBackend(BaseBackend):
@@ -184,286 +112,180 @@ class DaytonaBackend(BaseBackend):
 
     name = NAME
     Options = DaytonaOptions
-    capabilities = Capabilities(
-        network_none=True,
-        network_allowlist=True,
-        expose_port=True,
-        snapshot=True,
-        pause=True,
-        exec_user=False,
-        stdin=True,
-        resources=True,
-        gpu=False,
-        persistent=True,
-        isolated=True,
-        signals=False,  # the session API reports only the shell's status: 128+N, not "signal N"
-    )
+    capabilities = models.Capabilities(
+        network_none=True, network_allowlist=True, expose_port=True, snapshot=True, pause=True,
+        resources=True, stdin_streaming=True, reattach=True,
+    )  # fmt: skip
 
     def __init__(self, options: ProviderOptions | None = None) -> None:
         super().__init__(options)
-        self._client: AsyncDaytona | None = None
-        self._cache: dict[str, AsyncSandbox] = {}
-        self._workdirs: dict[str, str] = {}
+        self.opts: DaytonaOptions = self.options  # type: ignore[assignment]
+        self._client: Any = None
+        self._cache: dict[str, Any] = {}
 
-    @property
-    def opts(self) -> DaytonaOptions:
-        """The validated options."""
-        assert isinstance(self.options, DaytonaOptions)
-        return self.options
+    # -- plumbing -------------------------------------------------------------------------------
 
-    # -- plumbing ---------------------------------------------------------------------------
-
-    def _sdk(self) -> AsyncDaytona:
+    async def _sdk(self) -> Any:
         if self._client is None:
-            try:
-                from daytona import AsyncDaytona, DaytonaConfig
-            except ImportError as exc:  # pragma: no cover - the extra pins it
-                from agent_sandbox.errors import ProviderNotInstalled
-
-                raise ProviderNotInstalled(
-                    f'the daytona SDK is missing ({exc}); run: pip install "agent-sandbox[daytona]"',
-                    provider=NAME,
-                ) from exc
+            d = await sdk()
             o = self.opts
-            config = DaytonaConfig(
-                api_key=o.api_key.get_secret_value() if o.api_key else None,
-                api_url=o.api_url,
-                target=o.target,
-                jwt_token=o.jwt_token.get_secret_value() if o.jwt_token else None,
-                organization_id=o.organization_id,
-            )
-            try:
-                self._client = AsyncDaytona(config)
-            except Exception as exc:
-                raise self._translate(exc, "connect_client") from exc
+            config = d.DaytonaConfig(api_key=_secret(o.api_key), api_url=o.api_url, target=o.target,
+                                     jwt_token=_secret(o.jwt_token), organization_id=o.organization_id)  # fmt: skip
+            with err.translating(NAME, "connect", table=_table):
+                self._client = d.AsyncDaytona(config)
         return self._client
 
-    def _translate(
-        self, exc: BaseException, op: str, sandbox_id: str | None = None
-    ) -> SandboxError:
-        """A typed agent-sandbox error for any exception the SDK (or its transport) raised."""
-        if isinstance(exc, SandboxError):
-            return exc
-        import aiohttp
-        import daytona as d
+    async def _call(self, op: str, sid: str | None, call: Any) -> Any:
+        """A call to Daytona: typed errors, transient failures retried."""
 
-        where: dict[str, Any] = {"provider": NAME, "op": op, "sandbox_id": sandbox_id}
-        text = str(exc) or type(exc).__name__
-        lowered = text.lower()
-        if isinstance(exc, (d.DaytonaConnectionTimeoutError, asyncio.TimeoutError)):
-            return OperationTimeout(f"daytona {op} timed out: {text}", **where)
-        if isinstance(exc, (d.DaytonaConnectionError, aiohttp.ClientError, ConnectionError)):
-            return ProviderUnavailable(f"cannot reach daytona: {text}", **where)
-        if not isinstance(exc, d.DaytonaError):
-            return ProviderError(f"daytona {op} failed: {text}", **where)
-        status = exc.status_code
-        if isinstance(exc, d.DaytonaFileNotFoundError) or (
-            op in ("read_file", "write_file") and status == 404 and "sandbox" not in lowered
-        ):
-            return FileNotFound(text, **where)
-        if isinstance(exc, d.DaytonaNotFoundError):
-            return SandboxNotFound(f"daytona sandbox not found: {sandbox_id or text}", **where)
-        if isinstance(exc, d.DaytonaFileAccessDeniedError) or "permission denied" in lowered:
-            return PermissionDenied(text, **where)
-        if "is a directory" in lowered or "path is a directory" in lowered:
-            return IsADirectory(text, **where)
-        if isinstance(exc, d.DaytonaInvalidFilePathError):
-            return InvalidPath(text, **where)
-        if isinstance(exc, d.DaytonaAuthenticationError):
-            return AuthenticationError(f"daytona rejected the credentials: {text}", **where)
-        if isinstance(exc, d.DaytonaRateLimitError):
-            return RateLimited(f"daytona rate limit: {text}", **where)
-        if isinstance(exc, d.DaytonaForbiddenError) or status == 403:
-            if "quota" in lowered or "limit" in lowered:
-                return QuotaExceeded(f"daytona quota: {text}", **where)
-            return AuthenticationError(f"daytona refused the request: {text}", **where)
-        if isinstance(exc, d.DaytonaConflictError):
-            return SandboxConflict(text, **where)
-        if isinstance(exc, d.DaytonaTimeoutError):
-            return OperationTimeout(f"daytona {op} timed out: {text}", **where)
-        if status is not None and status >= 500:
-            return ProviderUnavailable(f"daytona answered {status}: {text}", **where)
-        if isinstance(exc, d.DaytonaBadRequestError) or status in (400, 422):
-            return ConfigError(f"daytona rejected the request: {text}", **where)
-        return ProviderError(f"daytona {op} failed: {text}", **where)
+        async def once() -> Any:
+            with err.translating(NAME, op, sid, table=_table):
+                return await call()
 
-    async def _sandbox(self, sandbox_id: str, op: str) -> AsyncSandbox:
-        cached = self._cache.get(sandbox_id)
-        if cached is not None:
-            return cached
-        try:
-            sb = await self._sdk().get(sandbox_id)
-        except Exception as exc:
-            raise self._translate(exc, op, sandbox_id) from exc
-        if str(getattr(sb.state, "value", sb.state)) in ("destroyed", "destroying"):
-            raise SandboxNotFound(
-                f"daytona sandbox {sandbox_id} is destroyed",
-                provider=NAME,
-                op=op,
-                sandbox_id=sandbox_id,
-            )
-        self._cache[sandbox_id] = sb
-        return sb
+        return await retry(once, attempts=self.opts.api_attempts)
 
-    def _info(self, sb: Any, workdir: str | None = None) -> SandboxInfo:
+    async def _sandbox(self, sandbox_id: str, op: str) -> Any:
+        if sandbox_id not in self._cache:
+            client = await self._sdk()
+            sb = await self._call(op, sandbox_id, lambda: client.get(sandbox_id))
+            if str(getattr(sb.state, "value", sb.state)) in _GONE:
+                raise err.SandboxNotFound(f"sandbox {sandbox_id} is destroyed", provider=NAME)
+            self._cache[sandbox_id] = sb
+        return self._cache[sandbox_id]
+
+    async def _work_dir(self, sb: Any) -> str | None:
+        """The image's working directory, as the toolbox reports it (unless the sandbox was
+        created with a workdir of ours, or is not running to ask)."""
+        if (sb.labels or {}).get(_labels.WORKDIR) or _state(sb) != "started":
+            return None
+        with contextlib.suppress(err.SandboxError):
+            return str(await self._call("connect", sb.id, sb.get_work_dir))
+        return None
+
+    def _describe(self, sb: Any, workdir: str | None = None) -> SandboxInfo:
         labels = {k: v for k, v in (sb.labels or {}).items() if k != LANGUAGE_LABEL}
         state = str(getattr(sb.state, "value", sb.state) or "unknown")
-        build = getattr(sb, "build_info", None)
-        dockerfile = getattr(build, "dockerfile_content", None) or ""
+        dockerfile = getattr(getattr(sb, "build_info", None), "dockerfile_content", None) or ""
         image = next(iter(re.findall(r"^FROM\s+(\S+)", dockerfile, re.M)), None)
-        workdir = workdir or labels.get(WORKDIR_LABEL) or self._workdirs.get(sb.id) or "/"
-        metadata = {"target": str(sb.target), "state": state, "name": str(sb.name)}
-        if sb.snapshot:
-            metadata["snapshot"] = str(sb.snapshot)
-        return SandboxInfo(
-            id=sb.id,
-            provider=NAME,
-            state=_STATES.get(state, "unknown"),
-            labels=labels,
-            created_at=_parse_time(sb.created_at),
-            # The expiry we promised (our label, to the second) rather than Daytona's, which is
-            # rounded up to whole minutes: sweep() honours the TTL as asked.
-            expires_at=expires_at(labels) or _parse_time(getattr(sb, "auto_destroy_at", None)),
-            image=image or sb.snapshot,
-            workdir=workdir,
-            metadata=metadata,
+        created = (
+            datetime.fromisoformat(sb.created_at.replace("Z", "+00:00")) if sb.created_at else None
         )
+        return SandboxInfo(
+            id=sb.id, provider=NAME, state=_STATES.get(state, "unknown"), labels=labels,
+            created_at=created, expires_at=_labels.expires_at(labels), image=image or sb.snapshot,
+            workdir=labels.get(_labels.WORKDIR) or workdir or "/home/daytona",
+            metadata={"target": str(sb.target), "state": state, "name": str(sb.name)},
+        )  # fmt: skip
 
-    async def _workdir(self, sb: AsyncSandbox) -> str:
-        known = (sb.labels or {}).get(WORKDIR_LABEL) or self._workdirs.get(sb.id)
-        if known:
-            return known
-        try:
-            found = await sb.get_work_dir()
-        except Exception as exc:
-            raise self._translate(exc, "connect", sb.id) from exc
-        self._workdirs[sb.id] = found
-        return found
-
-    # -- lifecycle --------------------------------------------------------------------------
+    # -- lifecycle ------------------------------------------------------------------------------
 
     def _params(self, spec: SandboxSpec, name: str) -> Any:
-        from daytona import CreateSandboxFromImageParams, CreateSandboxFromSnapshotParams, Resources
-
-        labels = dict(spec.labels)
-        if spec.workdir:
-            labels[WORKDIR_LABEL] = spec.workdir
+        d = importlib.import_module("daytona")
         common: dict[str, Any] = {
-            "name": name,
-            "env_vars": dict(spec.env),
-            "labels": labels,
-            "public": self.opts.public,
-            "ttl_minutes": _minutes(spec.ttl_seconds),
-            # No idle timeout asked for: never stop on idleness, the TTL ends the sandbox.
-            "auto_stop_interval": _minutes(spec.idle_timeout_seconds)
-            if spec.idle_timeout_seconds
-            else 0,
+            "name": name, "env_vars": dict(spec.env), "public": self.opts.public,
+            "labels": {**spec.labels, **({_labels.WORKDIR: spec.workdir} if spec.workdir else {})},
+            "ttl_minutes": _minutes(spec.ttl_seconds),  # Daytona's wall-clock lifetime
+            # no idle timeout asked for: never stop on idleness, the TTL ends the sandbox
+            "auto_stop_interval": _minutes(spec.idle_timeout_seconds) if spec.idle_timeout_seconds else 0,
             "auto_delete_interval": 0,  # a sandbox that stops is deleted: nothing lingers
-        }
+        }  # fmt: skip
         if spec.network.mode == "none":
             common["network_block_all"] = True
         elif spec.network.mode == "allowlist":
-            cidrs, domains = _split_allowlist(spec.network.allow)
-            if cidrs:
-                common["network_allow_list"] = ",".join(cidrs)
-            if domains:
-                common["domain_allow_list"] = ",".join(domains)
+            cidrs = [
+                str(ipaddress.ip_network(a, strict=False))
+                for a in spec.network.allow
+                if _is_cidr(a)
+            ]
+            domains = [a for a in spec.network.allow if not _is_cidr(a)]
+            common |= {"network_allow_list": ",".join(cidrs)} if cidrs else {}
+            common |= {"domain_allow_list": ",".join(domains)} if domains else {}
         sized = any(v is not None for v in (spec.cpus, spec.memory_mib, spec.disk_mib))
         if spec.snapshot is not None or spec.image is None:
             if sized:
-                raise self._unsupported(
-                    "cpus / memory_mib / disk_mib without an image (Daytona sizes sandboxes made "
-                    "from a snapshot by the snapshot; give SandboxSpec.image)"
-                )
-            return CreateSandboxFromSnapshotParams(snapshot=spec.snapshot, **common)
-        resources = None
-        if sized:
-            resources = Resources(
-                cpu=math.ceil(spec.cpus) if spec.cpus is not None else None,
-                memory=_gib(spec.memory_mib) if spec.memory_mib is not None else None,
-                disk=_gib(spec.disk_mib) if spec.disk_mib is not None else None,
-            )
-        return CreateSandboxFromImageParams(image=spec.image, resources=resources, **common)
+                raise self._unsupported("cpus / memory_mib / disk_mib without an image (Daytona "
+                                        "sizes a snapshot's sandboxes; give SandboxSpec.image)")  # fmt: skip
+            return d.CreateSandboxFromSnapshotParams(snapshot=spec.snapshot, **common)
+        cpu = None if spec.cpus is None else math.ceil(spec.cpus)
+        resources = (
+            d.Resources(cpu=cpu, memory=_gib(spec.memory_mib), disk=_gib(spec.disk_mib))
+            if sized
+            else None
+        )
+        return d.CreateSandboxFromImageParams(image=spec.image, resources=resources, **common)
 
     async def create(self, spec: SandboxSpec) -> SandboxInfo:
-        """Create a sandbox, retrying transient failures without leaving a duplicate behind."""
+        """Create a sandbox; a transient failure is retried, and the sandbox a failed attempt
+        made anyway (found by its name) is kept if started, deleted otherwise."""
         self.check_spec(spec)
-        client = self._sdk()
-        self._params(spec, "check")  # raise Unsupported before anything is sent
-        sb: AsyncSandbox | None = None
-        for attempt in range(1, self.opts.create_attempts + 1):
-            # A new name per attempt: Daytona may hold a deleted sandbox's name for a while.
-            name = f"agent-sandbox-{uuid.uuid4().hex[:20]}"
+        client = await self._sdk()
+        self._params(spec, "check")  # Unsupported before anything is sent
+
+        async def attempt() -> Any:
+            name = f"agent-sandbox-{uuid.uuid4().hex[:20]}"  # a new one: Daytona holds old names
             try:
-                sb = await client.create(self._params(spec, name), timeout=self.opts.create_timeout)
-                break
-            except Exception as exc:
-                err = self._translate(exc, "create")
-                # Did the failed attempt create it anyway (lost reply, timeout while starting)?
-                sb = await self._find_by_name(name)
-                if sb is not None and str(getattr(sb.state, "value", sb.state)) == "started":
-                    break
-                if sb is not None:  # half-made: never leave it behind
-                    await self._delete_quietly(sb)
-                    sb = None
-                if not err.retryable or attempt == self.opts.create_attempts:
-                    raise err from exc
-                await asyncio.sleep(min(8.0, 0.5 * 2 ** (attempt - 1)))
-        assert sb is not None
+                with err.translating(NAME, "create", table=_table):
+                    return await client.create(
+                        self._params(spec, name), timeout=self.opts.create_timeout
+                    )
+            except err.SandboxError:
+                with contextlib.suppress(Exception):
+                    made = await client.get(name)
+                    if str(getattr(made.state, "value", made.state)) == "started":
+                        return made
+                    await made.delete()  # half-made: never left behind
+                raise
+
+        sb = await retry(attempt, attempts=self.opts.api_attempts)
         self._cache[sb.id] = sb
         try:
             if spec.workdir:
-                await sb.fs.create_folder(spec.workdir, "755")
-            workdir = await self._workdir(sb)
-        except Exception as exc:
-            await self._delete_quietly(sb)
-            raise self._translate(exc, "create", sb.id) from exc
-        return self._info(sb, workdir)
-
-    async def _find_by_name(self, name: str) -> AsyncSandbox | None:
-        try:
-            return await self._sdk().get(name)
-        except Exception:
-            return None
-
-    async def _delete_quietly(self, sb: AsyncSandbox) -> None:
-        self._cache.pop(sb.id, None)
-        with contextlib.suppress(Exception):  # best effort; the TTL is the backstop
-            await sb.delete()
+                await self._call("create", sb.id, lambda: sb.fs.create_folder(spec.workdir, "755"))
+        except BaseException:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await sb.delete()
+            raise
+        return self._describe(sb, await self._work_dir(sb))
 
     async def connect(self, sandbox_id: str) -> SandboxInfo:
         """Describe an existing sandbox (fresh from the API). Raises ``SandboxNotFound``."""
         self._cache.pop(sandbox_id, None)
         sb = await self._sandbox(sandbox_id, "connect")
-        return self._info(sb, await self._workdir(sb))
+        return self._describe(sb, await self._work_dir(sb))
 
     async def list(self, labels: Mapping[str, str] | None = None) -> builtins.list[SandboxInfo]:
         """Sandboxes carrying all of ``labels`` (filtered by Daytona)."""
-        from daytona import ListSandboxesQuery
+        d, client = await sdk(), await self._sdk()
 
-        query = ListSandboxesQuery(labels=dict(labels)) if labels else None
-        found = []
-        try:
-            async for sb in self._sdk().list(query):
-                state = str(getattr(sb.state, "value", sb.state))
-                if state not in ("destroyed", "destroying"):
-                    found.append(self._info(sb))
-        except Exception as exc:
-            raise self._translate(exc, "list") from exc
-        return found
+        async def gather() -> builtins.list[Any]:
+            query = d.ListSandboxesQuery(labels=dict(labels)) if labels else None
+            return [sb async for sb in client.list(query)]
+
+        found = await self._call("list", None, gather)
+        return [
+            self._describe(sb)
+            for sb in found
+            if str(getattr(sb.state, "value", sb.state)) not in _GONE
+        ]
 
     async def destroy(self, sandbox_id: str) -> None:
-        """Delete the sandbox (Daytona's delete does not wait for a graceful stop)."""
+        """Delete the sandbox (Daytona's delete is a soft delete: no graceful stop to wait for).
+        One already gone, or already being deleted (409 meanwhile), is fine."""
+        self._cache.pop(sandbox_id, None)
         try:
-            sb = self._cache.pop(sandbox_id, None) or await self._sdk().get(sandbox_id)
-            await sb.delete()
-        except Exception as exc:
-            err = self._translate(exc, "destroy", sandbox_id)
-            if isinstance(err, SandboxNotFound):
-                return
-            raise err from exc
-        finally:
-            self._workdirs.pop(sandbox_id, None)
+            sb = await self._sandbox(sandbox_id, "destroy")
+            self._cache.pop(sandbox_id, None)
+            await self._call("destroy", sandbox_id, sb.delete)
+        except err.SandboxNotFound:
+            return
+        except err.SandboxConflict:
+            with contextlib.suppress(err.SandboxNotFound):
+                sb = await (await self._sdk()).get(sandbox_id)
+                if (
+                    str(getattr(sb.state, "value", sb.state)) not in _GONE
+                    and sb.desired_state != "destroyed"
+                ):
+                    raise
 
     async def aclose(self) -> None:
         """Close the SDK's HTTP session."""
@@ -471,295 +293,242 @@ class DaytonaBackend(BaseBackend):
         self._cache.clear()
         if client is not None:
             with contextlib.suppress(Exception):
-                await client.close()  # type: ignore[no-untyped-call]
+                await client.close()
 
-    # -- exec -------------------------------------------------------------------------------
+    # -- processes ------------------------------------------------------------------------------
 
-    def _command_line(
-        self, argv: builtins.list[str], options: ExecOptions, stdin_path: str | None
-    ) -> str:
-        # A brace group, not a subshell and no ``exec``: no extra fork, and the session's own
-        # shell (which records the exit status) is never replaced. The session is used once.
-        parts = []
-        if stdin_path is not None:
-            parts.append(f"rm -f -- {shlex.quote(stdin_path)}")  # already open as stdin
-        if options.cwd:
-            parts.append(f"cd -- {shlex.quote(options.cwd)}")
-        for key, value in options.env.items():
-            if not _ENV_KEY.fullmatch(key):
-                raise ConfigError(f"invalid environment variable name: {key!r}", provider=NAME)
-            parts.append(f"export {key}={shlex.quote(value)}")
-        line = shlex.join(argv)
-        if options.timeout and self.opts.timeout_backstop:
-            # Backstop inside the sandbox: GNU timeout kills the command's whole process group
-            # a second after our client-side deadline, whatever the daemon's session deletion
-            # does to grandchildren (older daemons kill only the session's shell).
-            line = (
-                f"if command -v timeout >/dev/null 2>&1; then timeout -s KILL "
-                f"{math.ceil(options.timeout) + 1} {line}; else {line}; fi"
-            )
-        parts.append(line)
-        source = shlex.quote(stdin_path) if stdin_path is not None else "/dev/null"
-        return "{ " + " && ".join(parts) + f"; }} < {source}"
-
-    async def exec_stream(
-        self, sandbox_id: str, command: Command, options: ExecOptions
-    ) -> AsyncIterator[ExecEvent]:
-        """Run ``command`` in a fresh Daytona session, streaming stdout and stderr apart."""
-        from daytona import SessionExecuteRequest
-
-        if options.user is not None:
-            raise self._unsupported("running a command as another user")
-        argv = argv_of(command)
-        stdin_path = None
-        if options.stdin is not None:
-            stdin_path = f"/tmp/.agent-sandbox-stdin-{uuid.uuid4().hex}"
-        line = self._command_line(argv, options, stdin_path)  # validates before any call
+    async def start(
+        self, sandbox_id: str, argv: builtins.list[str], options: StartOptions
+    ) -> ProcessHandle:
+        """Start ``argv`` as a session command of a session of its own (named by its ref)."""
+        bad = [name for name in options.env if not _ENV_NAME.fullmatch(name)]
+        if bad:  # the wrapper exports them: a shell takes identifiers only
+            raise err.ConfigError(f"invalid environment variable name for Daytona: {bad[0]!r}",
+                                  provider=NAME, op="exec", sandbox_id=sandbox_id)  # fmt: skip
+        d = await sdk()
         sb = await self._sandbox(sandbox_id, "exec")
-        session = f"agent-sandbox-{uuid.uuid4().hex}"
-        deadline = time.monotonic() + options.timeout if options.timeout else None
-        created = started = False
+        ref = "asb-" + secrets.token_hex(8)
+        session = ref if options.detached else "asbx" + ref[3:]
+        streamed = options.stdin is not None or options.stdin_open
+        env = [f"{k}={v}" for k, v in options.env.items()]
+        line = UNTRAP + shlex.join(["sh", "-c", WRAPPER, "asb", ref, "1" if streamed else "0",
+                                    options.cwd or "", str(len(env)), *env, *argv])  # fmt: skip
+        request = d.SessionExecuteRequest(command=line, run_async=True, suppress_input_echo=True)
 
-        async def start() -> str:
-            nonlocal created, started
-            if stdin_path is not None:
-                await sb.fs.upload_file(options.stdin or b"", stdin_path)
-            await sb.process.create_session(session)
-            created = True
-            request = SessionExecuteRequest(command=line, run_async=True)
-            response = await sb.process.execute_session_command(session, request)
-            started = True
-            return str(response.cmd_id)
-
-        try:
+        async def create_session() -> None:
             try:
-                # The deadline covers the set-up calls too, not only the command.
-                cmd_id = await asyncio.wait_for(
-                    start(), None if deadline is None else max(0.0, deadline - time.monotonic())
-                )
-            except TimeoutError:
-                raise self._timeout(options, sandbox_id) from None
-            except SandboxError:
-                raise
-            except Exception as exc:
-                raise self._translate(exc, "exec", sandbox_id) from exc
-            async for event in self._follow(sb, session, cmd_id, deadline, options):
-                yield event
-        finally:
-            if created:
-                with contextlib.suppress(Exception):
-                    await sb.process.delete_session(session)  # kills what still runs
-            if stdin_path is not None and not started:  # the command never consumed it
-                with contextlib.suppress(Exception):
-                    await sb.fs.delete_file(stdin_path)
+                await sb.process.create_session(session)
+            except Exception as exc:  # a name of our own: an attempt whose reply was lost made it
+                if "session already exists" not in str(exc).lower():
+                    raise
 
-    async def _follow(
-        self,
-        sb: AsyncSandbox,
-        session: str,
-        cmd_id: str,
-        deadline: float | None,
-        options: ExecOptions,
-    ) -> AsyncIterator[ExecEvent]:
-        import aiohttp
-        from daytona.common.pty import WS_KEEPALIVE_INTERVAL_SECONDS
+        async def delete_session() -> None:  # and with it whatever still runs in it
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await sb.process.delete_session(session)
 
-        # The SDK's get_session_command_logs_async decodes output to str (lossy for binary
-        # data), so read the same WebSocket it would, as bytes, through the SDK's own session.
-        api = sb.process._api_client
-        _, url, headers, *_ = api._get_session_command_logs_serialize(
-            session_id=session,
-            command_id=cmd_id,
-            follow=True,
-            _request_auth=None,
-            _content_type=None,
-            _headers=None,
-            _host_index=None,
-        )
-        url = re.sub(r"^http", "ws", url)
-        demux = _Demux()
+        await self._call("exec", sandbox_id, create_session)
+        proc: SessionProcess | None = None
         try:
-            # Keepalive pings as the SDK sends them: proxies drop silent WebSockets.
-            ws = await api.api_client.http_session.ws_connect(
-                url, headers=headers, heartbeat=WS_KEEPALIVE_INTERVAL_SECONDS
-            )
-        except Exception as exc:
-            raise self._translate(exc, "exec", sb.id) from exc
-        try:
-            while True:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise self._timeout(options, sb.id)
-                try:
-                    msg = await asyncio.wait_for(ws.receive(), remaining)
-                except TimeoutError:
-                    raise self._timeout(options, sb.id) from None
-                if msg.type in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
-                    data = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
-                    for kind, chunk in demux.feed(data):
-                        yield ExecEvent(kind="stdout" if kind == "stdout" else "stderr", data=chunk)
-                    continue
-                if msg.type == aiohttp.WSMsgType.ERROR or (
-                    msg.type == aiohttp.WSMsgType.CLOSE and msg.data not in (None, 1000)
-                ):
-                    raise ProviderUnavailable(
-                        f"daytona log stream failed: {msg.extra or ws.exception() or msg.data}",
-                        provider=NAME,
-                        op="exec",
-                        sandbox_id=sb.id,
-                    )
-                break
-        finally:
-            await ws.close()
-        for kind, chunk in demux.feed(b"", final=True):
-            yield ExecEvent(kind="stdout" if kind == "stdout" else "stderr", data=chunk)
-        yield ExecEvent(
-            kind="exit", exit_code=await self._exit_code(sb, session, cmd_id, deadline, options)
-        )
+            with err.translating(NAME, "exec", sandbox_id, table=_table):  # once: it runs it
+                cmd_id = (await sb.process.execute_session_command(session, request)).cmd_id
+            # An exec's session goes when it is closed; a started process's stays, to attach.
+            on_close = None if options.detached else delete_session
+            proc = self._handle(sandbox_id, ref, session, cmd_id, on_close)
+            await proc.begin(options.stdin, options.stdin_open)
+        except BaseException:
+            if proc is not None:
+                await proc.close()
+            if options.detached or proc is None:
+                await delete_session()
+            raise
+        return proc
 
-    async def _exit_code(
-        self,
-        sb: AsyncSandbox,
-        session: str,
-        cmd_id: str,
-        deadline: float | None,
-        options: ExecOptions,
-    ) -> int:
-        delay = 0.01
-        give_up = time.monotonic() + EXIT_STATUS_GRACE
-        while True:
-            try:
-                cmd = await sb.process.get_session_command(session, cmd_id)
-            except Exception as exc:
-                raise self._translate(exc, "exec", sb.id) from exc
-            if cmd.exit_code is not None:
-                return int(cmd.exit_code)
-            # The stream ended just before the daemon recorded the status.
-            if deadline is not None and time.monotonic() + delay > deadline:
-                raise self._timeout(options, sb.id)
-            if time.monotonic() > give_up:
-                raise ProviderError(
-                    "daytona ended the command's log stream but never reported its exit status",
-                    provider=NAME,
-                    op="exec",
-                    sandbox_id=sb.id,
+    def _handle(
+        self, sid: str, ref: str, session: str, cmd_id: str, on_close: Any
+    ) -> SessionProcess:
+        sb = self._cache[sid]
+
+        async def kill() -> None:
+            """The command's tree: everything carrying its mark and their descendants."""
+            script = base64.b64encode(tree.KILL.encode()).decode()
+            command = f'sh -c "echo {script} | base64 -d | sh -s {ref} -"'
+            await self._call("exec", sid, lambda: sb.process.exec(command, timeout=60))
+
+        def translate(exc: BaseException) -> err.SandboxError:
+            return err.translate(exc, provider=NAME, op="exec", sandbox_id=sid, table=_table)
+
+        return SessionProcess(ref, sb.process, session, cmd_id, kill, translate, on_close)
+
+    async def attach(self, sandbox_id: str, ref: str) -> ProcessHandle:
+        """Follow a process by ref: Daytona replays its output from the start, then streams it."""
+        if not _REF.fullmatch(ref):
+            raise err.ProcessNotFound(f"no process {ref!r}", provider=NAME, sandbox_id=sandbox_id)
+        sb = await self._sandbox(sandbox_id, "attach")
+        found = await self._call("attach", sandbox_id, lambda: sb.process.get_session(ref))
+        proc = self._handle(sandbox_id, ref, ref, found.commands[0].id, None)
+        await proc.begin(None, True)
+        return proc
+
+    async def processes(self, sandbox_id: str) -> builtins.list[models.ProcessInfo]:
+        """Processes started with ``Sandbox.start``: their sessions, as the daemon lists them."""
+        sb = await self._sandbox(sandbox_id, "processes")
+        found = []
+        for session in await self._call("processes", sandbox_id, sb.process.list_sessions):
+            if _REF.fullmatch(session.session_id) and session.commands:
+                cmd = session.commands[0]
+                argv = shlex.split(cmd.command.removeprefix(UNTRAP))
+                command = (
+                    tuple(argv[8 + int(argv[7]) :]) if len(argv) > 7 and argv[7].isdigit() else ()
                 )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+                found.append(models.ProcessInfo(ref=session.session_id, command=command,
+                                                running=cmd.exit_code is None, exit_code=cmd.exit_code))  # fmt: skip
+        return found
 
-    def _timeout(self, options: ExecOptions, sandbox_id: str) -> CommandTimeout:
-        return CommandTimeout(
-            f"command timed out after {options.timeout} s (its session was killed)",
-            timeout=options.timeout,
-            provider=NAME,
-            op="exec",
-            sandbox_id=sandbox_id,
-        )
-
-    # -- files ------------------------------------------------------------------------------
+    # -- files ----------------------------------------------------------------------------------
 
     async def read_file(
-        self, sandbox_id: str, path: str, *, max_bytes: int = DEFAULT_READ_LIMIT
+        self, sandbox_id: str, path: str, *, max_bytes: int = models.DEFAULT_READ_LIMIT
     ) -> bytes:
-        """Download one regular file through the toolbox file API, streamed.
-
-        The toolbox reads whatever its own user may, and would block on a FIFO: a command of
-        the sandbox's user checks first that this user may read it as a regular file of at most
-        ``max_bytes``; the download stops past ``max_bytes`` anyway.
-        """
-        if await file_access.check_read(self, sandbox_id, path, max_bytes) == 0:
-            return b""  # the SDK's streaming download fails on an empty file
+        """One regular file, streamed from the toolbox. The daemon reads as the sandbox's user
+        (it runs as that user); its file info, first, refuses what is not a regular file (the
+        download would block on a FIFO) or too large."""
+        info = await self.stat(sandbox_id, path)
+        if info.type == "dir":
+            raise err.IsADirectory(f"invalid file path: path points to a directory: {path}",
+                                   provider=NAME, op="read_file", sandbox_id=sandbox_id)  # fmt: skip
+        if info.type != "file":
+            raise err.InvalidPath(f"read_file {path}: not a regular file (a FIFO, device or socket)",
+                                  provider=NAME, op="read_file", sandbox_id=sandbox_id)  # fmt: skip
+        if info.size > max_bytes:
+            raise err.FileTooLarge(f"read_file {path}: larger than max_bytes={max_bytes}",
+                                   provider=NAME, op="read_file", sandbox_id=sandbox_id)  # fmt: skip
+        if info.size == 0:
+            return b""  # the SDK's streamed download refuses a part without data
         sb = await self._sandbox(sandbox_id, "read_file")
-        where: dict[str, Any] = {"provider": NAME, "op": "read_file", "sandbox_id": sandbox_id}
-        if not path.isascii():
-            # The SDK's streaming download cannot take a part whose name comes RFC 5987-encoded
-            # (as the toolbox sends non-ASCII names): such a file comes whole, bounded by the
-            # check above only.
-            try:
-                data = await sb.fs.download_file(path)
-            except Exception as exc:
-                raise self._translate(exc, "read_file", sandbox_id) from exc
-            content = data if isinstance(data, bytes) else bytes(data or b"")
-            if len(content) > max_bytes:
-                raise FileTooLarge(f"read_file {path}: larger than max_bytes={max_bytes}", **where)
-            return content
-        chunks: builtins.list[bytes] = []
-        size = 0
-        try:
+        chunks, total = [], 0
+        with err.translating(NAME, "read_file", sandbox_id, table=_table):
             async for chunk in await sb.fs.download_file_stream(path):
-                size += len(chunk)
-                if size > max_bytes:  # it grew after the check
-                    raise FileTooLarge(
-                        f"read_file {path}: larger than max_bytes={max_bytes}", **where
-                    )
                 chunks.append(chunk)
-        except SandboxError:
-            raise
-        except Exception as exc:
-            raise self._translate(exc, "read_file", sandbox_id) from exc
+                total += len(chunk)
+                if total > max_bytes:  # it grew after the check
+                    raise err.FileTooLarge(f"read_file {path}: larger than max_bytes={max_bytes}")
         return b"".join(chunks)
 
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
-        """Upload one file (multipart, streamed by the SDK); Daytona creates missing parents.
+        """Upload one file, streamed; the toolbox creates missing parents.
 
-        The toolbox replaces a file whatever its mode and resets the mode to 0644: a command of
-        the sandbox's user checks first that this user may replace (or create) it, and a
-        replaced file gets its mode back.
+        The toolbox replaces a file by renaming a new one over it (0644, whatever the old mode):
+        a command of the sandbox's user checks first that this user may replace (or create) it,
+        and a replaced file gets its mode back.
         """
         mode = await file_access.check_write(self, sandbox_id, path)
         sb = await self._sandbox(sandbox_id, "write_file")
-        try:
-            await sb.fs.upload_file(bytes(data), path)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for start in range(0, len(data), 1 << 20):
+                yield data[start : start + (1 << 20)]
+
+        with err.translating(NAME, "write_file", sandbox_id, table=_table):
+            await sb.fs.upload_file_stream(chunks(), path)
             if mode is not None and mode != 0o644:
                 await sb.fs.set_file_permissions(path, mode=f"{mode:o}")
-        except Exception as exc:
-            raise self._translate(exc, "write_file", sandbox_id) from exc
 
-    # -- optional capabilities --------------------------------------------------------------
+    def _file_info(self, path: str, raw: Any) -> FileInfo:
+        kind: models.FileType = (
+            "dir" if raw.is_dir else "file" if raw.mode.startswith("-") else "other"
+        )
+        when = datetime.fromisoformat((raw.modified_at or raw.mod_time).replace("Z", "+00:00"))
+        return FileInfo(path=path, name=posixpath.basename(path.rstrip("/")) or "/", type=kind,
+                        size=raw.size, mode=int(raw.permissions, 8), mtime=when.timestamp())  # fmt: skip
+
+    async def stat(self, sandbox_id: str, path: str) -> FileInfo:
+        """The toolbox's file info (it follows a final symlink). Raises ``FileNotFound``."""
+        sb = await self._sandbox(sandbox_id, "stat")
+        with err.translating(NAME, "stat", sandbox_id, table=_table):
+            return self._file_info(path, await sb.fs.get_file_info(path))
+
+    async def list_dir(self, sandbox_id: str, path: str) -> builtins.list[FileInfo]:
+        """The toolbox's listing, sorted by name (symlinks followed; a dangling one is left out).
+        Raises ``FileNotFound``, ``InvalidPath`` for a file."""
+        info = await self.stat(sandbox_id, path)
+        if info.type != "dir":
+            raise err.InvalidPath(f"not a directory: {path}", provider=NAME, sandbox_id=sandbox_id)
+        sb = self._cache[sandbox_id]
+        with err.translating(NAME, "list_dir", sandbox_id, table=_table):
+            found = await sb.fs.list_files(path)
+        entries = [self._file_info(posixpath.join(path, f.name), f) for f in found]
+        return sorted(entries, key=lambda e: e.name)
+
+    async def remove(self, sandbox_id: str, path: str, *, recursive: bool = False) -> None:
+        """The toolbox's delete (a directory only with ``recursive``). Raises ``FileNotFound``."""
+        sb = await self._sandbox(sandbox_id, "remove")
+        with err.translating(NAME, "remove", sandbox_id, table=_table):
+            await sb.fs.delete_file(path, recursive=recursive)
+
+    async def mkdir(self, sandbox_id: str, path: str) -> None:
+        """The toolbox's ``MkdirAll`` (0755); an existing directory is fine."""
+        sb = await self._sandbox(sandbox_id, "mkdir")
+        with err.translating(NAME, "mkdir", sandbox_id, table=_table):
+            await sb.fs.create_folder(path, "755")
+
+    # -- optional capabilities ------------------------------------------------------------------
 
     async def expose_port(self, sandbox_id: str, port: int) -> str:
-        """A signed preview URL for ``port``: it carries its own token, so it opens in a browser
-        without headers; it expires after ``preview_expiry_seconds``. With ``public=True`` the
-        plain preview link (no token needed) is returned instead."""
+        """A signed preview URL for ``port`` (it carries its own token, expiring after
+        ``preview_expiry_seconds``); with ``public=True``, the plain preview link."""
         if not 1 <= port <= 65535:
-            raise InvalidPath(f"invalid port {port}", provider=NAME, op="expose_port")
+            raise err.InvalidPath(f"invalid port {port}", provider=NAME, op="expose_port")
         sb = await self._sandbox(sandbox_id, "expose_port")
-        try:
-            if self.opts.public:
-                return str((await sb.get_preview_link(port)).url)
-            signed = await sb.create_signed_preview_url(
-                port, expires_in_seconds=self.opts.preview_expiry_seconds
+        if self.opts.public:
+            return str(
+                (await self._call("expose_port", sandbox_id, lambda: sb.get_preview_link(port))).url
             )
-        except Exception as exc:
-            raise self._translate(exc, "expose_port", sandbox_id) from exc
-        return str(signed.url)
+        expiry = self.opts.preview_expiry_seconds
+        signed = lambda: sb.create_signed_preview_url(port, expires_in_seconds=expiry)  # noqa: E731
+        return str((await self._call("expose_port", sandbox_id, signed)).url)
 
     async def snapshot(self, sandbox_id: str) -> str:
         """Save the sandbox's filesystem as a Daytona snapshot; returns its name."""
         sb = await self._sandbox(sandbox_id, "snapshot")
         name = f"agent-sandbox-{uuid.uuid4().hex[:20]}"
-        try:
-            await sb.create_snapshot(name)
-        except Exception as exc:
-            raise self._translate(exc, "snapshot", sandbox_id) from exc
+        await self._call("snapshot", sandbox_id, lambda: sb.create_snapshot(name))
         return name
 
     async def pause(self, sandbox_id: str) -> None:
         """Pause the sandbox (Daytona keeps its memory; only some sandbox classes can)."""
         sb = await self._sandbox(sandbox_id, "pause")
         try:
-            await sb.pause()
-        except Exception as exc:
-            err = self._translate(exc, "pause", sandbox_id)
-            if isinstance(err, ConfigError) and "support" in str(err).lower():
-                # Only some Daytona sandbox classes can pause; the API says so with a 400.
-                raise self._unsupported(f"pause for this sandbox class ({err})") from exc
-            raise err from exc
+            await self._call("pause", sandbox_id, sb.pause)
+        except err.ConfigError as exc:
+            if "support" not in str(exc).lower():
+                raise
+            raise self._unsupported(f"pause for this sandbox class ({exc})") from exc
 
     async def resume(self, sandbox_id: str) -> None:
         """Start a paused sandbox again."""
         sb = await self._sandbox(sandbox_id, "resume")
-        try:
-            await sb.start()
-        except Exception as exc:
-            raise self._translate(exc, "resume", sandbox_id) from exc
+        await self._call("resume", sandbox_id, sb.start)
+
+
+def _state(sb: Any) -> str:
+    return str(getattr(sb.state, "value", sb.state))
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value else None
+
+
+def _minutes(seconds: float) -> int:
+    return max(1, math.ceil(seconds / 60))
+
+
+def _gib(mib: int | None) -> int | None:
+    return None if mib is None else max(1, math.ceil(mib / 1024))
+
+
+def _is_cidr(entry: str) -> bool:
+    try:
+        ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return False
+    return True

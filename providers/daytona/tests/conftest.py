@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import sys
 import threading
 from collections.abc import Iterator
@@ -61,10 +60,23 @@ def fake_daytona() -> Iterator[FakeDaytona]:
     """The fake Daytona for the whole session (offline mode only)."""
     if live_mode():
         pytest.skip("AGENT_SANDBOX_LIVE=daytona: this test needs the fake, not the real Daytona")
-    if shutil.which("bwrap") is None:
-        pytest.skip("bubblewrap (bwrap) is not installed: the fake Daytona runs commands under it")
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip(
+            "the fake Daytona needs root on Linux: each fake sandbox has its own pid and "
+            "mount namespaces"
+        )
     with ThreadedFake() as fake:
-        yield fake
+        # The key through the environment, as a user would: a client in another process (the
+        # conformance suite starts one) is built from options that cannot carry a secret.
+        saved = os.environ.get("DAYTONA_API_KEY")
+        os.environ["DAYTONA_API_KEY"] = fake.api_key
+        try:
+            yield fake
+        finally:
+            if saved is None:
+                os.environ.pop("DAYTONA_API_KEY", None)
+            else:
+                os.environ["DAYTONA_API_KEY"] = saved
 
 
 @pytest.fixture
@@ -80,7 +92,7 @@ def daytona_options(request: pytest.FixtureRequest) -> DaytonaOptions:
             pytest.skip("live Daytona tests need DAYTONA_API_KEY (or DAYTONA_JWT_TOKEN); not set")
         return DaytonaOptions()
     fake: FakeDaytona = request.getfixturevalue("fake_daytona")
-    return DaytonaOptions(api_key=fake.api_key, api_url=fake.api_url, create_attempts=3)
+    return DaytonaOptions(api_url=fake.api_url, api_attempts=3)
 
 
 @pytest.fixture

@@ -4,22 +4,52 @@ Two HTTP surfaces, as the vendor has them:
 
 * the REST API under ``/api`` (``DAYTONA_API_URL``): sandboxes, labels, preview links, snapshots;
 * the toolbox API under ``/toolbox/{sandboxId}`` (the ``toolboxProxyUrl`` every sandbox record
-  carries): process sessions with WebSocket log streaming, ``/process/execute``, and files.
+  carries): the daemon's process sessions, ``/process/execute`` and files.
 
 Request bodies are parsed with the SDK's own generated pydantic models and every response is built
-from them (``Model(...).to_json()``), so a wrong field name, a missing required field or a bad type
-fails here the way it fails against Daytona. Unknown request properties are rejected with 400.
+from them, so a wrong field name, a missing required field or a bad type fails here the way it
+fails against Daytona. Unknown request properties are rejected with 400.
 
-Each fake sandbox is a temp directory; commands run as real processes under bubblewrap with that
-directory bound at ``/home/daytona`` and a private ``/tmp`` (read-only system, private pid and user
-namespaces, no network when ``networkBlockAll``). Deleting a session kills its process groups.
-Faults can be injected per route with :meth:`FakeDaytona.fail`.
+Each fake sandbox is a container of its own (:mod:`fake_daytona_vm`): its own pid and mount
+namespaces, PID 1 reaping orphans, every process running as the image's user ``daytona``. What
+the daemon does follows its sources in daytonaio/daytona (``apps/daemon``):
+
+* sessions (``pkg/session/create.go``, ``execute.go``, ``wrapper_linux.go``, ``log.go``,
+  ``input.go``, ``delete.go``, ``command.go``): a session is a shell (``GetShell``: zsh, else
+  bash, else sh, from ``/etc/shells``) in a process group of its own; a command is written to its
+  stdin wrapped in the daemon's script: the command sourced from ``cmd.sh`` with its stdout and
+  stderr relayed *line by line by shell loops* into one log file, each line prefixed with
+  ``\\x01\\x01\\x01`` or ``\\x02\\x02\\x02`` (so NUL bytes are lost, a newline is added to a last
+  line that had none, and a partial line waits for its newline), and the exit code written once
+  both relays have drained. Following the logs (``internal/util`` ``ReadLogWithExitCode``) reads
+  the file in 1 KiB reads, polls every 20 ms at its end, and looks for the exit code only after 50
+  empty polls: the stream ends a second after the output stops (``pkg/session/log.go`` ``ReadLog``
+  also reads the socket: a client's close ends it at once). Input goes to the command's FIFO,
+  with a newline added when missing and echoed into the log as stdout unless suppressed. Deleting
+  a session (``delete.go``, ``common/process_termination.go``) sends SIGTERM to its process
+  group, waits for the shell (up to a grace period), then SIGKILL: processes that left the group
+  (``setsid``) live on. The wrapper's ``trap cleanup ... TERM`` runs in the session's shell itself
+  and stays set there, so a shell that ran a command survives the SIGTERM and the delete waits
+  out the whole grace period.
+* ``/process/execute`` (``pkg/toolbox/process/execute/execute.go``): the command split on spaces
+  outside quotes (no shell), run in a process group of its own, combined output.
+* files (``pkg/toolbox/fs``): list and info follow symlinks (``os.Stat``; an entry that cannot be
+  stat'ed is left out of a listing); upload writes a temp file beside the target, sets it 0644
+  and renames it over the target; bulk download (``download_files.go``) answers per-file JSON
+  error parts, its part headers naming the path in Latin-1 (``toLatin1``) and RFC 5987
+  (``invalid file path: path points to a directory: <path>``, ``file not found: <path>``, ...);
+  the daemon acts as the user it runs as, so its permission checks are that user's.
+
+The REST API follows ``apps/api``: a delete is a soft delete (the sandbox is ``destroying`` for a
+while, and a second delete meanwhile answers 409 "state change in progress"); a destroyed sandbox
+is not found. Faults can be injected per route with :meth:`FakeDaytona.fail`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import posixpath
@@ -27,8 +57,9 @@ import re
 import secrets
 import shutil
 import signal
+import stat
 import tempfile
-import urllib.parse
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -46,32 +77,78 @@ from daytona_api_client_async.models import (
     SignedPortPreviewUrl,
     ToolboxProxyUrl,
 )
-from daytona_api_client_async.models import (
-    Sandbox as SandboxDto,
-)
-from daytona_toolbox_api_client_async.models import (
-    Command as CommandDto,
-)
+from daytona_api_client_async.models import Sandbox as SandboxDto
+from daytona_toolbox_api_client_async.models import Command as CommandDto
 from daytona_toolbox_api_client_async.models import (
     CreateSessionRequest,
     ErrorResponse,
     ExecuteRequest,
     ExecuteResponse,
+    FileInfo,
     FilesDownloadRequest,
     SessionCommandLogsResponse,
     SessionExecuteRequest,
     SessionExecuteResponse,
+    SessionSendInputRequest,
+    UserHomeDirResponse,
     WorkDirResponse,
 )
-from daytona_toolbox_api_client_async.models import (
-    Session as SessionDto,
-)
+from daytona_toolbox_api_client_async.models import Session as SessionDto
+from fake_daytona_vm import GID, HOME, UID, VM, host_path, prepare_root, resolve
 
 STDOUT_PREFIX = b"\x01\x01\x01"
 STDERR_PREFIX = b"\x02\x02\x02"
-HOME = "/home/daytona"
 ORG = "00000000-0000-4000-8000-00000000f4ce"
-RO_SYSTEM = ("/usr", "/etc", "/bin", "/lib", "/lib64", "/sbin")
+CONFIG_DIR = f"{HOME}/.daytona"
+"""Where the daemon keeps its sessions' logs, inside the sandbox."""
+LOG_READ = 1024
+LOG_POLL = 0.02
+LOG_EOF_CHECKS = 50
+TERMINATION_GRACE = 5.0
+DESTROY_DELAY = 0.3
+"""Seconds a deleted sandbox stays ``destroying`` before it is gone."""
+
+# apps/daemon/pkg/session/wrapper_linux.go (cmdWrapperFormat), as written to the session shell.
+WRAPPER = """
+{{
+\tlog={log}
+\tdir={dir}
+
+\t# per-command FIFOs
+\tsp="$dir/stdout.pipe"
+\tep="$dir/stderr.pipe"
+\tip={ip}
+\t
+\trm -f "$sp" "$ep" "$ip" && mkfifo "$sp" "$ep" "$ip" || exit 1
+
+\tcleanup() {{ rm -f "$sp" "$ep" "$ip"; }}
+\ttrap 'cleanup' EXIT HUP INT TERM
+
+  # prefix each stream and append to shared log
+\t( while IFS= read -r line || [ -n "$line" ]; do printf '\\001\\001\\001%s\\n' "$line"; done < "$sp" ) >> "$log" & r1=$!
+\t( while IFS= read -r line || [ -n "$line" ]; do printf '\\002\\002\\002%s\\n' "$line"; done < "$ep" ) >> "$log" & r2=$!
+
+\t# Sync commands should see EOF immediately; async commands keep stdin open for SendInput.
+\t{stdin}
+\tip_pid=$!
+
+\t# Run your command from file (avoids heredoc parsing issues with pipe-fed shells)
+\t{{ . {cmd}; }} < "$ip" > "$sp" 2> "$ep"
+\t_ec=$?
+
+\t# Stop the stdin holder so it doesn't outlive the command
+\tkill "$ip_pid" 2>/dev/null; wait "$ip_pid" 2>/dev/null
+
+\t# drain labelers (cleanup via trap)
+\twait "$r1" "$r2"
+
+\t# Write exit code only after labelers have flushed all output to the log file.
+\techo "$_ec" >> {exit}
+
+\t# Ensure unlink even if the waits failed
+\tcleanup
+}}
+"""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -88,16 +165,9 @@ def _now() -> str:
 
 def api_error(status: int, message: str) -> web.Response:
     """An error in the REST API's (NestJS) envelope."""
-    names = {
-        400: "Bad Request",
-        401: "Unauthorized",
-        403: "Forbidden",
-        404: "Not Found",
-        409: "Conflict",
-        429: "Too Many Requests",
-        500: "Internal Server Error",
-        503: "Service Unavailable",
-    }
+    names = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+             409: "Conflict", 429: "Too Many Requests", 500: "Internal Server Error",
+             503: "Service Unavailable"}  # fmt: skip
     body = {"statusCode": status, "message": message, "error": names.get(status, "Error")}
     return _json(body, status=status)
 
@@ -134,9 +204,6 @@ def parse(model: Any, data: Any) -> Any:
     return obj
 
 
-# -- processes --------------------------------------------------------------------------------
-
-
 def split_log(data: bytes) -> list[tuple[str, bytes]]:
     """A log file's content as (stream, bytes) pieces, following its 3-byte markers."""
     pieces: list[tuple[str, bytes]] = []
@@ -150,56 +217,74 @@ def split_log(data: bytes) -> list[tuple[str, bytes]]:
     return pieces
 
 
-@dataclass
-class Proc:
-    """One command run: a real process, its output log and its exit code.
+def may(root: Path, path: Path, want: int) -> bool:
+    """Whether the daemon's user (uid/gid 1000) has ``want`` (``os.R_OK``...) on ``path``, and
+    search permission on every directory above it inside its sandbox: the fake serves as root,
+    the daemon does not."""
+    parents = list(reversed(path.parents))
+    if path == root or root in path.parents:  # the sandbox's root is its "/"
+        parents = [p for p in parents if p == root or root in p.parents]
+    try:
+        checks = [(p, os.X_OK) for p in parents] + [(path, want)]
+        for target, bits in checks:
+            st = os.stat(target)
+            shift = 6 if st.st_uid == UID else 3 if st.st_gid == GID else 0
+            if (st.st_mode >> shift) & bits != bits:
+                return False
+    except OSError:
+        return False
+    return True
 
-    Like the daemon, output goes to a log file on disk, each chunk tagged with the 3-byte marker
-    of its stream; followers tail the file. Nothing of it is held in memory.
-    """
+
+def reachable(root: Path, path: Path) -> bool:
+    """Whether the daemon's user may search its way to ``path`` (``os.Stat`` answers EACCES
+    before ENOENT only when a directory it passes through is not searchable)."""
+    existing = next((p for p in path.parents if p.exists()), root)
+    return may(root, existing, os.X_OK)
+
+
+def file_info(host: Path, shown: str) -> dict[str, Any]:
+    """The daemon's ``getFileInfo`` (``os.Stat``: a symlink is followed), its mode as Go's
+    ``FileMode.String()`` writes it."""
+    st = os.stat(host)
+    kinds = {stat.S_IFDIR: "d", stat.S_IFIFO: "p", stat.S_IFSOCK: "S", stat.S_IFCHR: "Dc",
+             stat.S_IFBLK: "D"}  # fmt: skip
+    mode = kinds.get(stat.S_IFMT(st.st_mode), "-") + stat.filemode(st.st_mode)[1:]
+    when = datetime.fromtimestamp(st.st_mtime, timezone.utc).isoformat()
+    info = FileInfo(
+        name=posixpath.basename(shown.rstrip("/")) or "/",
+        path=shown,
+        size=st.st_size,
+        mode=mode,
+        mod_time=when,
+        modified_at=when,
+        is_dir=stat.S_ISDIR(st.st_mode),
+        owner=str(st.st_uid),
+        group=str(st.st_gid),
+        permissions=f"{stat.S_IMODE(st.st_mode) & 0o777:04o}",
+    )
+    return json.loads(info.to_json())
+
+
+@dataclass
+class Cmd:
+    """One command of a session."""
 
     id: str
     command: str
-    process: asyncio.subprocess.Process
-    log_path: Path
-    size: int = 0
+    suppress_echo: bool
     exit_code: int | None = None
-    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def _pump(self, kind: str, stream: asyncio.StreamReader, log: Any) -> None:
-        prefix = STDOUT_PREFIX if kind == "stdout" else STDERR_PREFIX
-        while chunk := await stream.read(65536):
-            log.write(prefix + chunk)
-            async with self.changed:
-                self.size += len(prefix) + len(chunk)
-                self.changed.notify_all()
 
-    async def run(self) -> None:
-        assert self.process.stdout is not None
-        assert self.process.stderr is not None
-        with open(self.log_path, "ab", buffering=0) as log:  # noqa: ASYNC230 - test fake
-            await asyncio.gather(
-                self._pump("stdout", self.process.stdout, log),
-                self._pump("stderr", self.process.stderr, log),
-            )
-        code = await self.process.wait()
-        async with self.changed:
-            # A shell reports death by signal N as 128+N; so does the daemon.
-            self.exit_code = 128 - code if code < 0 else code
-            self.done.set()
-            self.changed.notify_all()
+@dataclass
+class Session:
+    """One session: a shell in a process group of its own, fed commands on its stdin."""
 
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-
-    def joined(self, kind: str | None = None) -> bytes:
-        try:
-            data = self.log_path.read_bytes()
-        except FileNotFoundError:
-            return b""
-        return b"".join(d for k, d in split_log(data) if kind is None or k == kind)
+    id: str
+    pid: int
+    stdin: int
+    cmds: dict[str, Cmd] = field(default_factory=dict)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -208,52 +293,27 @@ class FakeSandbox:
 
     dto: dict[str, Any]
     root: Path
-    sessions: dict[str, dict[str, Proc]] = field(default_factory=dict)
-    detached: list[Proc] = field(default_factory=list)
-    """Commands of deleted sessions left running (see ``FakeDaytona.delete_kills_commands``)."""
+    vm: VM
+    shell: str
+    sessions: dict[str, Session] = field(default_factory=dict)
     paused: bool = False
+    pending: bool = False
 
     @property
     def id(self) -> str:
         return str(self.dto["id"])
 
-    def all_procs(self) -> list[Proc]:
-        return [*self.detached, *(p for cmds in self.sessions.values() for p in cmds.values())]
+    def host(self, path: str) -> Path:
+        """The host path behind a path inside the sandbox (relative ones: the daemon's cwd, the
+        home), symlinks followed inside the sandbox; system directories are the host's own."""
+        absolute = path if path.startswith("/") else posixpath.join(HOME, path)
+        return host_path(self.root, resolve(self.root, absolute, follow_last=False))
 
-    def host_path(self, path: str, *, write: bool) -> Path | None:
-        """Map a path inside the sandbox to the host; ``None`` when it is outside what the
-        sandbox may write (or, for reads, outside anything it can see)."""
-        norm = posixpath.normpath(path if path.startswith("/") else posixpath.join(HOME, path))
-        for inside, outside in ((HOME, self.root / "home"), ("/tmp", self.root / "tmp")):
-            if norm == inside or norm.startswith(inside + "/"):
-                return outside / posixpath.relpath(norm, inside)
-        if not write and any(norm == p or norm.startswith(p + "/") for p in RO_SYSTEM):
-            return Path(norm)
-        return None
-
-
-def _bwrap_argv(sb: FakeSandbox, command: str) -> list[str]:
-    argv = ["bwrap", "--tmpfs", "/", "--ro-bind", "/usr", "/usr"]
-    for name in ("bin", "lib", "lib64", "sbin"):
-        if os.path.islink(f"/{name}"):
-            argv += ["--symlink", os.readlink(f"/{name}"), f"/{name}"]
-        elif os.path.isdir(f"/{name}"):
-            argv += ["--ro-bind", f"/{name}", f"/{name}"]
-    argv += [
-        "--ro-bind", "/etc", "/etc",
-        "--bind", str(sb.root / "home"), HOME,
-        "--bind", str(sb.root / "tmp"), "/tmp",
-        "--proc", "/proc", "--dev", "/dev",
-        "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-        "--uid", "1000", "--gid", "1000", "--hostname", "daytona",
-        "--die-with-parent", "--chdir", HOME,
-    ]  # fmt: skip
-    if sb.dto.get("networkBlockAll"):
-        argv.append("--unshare-net")
-    return [*argv, "--", "/bin/sh", "-c", command]
-
-
-# -- the server -------------------------------------------------------------------------------
+    def writable(self, path: str) -> bool:
+        return not any(
+            path == p or path.startswith(p + "/")
+            for p in ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/opt", "/proc")
+        )
 
 
 class FakeDaytona:
@@ -264,16 +324,28 @@ class FakeDaytona:
         self.sandboxes: dict[str, FakeSandbox] = {}
         self.snapshots: dict[str, Path] = {}
         self.requests: list[tuple[str, str]] = []
+        self.logs_ended_by_daemon = 0
+        """Followed logs the daemon ended (exit code found), not the client."""
         self.created_bodies: list[dict[str, Any]] = []
         self._faults: list[dict[str, Any]] = []
         self._tmp = Path(tempfile.mkdtemp(prefix="fake-daytona-"))
+        (self._tmp / "sandboxes").mkdir()
+        self._etc = self._write_etc()
         self._runner: web.AppRunner | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.base_url = ""
         self._signed: dict[str, tuple[str, int, float]] = {}
-        self.delete_kills_commands = True
-        """False models older daemons, whose session deletion kills only the session's shell
-        and leaves the commands it started running."""
+
+    def _write_etc(self) -> dict[str, Path]:
+        etc = self._tmp / "etc"
+        etc.mkdir()
+        (etc / "passwd").write_text(
+            f"root:x:0:0::/root:/bin/bash\ndaytona:x:{UID}:{GID}::{HOME}:/bin/bash\n"
+            "nobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\n"
+        )
+        (etc / "group").write_text(f"root:x:0:\ndaytona:x:{GID}:\nnogroup:x:65534:\n")
+        (etc / "hostname").write_text("daytona\n")
+        return {"passwd": etc / "passwd", "group": etc / "group", "hostname": etc / "hostname"}
 
     # lifecycle
 
@@ -300,19 +372,22 @@ class FakeDaytona:
         t = "/toolbox/{sid}"
         r.add_post(t + "/process/execute", self.execute)
         r.add_post(t + "/process/session", self.create_session)
+        r.add_get(t + "/process/session", self.list_sessions)
         r.add_get(t + "/process/session/{session}", self.get_session)
         r.add_delete(t + "/process/session/{session}", self.delete_session)
         r.add_post(t + "/process/session/{session}/exec", self.session_exec)
         r.add_get(t + "/process/session/{session}/command/{cmd}", self.get_command)
         r.add_get(t + "/process/session/{session}/command/{cmd}/logs", self.command_logs)
         r.add_post(t + "/process/session/{session}/command/{cmd}/input", self.send_input)
+        r.add_get(t + "/files", self.list_files)
+        r.add_get(t + "/files/info", self.get_file_info)
         r.add_post(t + "/files/bulk-upload", self.bulk_upload)
         r.add_post(t + "/files/bulk-download", self.bulk_download)
         r.add_post(t + "/files/folder", self.create_folder)
         r.add_delete(t + "/files", self.delete_file)
         r.add_post(t + "/files/permissions", self.set_permissions)
         r.add_get(t + "/work-dir", self.work_dir)
-        r.add_get(t + "/user-home-dir", self.work_dir)
+        r.add_get(t + "/user-home-dir", self.home_dir)
         r.add_route("*", "/preview/{id}/{port}/{tail:.*}", self.preview_proxy)
         r.add_route("*", "/signed/{token}/{tail:.*}", self.signed_proxy)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -336,6 +411,12 @@ class FakeDaytona:
     def api_url(self) -> str:
         """What ``DAYTONA_API_URL`` should be."""
         return self.base_url + "/api"
+
+    def _spawn_task(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     # fault injection
 
@@ -396,11 +477,12 @@ class FakeDaytona:
     # REST API: sandboxes
 
     def _lookup(self, request: web.Request, key: str = "id") -> FakeSandbox | None:
+        """``findOneByIdOrName``: a destroyed sandbox is not found."""
         ident = request.match_info[key]
         sb = self.sandboxes.get(ident)
         if sb is None:
             sb = next((s for s in self.sandboxes.values() if s.dto["name"] == ident), None)
-        return sb
+        return None if sb is None or sb.dto["state"] == "destroyed" else sb
 
     def _not_found(self, request: web.Request, key: str = "id") -> web.Response:
         return api_error(404, f"Sandbox with ID or name {request.match_info[key]} not found")
@@ -416,26 +498,28 @@ class FakeDaytona:
         if body.snapshot and body.snapshot not in self.snapshots:
             return api_error(404, f"Snapshot {body.snapshot} not found")
         name = body.name or None
-        if name and any(s.dto["name"] == name for s in self.sandboxes.values()):
+        if name and any(
+            s.dto["name"] == name and s.dto["state"] != "destroyed" for s in self.sandboxes.values()
+        ):
             return api_error(409, f"Sandbox with name {name} already exists")
         if body.network_allow_list:
             for cidr in body.network_allow_list.split(","):
                 if not re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}/\d{1,2}", cidr.strip()):
                     raise BadRequest(f"Invalid CIDR in networkAllowList: {cidr}")
-        image = None
+        image, workdirs = None, []
         if body.build_info is not None:
             match = re.search(r"^FROM\s+(\S+)", body.build_info.dockerfile_content, re.M)
             if match is None:
                 raise BadRequest("dockerfileContent must start with FROM")
             image = match.group(1)
+            workdirs = re.findall(r"^WORKDIR\s+(\S+)", body.build_info.dockerfile_content, re.M)
         sid = str(uuid.uuid4())
-        root = self._tmp / sid
-        (root / "tmp").mkdir(parents=True)
-        (root / "logs").mkdir()
+        root = self._tmp / "sandboxes" / sid
+        prepare_root(root)
         if body.snapshot:
-            shutil.copytree(self.snapshots[body.snapshot], root / "home", symlinks=True)
-        else:
-            (root / "home").mkdir()
+            home = root / HOME.lstrip("/")
+            shutil.rmtree(home)
+            shutil.copytree(self.snapshots[body.snapshot], home, symlinks=True)
         now = _now()
         ttl = body.ttl_minutes or 0
         dto = SandboxDto(
@@ -474,11 +558,23 @@ class FakeDaytona:
         ).to_json()  # fmt: skip
         dto = json.loads(dto)
         if image:
+            assert body.build_info is not None
             digest = uuid.uuid5(uuid.NAMESPACE_URL, body.build_info.dockerfile_content).hex
             dto["buildInfo"] = {"dockerfileContent": body.build_info.dockerfile_content,
                                 "createdAt": now, "updatedAt": now,
                                 "snapshotRef": f"registry.local/daytona/{digest}:daytona"}  # fmt: skip
-        self.sandboxes[sid] = FakeSandbox(dto=dto, root=root)
+        if workdirs:  # the toolbox's work dir is the image's WORKDIR
+            dto["_workDir"] = workdirs[-1]
+            host_path(root, resolve(root, workdirs[-1])).mkdir(parents=True, exist_ok=True)
+        vm = VM(root, self._etc, private_net=bool(body.network_block_all))
+        await asyncio.to_thread(vm.boot)
+        vm.attach_loop(asyncio.get_running_loop())
+        shells = Path("/etc/shells").read_text() if Path("/etc/shells").exists() else ""  # noqa: ASYNC240
+        shell = next(
+            (s for s in ("/usr/bin/zsh", "/bin/zsh", "/usr/bin/bash", "/bin/bash") if s in shells),
+            "/bin/sh",
+        )
+        self.sandboxes[sid] = FakeSandbox(dto=dto, root=root, vm=vm, shell=shell)
         if ttl:  # Daytona destroys the sandbox when its TTL elapses, whatever its state
             asyncio.get_running_loop().call_later(ttl * 60, self._expire, sid)
         return _json(self._full(self.sandboxes[sid]))
@@ -511,7 +607,8 @@ class FakeDaytona:
         keys = set(SandboxListItem.model_fields)  # build list items from the full records
         matching = [
             sb for sb in self.sandboxes.values()
-            if all(sb.dto["labels"].get(k) == v for k, v in wanted.items())
+            if sb.dto["state"] != "destroyed"
+            and all(sb.dto["labels"].get(k) == v for k, v in wanted.items())
         ]  # fmt: skip
         page = matching[start : start + limit]
         items = []
@@ -529,17 +626,24 @@ class FakeDaytona:
             self._destroy(self.sandboxes[sid])
 
     def _destroy(self, sb: FakeSandbox) -> None:
-        for proc in sb.all_procs():
-            proc.kill()
-        self.sandboxes.pop(sb.id, None)
+        sb.vm.halt()
+        sb.dto.update(state="destroyed", desiredState="destroyed")
+        sb.pending = False
+        for session in sb.sessions.values():
+            session.ended.set()
         shutil.rmtree(sb.root, ignore_errors=True)
 
     async def delete_sandbox(self, request: web.Request) -> web.Response:
+        """``SandboxService.destroy``: a soft delete. The sandbox turns ``destroying`` (pending)
+        and is gone a moment later; meanwhile another delete is a state change in progress."""
         sb = self._lookup(request)
         if sb is None:
             return self._not_found(request)
-        self._destroy(sb)
-        sb.dto.update(state="destroyed", desiredState="destroyed")
+        if sb.pending:
+            return api_error(409, "Sandbox state change in progress")
+        sb.pending = True
+        sb.dto.update(state="destroying", desiredState="destroyed")
+        asyncio.get_running_loop().call_later(DESTROY_DELAY, self._destroy, sb)
         return _json(self._full(sb))
 
     async def toolbox_proxy_url(self, request: web.Request) -> web.Response:
@@ -611,7 +715,7 @@ class FakeDaytona:
         if body.name in self.snapshots:
             return api_error(409, f"Snapshot {body.name} already exists")
         dest = self._tmp / "snapshots" / body.name
-        shutil.copytree(sb.root / "home", dest, symlinks=True)
+        shutil.copytree(sb.root / HOME.lstrip("/"), dest, symlinks=True)
         self.snapshots[body.name] = dest
         return _json(self._full(sb))
 
@@ -619,9 +723,7 @@ class FakeDaytona:
         sb = self._lookup(request)
         if sb is None:
             return self._not_found(request)
-        for proc in sb.all_procs():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.process.pid, signal.SIGSTOP)
+        sb.vm.signal(-1, signal.SIGSTOP)
         sb.paused = True
         sb.dto.update(state="paused", desiredState="paused")
         return _json(self._full(sb))
@@ -630,66 +732,101 @@ class FakeDaytona:
         sb = self._lookup(request)
         if sb is None:
             return self._not_found(request)
-        for proc in sb.all_procs():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.process.pid, signal.SIGCONT)
+        sb.vm.signal(-1, signal.SIGCONT)
         sb.paused = False
         sb.dto.update(state="started", desiredState="started")
         return _json(self._full(sb))
 
-    # toolbox: processes
+    # toolbox: the daemon
 
     def _toolbox_sandbox(self, request: web.Request) -> FakeSandbox | web.Response:
         sb = self.sandboxes.get(request.match_info["sid"])
-        if sb is None:
+        if sb is None or sb.dto["state"] in ("destroyed", "destroying"):
             return api_error(404, "sandbox not found")  # the proxy answers, not the daemon
         if sb.paused:
             return api_error(409, "sandbox is not started")
         return sb
 
-    async def _spawn(self, sb: FakeSandbox, command: str, extra_env: dict[str, str]) -> Proc:
-        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-               "HOME": HOME, "USER": "daytona", "LANG": "C.UTF-8",
-               **sb.dto["env"], **extra_env}  # fmt: skip
-        process = await asyncio.create_subprocess_exec(
-            *_bwrap_argv(sb, command),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-        )
-        pid = str(uuid.uuid4())
-        proc = Proc(id=pid, command=command, process=process, log_path=sb.root / "logs" / pid)
-        task = asyncio.ensure_future(proc.run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return proc
+    def _env(self, sb: FakeSandbox) -> dict[str, str]:
+        """The daemon's environment (every session shell inherits it: ``os.Environ()``)."""
+        return {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": HOME,
+            "USER": "daytona",
+            "HOSTNAME": sb.id,
+            "DAYTONA_SANDBOX_ID": sb.id,
+            "DAYTONA_SANDBOX_USER": "daytona",
+            **sb.dto["env"],
+        }
 
     async def execute(self, request: web.Request) -> web.Response:
+        """``ExecuteController.ExecuteCommand``: the command split on spaces outside quotes (no
+        shell), in a process group of its own, combined output; past the timeout the group is
+        terminated and the answer is 408."""
         sb = self._toolbox_sandbox(request)
         if isinstance(sb, web.Response):
             return sb
         body: ExecuteRequest = parse(ExecuteRequest, await request.json())
-        command = body.command if not body.cwd else f"cd {_sh_quote(body.cwd)} && {body.command}"
-        proc = await self._spawn(sb, command, body.envs or {})
-        assert proc.process.stdin is not None
-        proc.process.stdin.close()
+        argv = _split_command(body.command)
+        if not argv:
+            raise BadRequest("empty command")
+        read, write = os.pipe()
+        null = os.open("/dev/null", os.O_RDONLY)
+        cwd = body.cwd or HOME
         try:
-            await asyncio.wait_for(proc.done.wait(), body.timeout or 10)
-        except TimeoutError:
-            proc.kill()
-            return daemon_error(
-                request, 408, "command execution timeout", "PROCESS_EXECUTION_TIMEOUT"
-            )
-        merged = proc.joined().decode("utf-8", errors="replace")
-        return _json(ExecuteResponse(exit_code=proc.exit_code, result=merged).to_json())
+            binary = argv[0] if "/" in argv[0] else shutil.which(argv[0], path="/usr/bin:/bin")
+            pid = await sb.vm.spawn([binary or argv[0], *argv[1:]], self._env(sb), cwd,
+                                    [null, write, write])  # fmt: skip
+        finally:
+            os.close(write)
+            os.close(null)
+        output = bytearray()
 
-    def _session(self, request: web.Request, sb: FakeSandbox) -> dict[str, Proc] | web.Response:
+        async def collect() -> None:
+            loop = asyncio.get_running_loop()
+            reader = asyncio.StreamReader()
+            transport, _ = await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read, "rb", 0)
+            )
+            try:
+                while chunk := await reader.read(65536):
+                    output.extend(chunk)
+            finally:
+                transport.close()
+
+        collector = self._spawn_task(collect())
+        try:
+            status = await asyncio.wait_for(sb.vm.wait(pid), body.timeout or None)
+        except TimeoutError:
+            await self._terminate(sb, pid)
+            return daemon_error(
+                request, 408, f"Command execution timed out after {body.timeout} seconds. The "
+                "timeout can be increased by adjusting the timeout parameter in the request.",
+                "REQUEST_TIMEOUT",
+            )  # fmt: skip
+        await asyncio.wait([collector], timeout=1)
+        sb.vm.forget(pid)
+        code = os.waitstatus_to_exitcode(status)
+        result = output.decode("utf-8", errors="replace")
+        return _json(ExecuteResponse(exit_code=code if code >= 0 else -1, result=result).to_json())
+
+    async def _terminate(self, sb: FakeSandbox, pid: int) -> None:
+        """``TerminateProcessTreeGracefully``: SIGTERM to the group, the leader waited for up to
+        the grace period, then SIGKILL to the group."""
+        sb.vm.signal(-pid, signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(sb.vm.wait(pid)), TERMINATION_GRACE)
+            return
+        sb.vm.signal(-pid, signal.SIGKILL)
+
+    def _session(self, request: web.Request, sb: FakeSandbox) -> Session | web.Response:
         name = request.match_info["session"]
         if name not in sb.sessions:
-            return daemon_error(request, 404, f"session {name} not found", "NOT_FOUND")
+            return daemon_error(request, 404, "session not found", "NOT_FOUND")
         return sb.sessions[name]
+
+    def _session_dir(self, sb: FakeSandbox, session: str) -> Path:
+        return sb.host(f"{CONFIG_DIR}/sessions/{session}")
 
     async def create_session(self, request: web.Request) -> web.Response:
         sb = self._toolbox_sandbox(request)
@@ -698,211 +835,353 @@ class FakeDaytona:
         body: CreateSessionRequest = parse(CreateSessionRequest, await request.json())
         if body.session_id in sb.sessions:
             return daemon_error(request, 409, "session already exists", "CONFLICT")
-        sb.sessions[body.session_id] = {}
+        read, write = os.pipe()
+        null = os.open("/dev/null", os.O_WRONLY)
+        try:
+            pid = await sb.vm.spawn([sb.shell], self._env(sb), HOME, [read, null, null])
+        finally:
+            os.close(read)
+            os.close(null)
+        session = Session(id=body.session_id, pid=pid, stdin=write)
+        sb.sessions[body.session_id] = session
+        directory = self._session_dir(sb, body.session_id)
+        await asyncio.to_thread(_make_dirs, sb.root, directory)
+
+        async def watch() -> None:
+            await sb.vm.wait(pid)
+            session.ended.set()
+
+        self._spawn_task(watch())
         return web.Response(status=201)
+
+    def _commands(self, sb: FakeSandbox, session: Session) -> list[CommandDto]:
+        """``getSessionCommands``: an exit code is read from its file once written."""
+        out = []
+        for cmd in session.cmds.values():
+            if cmd.exit_code is None:
+                exit_file = self._session_dir(sb, session.id) / cmd.id / "exit_code"
+                with contextlib.suppress(OSError, ValueError):
+                    cmd.exit_code = int(exit_file.read_text().strip())
+            out.append(CommandDto(id=cmd.id, command=cmd.command, exit_code=cmd.exit_code))
+        return out
+
+    async def list_sessions(self, request: web.Request) -> web.Response:
+        sb = self._toolbox_sandbox(request)
+        if isinstance(sb, web.Response):
+            return sb
+        dtos = [SessionDto(session_id=s.id, commands=self._commands(sb, s)).to_dict()
+                for s in sb.sessions.values()]  # fmt: skip
+        return _json(json.dumps(dtos, default=str))
 
     async def get_session(self, request: web.Request) -> web.Response:
         sb = self._toolbox_sandbox(request)
         if isinstance(sb, web.Response):
             return sb
-        cmds = self._session(request, sb)
-        if isinstance(cmds, web.Response):
-            return cmds
-        dto = SessionDto(
-            session_id=request.match_info["session"],
-            commands=[CommandDto(id=p.id, command=p.command, exit_code=p.exit_code)
-                      for p in cmds.values()],
-        )  # fmt: skip
-        return _json(dto.to_json())
+        session = self._session(request, sb)
+        if isinstance(session, web.Response):
+            return session
+        return _json(
+            SessionDto(session_id=session.id, commands=self._commands(sb, session)).to_json()
+        )
 
     async def delete_session(self, request: web.Request) -> web.Response:
+        """``SessionService.Delete``: the shell's group terminated gracefully, its dir removed."""
         sb = self._toolbox_sandbox(request)
         if isinstance(sb, web.Response):
             return sb
-        cmds = self._session(request, sb)
-        if isinstance(cmds, web.Response):
-            return cmds
-        for proc in cmds.values():
-            if self.delete_kills_commands:
-                proc.kill()
-            else:
-                sb.detached.append(proc)
-        del sb.sessions[request.match_info["session"]]
+        session = self._session(request, sb)
+        if isinstance(session, web.Response):
+            return session
+        await self._terminate(sb, session.pid)
+        with contextlib.suppress(OSError):
+            os.close(session.stdin)
+        session.ended.set()
+        await asyncio.to_thread(shutil.rmtree, self._session_dir(sb, session.id), True)
+        sb.sessions.pop(session.id, None)
         return web.Response(status=204)
 
     async def session_exec(self, request: web.Request) -> web.Response:
+        """``SessionService.Execute``: the command, wrapped, written to the session's shell."""
         sb = self._toolbox_sandbox(request)
         if isinstance(sb, web.Response):
             return sb
-        cmds = self._session(request, sb)
-        if isinstance(cmds, web.Response):
-            return cmds
+        session = self._session(request, sb)
+        if isinstance(session, web.Response):
+            return session
         body: SessionExecuteRequest = parse(SessionExecuteRequest, await request.json())
         if not body.command.strip():
             raise BadRequest("command cannot be empty")
-        proc = await self._spawn(sb, body.command, {})
-        cmds[proc.id] = proc
-        if body.run_async or body.var_async:
-            return _json(SessionExecuteResponse(cmd_id=proc.id).to_json(), status=202)
-        assert proc.process.stdin is not None
-        proc.process.stdin.close()
-        await proc.done.wait()
-        out, err = proc.joined("stdout"), proc.joined("stderr")
+        run_async = bool(body.run_async or body.var_async)
+        cmd = Cmd(id=str(uuid.uuid4()), command=body.command,
+                  suppress_echo=bool(body.suppress_input_echo))  # fmt: skip
+        session.cmds[cmd.id] = cmd
+        inside = f"{CONFIG_DIR}/sessions/{session.id}/{cmd.id}"
+        host = sb.host(inside)
+        await asyncio.to_thread(_make_dirs, sb.root, host)
+        (host / "output.log").touch()
+        (host / "cmd.sh").write_text(body.command)
+        for name in ("output.log", "cmd.sh"):
+            os.chown(host / name, UID, GID)
+        os.chmod(host / "cmd.sh", 0o600)
+        stdin = 'while :; do sleep 3600; done > "$ip" &' if run_async else 'cat /dev/null > "$ip" &'
+        script = WRAPPER.format(
+            log=json.dumps(f"{inside}/output.log"), dir=json.dumps(inside),
+            ip=json.dumps(f"{inside}/input.pipe"), stdin=stdin,
+            cmd=json.dumps(f"{inside}/cmd.sh"), exit=json.dumps(f"{inside}/exit_code"),
+        )  # fmt: skip
+        try:
+            await asyncio.to_thread(_write_all, session.stdin, (script + "\n").encode())
+        except OSError as exc:
+            return daemon_error(request, 400, f"failed to write command: {exc}", "BAD_REQUEST")
+        if run_async:
+            return _json(SessionExecuteResponse(cmd_id=cmd.id).to_json(), status=202)
+        exit_file = host / "exit_code"
+        while not (exit_file.exists() and exit_file.read_text().strip()):
+            if session.ended.is_set():
+                return daemon_error(request, 400, "session cancelled", "BAD_REQUEST")
+            await asyncio.sleep(0.05)
+        cmd.exit_code = int(exit_file.read_text().strip())
+        log = (host / "output.log").read_bytes()
+        out = b"".join(d for k, d in split_log(log) if k == "stdout")
+        err = b"".join(d for k, d in split_log(log) if k == "stderr")
         resp = SessionExecuteResponse(
-            cmd_id=proc.id,
-            exit_code=proc.exit_code,
-            output=proc.joined().decode("utf-8", errors="replace"),
-            stdout=out.decode("utf-8", errors="replace"),
-            stderr=err.decode("utf-8", errors="replace"),
-        )
+            cmd_id=cmd.id, exit_code=cmd.exit_code, output=log.decode("utf-8", "replace"),
+            stdout=out.decode("utf-8", "replace"), stderr=err.decode("utf-8", "replace"),
+        )  # fmt: skip
         return _json(resp.to_json())
 
-    def _command(self, request: web.Request) -> Proc | web.Response:
+    def _command(self, request: web.Request) -> tuple[FakeSandbox, Session, Cmd] | web.Response:
         sb = self._toolbox_sandbox(request)
         if isinstance(sb, web.Response):
             return sb
-        cmds = self._session(request, sb)
-        if isinstance(cmds, web.Response):
-            return cmds
-        proc = cmds.get(request.match_info["cmd"])
-        if proc is None:
+        session = self._session(request, sb)
+        if isinstance(session, web.Response):
+            return session
+        cmd = session.cmds.get(request.match_info["cmd"])
+        if cmd is None:
             return daemon_error(request, 404, "command not found", "NOT_FOUND")
-        return proc
+        return sb, session, cmd
 
     async def get_command(self, request: web.Request) -> web.Response:
-        proc = self._command(request)
-        if isinstance(proc, web.Response):
-            return proc
-        dto = CommandDto(id=proc.id, command=proc.command, exit_code=proc.exit_code)
+        found = self._command(request)
+        if isinstance(found, web.Response):
+            return found
+        sb, session, cmd = found
+        (dto,) = [c for c in self._commands(sb, session) if c.id == cmd.id]
         return _json(dto.to_json())
 
     async def command_logs(self, request: web.Request) -> web.StreamResponse:
-        proc = self._command(request)
-        if isinstance(proc, web.Response):
-            return proc
-        follow = request.query.get("follow") == "true"
-        if not follow:
-            out, err = proc.joined("stdout"), proc.joined("stderr")
+        """``GetSessionCommandLogs``; followed, ``ReadLogWithExitCode``: the log file read 1 KiB
+        at a time, 20 ms between empty reads, the exit code looked for after 50 of them."""
+        found = self._command(request)
+        if isinstance(found, web.Response):
+            return found
+        sb, session, cmd = found
+        directory = self._session_dir(sb, session.id) / cmd.id
+        if request.query.get("follow") != "true":
+            log = (directory / "output.log").read_bytes()
+            out = b"".join(d for k, d in split_log(log) if k == "stdout")
+            err = b"".join(d for k, d in split_log(log) if k == "stderr")
             resp = SessionCommandLogsResponse(
-                output=proc.joined().decode("utf-8", errors="replace"),
-                stdout=out.decode("utf-8", errors="replace"),
-                stderr=err.decode("utf-8", errors="replace"),
-            )
+                output=log.decode("utf-8", "replace"),
+                stdout=out.decode("utf-8", "replace"), stderr=err.decode("utf-8", "replace"),
+            )  # fmt: skip
             return _json(resp.to_json())
         ws = web.WebSocketResponse()
         if not ws.can_prepare(request).ok:
             raise BadRequest("follow=true needs a WebSocket upgrade")
         await ws.prepare(request)
-        sent = 0
-        with open(proc.log_path, "rb") as log:  # noqa: ASYNC230 - local disk, test fake
-            while True:
-                async with proc.changed:
-                    await proc.changed.wait_for(lambda n=sent: proc.size > n or proc.done.is_set())
-                    size, finished = proc.size, proc.done.is_set()
-                while sent < size:
-                    data = log.read(min(size - sent, 1 << 16))
-                    sent += len(data)
-                    try:
-                        await ws.send_bytes(data)
-                    except ConnectionError:  # the client went away (e.g. it timed out)
-                        return ws
-                if finished and sent == proc.size:
-                    break
-        await ws.close(code=1000)
+
+        async def read_client() -> None:  # ReadLog's reader: a client's close ends the stream
+            async for _ in ws:
+                pass
+
+        reader = self._spawn_task(read_client())
+        empty = 0
+        try:
+            with open(directory / "output.log", "rb") as log:  # noqa: ASYNC230 - test fake
+                while not ws.closed and not reader.done():
+                    if session.ended.is_set():
+                        break
+                    data = log.read(LOG_READ)
+                    if data:
+                        empty = 0
+                        try:
+                            await ws.send_bytes(data)
+                        except ConnectionError:
+                            return ws
+                        continue
+                    empty += 1
+                    if empty >= LOG_EOF_CHECKS:
+                        exit_file = directory / "exit_code"
+                        if exit_file.exists() and exit_file.read_text().strip():
+                            self.logs_ended_by_daemon += 1
+                            break
+                        empty = 0
+                    await asyncio.sleep(LOG_POLL)
+            await ws.close(code=1000)
+        finally:
+            reader.cancel()
         return ws
 
     async def send_input(self, request: web.Request) -> web.Response:
-        proc = self._command(request)
-        if isinstance(proc, web.Response):
-            return proc
-        data = (await request.json()).get("data")
-        if not isinstance(data, str):
-            raise BadRequest("data must be a string")
-        if proc.done.is_set():
+        """``SessionService.SendInput``: to the command's FIFO, a newline added when missing,
+        echoed into the log as stdout unless suppressed."""
+        found = self._command(request)
+        if isinstance(found, web.Response):
+            return found
+        sb, session, cmd = found
+        body: SessionSendInputRequest = parse(SessionSendInputRequest, await request.json())
+        self._commands(sb, session)
+        if cmd.exit_code is not None:
             return daemon_error(
-                request, 410, "command already completed", "COMMAND_ALREADY_COMPLETED"
-            )
-        assert proc.process.stdin is not None
-        proc.process.stdin.write(data.encode())
-        await proc.process.stdin.drain()
-        return web.Response(status=204)
+                request, 410, f"command has already completed with exit code {cmd.exit_code}",
+                "COMMAND_ALREADY_COMPLETED",
+            )  # fmt: skip
+        data = body.data if body.data.endswith("\n") else body.data + "\n"
+        directory = self._session_dir(sb, session.id) / cmd.id
+        try:
+            await asyncio.to_thread(_write_fifo, directory / "input.pipe", data.encode())
+        except OSError as exc:
+            return daemon_error(request, 500, f"failed to open input pipe: {exc}", "INTERNAL")
+        if not cmd.suppress_echo:
+            with open(directory / "output.log", "ab") as log:  # noqa: ASYNC230 - test fake
+                log.write(STDOUT_PREFIX + data.encode())
+        return web.Response(status=200)
 
     # toolbox: files
 
+    def _stat_error(self, request: web.Request, path: str, exc: OSError) -> web.Response:
+        if isinstance(exc, FileNotFoundError):
+            message = f"stat {path}: no such file or directory"
+            return daemon_error(request, 404, message, "FILE_NOT_FOUND")
+        if isinstance(exc, PermissionError):
+            message = f"stat {path}: permission denied"
+            return daemon_error(request, 403, message, "FILE_ACCESS_DENIED")
+        return daemon_error(request, 400, f"{path}: {exc.strerror}", "BAD_REQUEST")
+
+    async def list_files(self, request: web.Request) -> web.Response:
+        sb = self._toolbox_sandbox(request)
+        if isinstance(sb, web.Response):
+            return sb
+        path = request.query.get("path") or "."
+        host = sb.host(path)
+        try:
+            if not may(sb.root, host, os.R_OK | os.X_OK):
+                raise PermissionError(13, "permission denied")
+            names = sorted(os.listdir(host))
+        except OSError as exc:
+            return self._stat_error(request, f"open {path}", exc)
+        shown = path if path.startswith("/") else posixpath.join(HOME, path)
+        entries = []
+        for name in names:
+            with contextlib.suppress(OSError):  # an entry that cannot be stat'ed is left out
+                entries.append(file_info(host / name, posixpath.join(shown, name)))
+        return _json(entries)
+
+    async def get_file_info(self, request: web.Request) -> web.Response:
+        sb = self._toolbox_sandbox(request)
+        if isinstance(sb, web.Response):
+            return sb
+        path = request.query.get("path")
+        if not path:
+            raise BadRequest("path is required")
+        host = sb.host(path)
+        try:
+            if not reachable(sb.root, host):
+                raise PermissionError(13, "permission denied")
+            return _json(file_info(host, path))
+        except OSError as exc:
+            return self._stat_error(request, path, exc)
+
     async def bulk_upload(self, request: web.Request) -> web.Response:
+        """``UploadFiles``: each file written to a temp file beside its target, set 0644 and
+        renamed over it (a replaced file's own mode is never consulted, nor kept)."""
         sb = self._toolbox_sandbox(request)
         if isinstance(sb, web.Response):
             return sb
         reader = await request.multipart()
-        paths: dict[str, str] = {}
-        errors = []
+        dests: dict[str, str] = {}
+        errors: list[str] = []
+        files: list[dict[str, Any]] = []
         while (part := await reader.next()) is not None:
             name = part.name or ""  # type: ignore[union-attr]
             match = re.fullmatch(r"files\[(\d+)\]\.(path|file)", name)
             if match is None:
-                raise BadRequest(f"unexpected form field {name}")
+                continue
             index, what = match.groups()
             if what == "path":
-                paths[index] = (await part.text()).strip()  # type: ignore[union-attr]
+                dests[index] = (await part.text()).strip()  # type: ignore[union-attr]
                 continue
-            dest = paths.get(index) or part.filename  # type: ignore[union-attr]
+            dest = dests.get(index)
             if not dest:
-                raise BadRequest(f"no path for files[{index}]")
-            host = sb.host_path(dest, write=True)
-            if host is None:
-                errors.append(f"{dest}: permission denied")
-                await part.release()  # type: ignore[union-attr]
+                errors.append(f"file[{index}]: missing .path metadata")
                 continue
-            if host.is_dir():
-                errors.append(f"{dest}: is a directory")
+            host = sb.host(dest)
+            parent = host.parent
+            try:
+                if not sb.writable(posixpath.normpath(dest)):
+                    raise PermissionError(30, "read-only file system")
+                _make_dirs(sb.root, parent)
+                if not may(sb.root, parent, os.W_OK | os.X_OK):
+                    raise PermissionError(13, "permission denied")
+                fd, tmp = tempfile.mkstemp(prefix=".daytona-upload-", dir=parent)
+                size = 0
+                with os.fdopen(fd, "wb") as handle:
+                    while chunk := await part.read_chunk(1 << 20):  # type: ignore[union-attr]
+                        handle.write(chunk)
+                        size += len(chunk)
+                os.chown(tmp, UID, GID)
+                os.chmod(tmp, 0o644)
+                if host.is_dir() and not host.is_symlink():
+                    os.unlink(tmp)
+                    raise IsADirectoryError(21, f"open {dest}: is a directory")
+                os.replace(tmp, host.resolve())
+            except OSError as exc:
                 await part.release()  # type: ignore[union-attr]
+                errors.append(f"{dest}: {exc.strerror or exc}")
                 continue
-            # As the daemon's writeUploadedPart (apps/daemon/pkg/toolbox/fs/upload_files.go):
-            # parents made 0755, the content written to a temp file beside the target, the temp
-            # file set to 0644 and renamed over the target (so a replaced file loses its mode,
-            # and its own permission bits are never consulted).
-            host.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".daytona-upload-", dir=host.parent)
-            with os.fdopen(fd, "wb") as handle:
-                while chunk := await part.read_chunk(1 << 20):  # type: ignore[union-attr]
-                    handle.write(chunk)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, host.resolve())
+            files.append({"path": dest, "bytes": size})
         if errors:
-            return _json({"errors": errors}, status=400)
-        return _json({"files": [{"path": p} for p in paths.values()]})
+            return _json({"errors": errors, "files": files}, status=400)
+        return _json({"files": files})
 
     async def bulk_download(self, request: web.Request) -> web.StreamResponse:
+        """``DownloadFiles``: a multipart part per path, a JSON error part for one that fails."""
         sb = self._toolbox_sandbox(request)
         if isinstance(sb, web.Response):
             return sb
         body: FilesDownloadRequest = parse(FilesDownloadRequest, await request.json())
         writer = web.StreamResponse()
-        boundary = "fakedaytona" + secrets.token_hex(8)
-        writer.content_type = "multipart/form-data"
+        boundary = "DAYTONA-FILE-BOUNDARY"
         writer.headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
         await writer.prepare(request)
         for path in body.paths:
-            host = sb.host_path(path, write=False)
+            host = sb.host(path)
             error: tuple[int, str, str] | None = None
-            if host is None or not host.exists():
-                error = (404, f"file not found: {path}", "FILE_NOT_FOUND")
+            if not path:
+                error = (400, "INVALID_FILE_PATH", "invalid file path: path is empty")
+            elif not may(sb.root, host.parent, os.X_OK) and host.parent.exists():
+                error = (403, "FILE_ACCESS_DENIED", f"permission denied: {path}")
+            elif not host.exists():
+                error = (404, "FILE_NOT_FOUND", f"file not found: {path}")
             elif host.is_dir():
-                error = (400, f"path is a directory: {path}", "INVALID_FILE_PATH")
-            elif not os.access(host, os.R_OK):
-                error = (403, f"permission denied: {path}", "FILE_ACCESS_DENIED")
-
+                message = f"invalid file path: path points to a directory: {path}"
+                error = (400, "INVALID_FILE_PATH", message)
+            elif not may(sb.root, host, os.R_OK):
+                error = (403, "FILE_ACCESS_DENIED", f"permission denied: {path}")
+            names = f"filename=\"{_to_latin1(path)}\"; filename*=utf-8''{_rfc5987(path)}"
             if error is not None:
-                payload = json.dumps({"message": error[1], "statusCode": error[0],
-                                      "code": error[2], "source": "DAYTONA_DAEMON"}).encode()  # fmt: skip
-                head = (f"--{boundary}\r\nContent-Disposition: {_disposition('error', path)}\r\n"
-                        "Content-Type: application/json\r\n\r\n")  # fmt: skip
-                await writer.write(head.encode() + payload + b"\r\n")
+                payload = json.dumps({"statusCode": error[0], "code": error[1],
+                                      "message": error[2], "timestamp": _now(),
+                                      "path": path, "method": "POST"}).encode()  # fmt: skip
+                head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"error\"; {names}\r\n"
+                        "Content-Type: application/json; charset=utf-8\r\n\r\n")  # fmt: skip
+                await writer.write(head.encode("latin-1") + payload + b"\r\n")
                 continue
-            head = (f"--{boundary}\r\nContent-Disposition: {_disposition('file', path)}\r\n"
+            head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; {names}\r\n"
                     "Content-Type: application/octet-stream\r\n\r\n")  # fmt: skip
-            await writer.write(head.encode())
-            assert host is not None
+            await writer.write(head.encode("latin-1"))
             with open(host, "rb") as handle:  # noqa: ASYNC230 - local disk, test fake
                 while chunk := handle.read(1 << 20):
                     await writer.write(chunk)
@@ -912,22 +1191,26 @@ class FakeDaytona:
         return writer
 
     async def create_folder(self, request: web.Request) -> web.Response:
+        """``CreateFolder``: ``os.MkdirAll`` with the mode asked for."""
         sb = self._toolbox_sandbox(request)
         if isinstance(sb, web.Response):
             return sb
-        path, mode = request.query.get("path"), request.query.get("mode")
-        if not path or not mode or not re.fullmatch(r"[0-7]{3,4}", mode):
-            raise BadRequest("path and an octal mode are required")
-        host = sb.host_path(path, write=True)
-        if host is None:
-            return daemon_error(request, 403, f"permission denied: {path}", "FILE_ACCESS_DENIED")
-        host.mkdir(parents=True, exist_ok=True)
-        host.chmod(int(mode, 8))
+        path, mode = request.query.get("path"), request.query.get("mode") or "755"
+        if not path:
+            raise BadRequest("path is required")
+        if not re.fullmatch(r"[0-7]{1,4}", mode):
+            raise BadRequest("invalid mode format")
+        host = sb.host(path)
+        try:
+            if not sb.writable(posixpath.normpath(path)):
+                raise PermissionError(30, f"mkdir {path}: read-only file system")
+            _make_dirs(sb.root, host, int(mode, 8))
+        except OSError as exc:
+            return daemon_error(request, 400, f"mkdir {path}: {exc.strerror}", "BAD_REQUEST")
         return web.Response(status=201)
 
     async def set_permissions(self, request: web.Request) -> web.Response:
-        """``POST /files/permissions``, as the daemon's SetFilePermissions
-        (apps/daemon/pkg/toolbox/fs/set_file_permissions.go); owner and group are not modelled."""
+        """``SetFilePermissions``; owner and group changes are not modelled."""
         sb = self._toolbox_sandbox(request)
         if isinstance(sb, web.Response):
             return sb
@@ -936,11 +1219,11 @@ class FakeDaytona:
             raise BadRequest("path is required")
         if request.query.get("owner") or request.query.get("group"):
             raise BadRequest("the fake does not model owner or group changes")
-        host = sb.host_path(path, write=True)
-        if host is None:
-            return daemon_error(request, 403, f"permission denied: {path}", "FILE_ACCESS_DENIED")
+        host = sb.host(path)
         if not host.exists():
             return daemon_error(request, 404, f"file not found: {path}", "FILE_NOT_FOUND")
+        if os.stat(host).st_uid != UID:
+            return daemon_error(request, 403, f"permission denied: {path}", "FILE_ACCESS_DENIED")
         if mode:
             if not re.fullmatch(r"[0-7]{1,4}", mode):
                 raise BadRequest("invalid mode format")
@@ -948,20 +1231,27 @@ class FakeDaytona:
         return web.Response(status=200)
 
     async def delete_file(self, request: web.Request) -> web.Response:
+        """``DeleteFile``: a directory needs ``recursive``."""
         sb = self._toolbox_sandbox(request)
         if isinstance(sb, web.Response):
             return sb
         path = request.query.get("path")
         if not path:
             raise BadRequest("path is required")
-        host = sb.host_path(path, write=True)
-        if host is None:
-            return daemon_error(request, 403, f"permission denied: {path}", "FILE_ACCESS_DENIED")
-        if not host.exists() and not host.is_symlink():
-            return daemon_error(request, 404, f"file not found: {path}", "FILE_NOT_FOUND")
-        if host.is_dir() and not host.is_symlink():
-            if request.query.get("recursive") != "true":
-                return daemon_error(request, 400, "directory, use recursive", "BAD_REQUEST")
+        host = sb.host(path)
+        try:
+            info = os.stat(host)
+        except OSError as exc:
+            return self._stat_error(request, path, exc)
+        if stat.S_ISDIR(info.st_mode) and request.query.get("recursive") != "true":
+            message = "cannot delete directory without recursive flag"
+            return daemon_error(request, 400, message, "BAD_REQUEST")
+        if not sb.writable(posixpath.normpath(path)) or not may(
+            sb.root, host.parent, os.W_OK | os.X_OK
+        ):
+            message = f"remove {path}: permission denied"
+            return daemon_error(request, 400, message, "BAD_REQUEST")
+        if stat.S_ISDIR(info.st_mode) and not host.is_symlink():
             shutil.rmtree(host)
         else:
             host.unlink()
@@ -971,16 +1261,91 @@ class FakeDaytona:
         sb = self._toolbox_sandbox(request)
         if isinstance(sb, web.Response):
             return sb
-        return _json(WorkDirResponse(dir=HOME).to_json())
+        return _json(WorkDirResponse(dir=sb.dto.get("_workDir", HOME)).to_json())
+
+    async def home_dir(self, request: web.Request) -> web.Response:
+        sb = self._toolbox_sandbox(request)
+        if isinstance(sb, web.Response):
+            return sb
+        return _json(UserHomeDirResponse(dir=HOME).to_json())
 
 
-def _disposition(name: str, path: str) -> str:
-    """A multipart part's Content-Disposition; non-ASCII names in RFC 5987 form, as the daemon
-    sends them (the SDK reads header bytes as latin-1 and decodes ``filename*``)."""
-    if path.isascii():
-        return f'form-data; name="{name}"; filename="{path.replace(chr(34), "%22")}"'
-    return f"form-data; name=\"{name}\"; filename*=utf-8''{urllib.parse.quote(path, safe='')}"
+def _make_dirs(root: Path, path: Path, mode: int = 0o755) -> None:
+    """``os.MkdirAll`` as the daemon's user: new directories are its own."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        if not may(root, directory.parent, os.W_OK | os.X_OK):
+            raise PermissionError(13, f"mkdir {directory}: permission denied")
+        try:
+            directory.mkdir(mode)
+        except FileExistsError:  # made meanwhile by a concurrent request
+            continue
+        os.chown(directory, UID, GID)
+    if not path.is_dir():
+        raise NotADirectoryError(20, f"not a directory: {path}")
 
 
-def _sh_quote(text: str) -> str:
-    return "'" + text.replace("'", "'\"'\"'") + "'"
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _write_fifo(path: Path, data: bytes) -> None:
+    """Open the command's input FIFO for writing (as the daemon does; waiting a little for its
+    reader rather than forever) and write ``data``."""
+    for _ in range(200):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # no reader yet
+                raise
+            time.sleep(0.01)
+    else:
+        raise OSError(errno.ENXIO, "no reader on the input pipe")
+    try:
+        os.set_blocking(fd, True)
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _to_latin1(path: str) -> str:
+    """``toLatin1``: backslashes and quotes escaped, CR/LF/NUL dropped, control characters and
+    characters past Latin-1 replaced by ``_`` (``pkg/toolbox/fs/download_files.go``)."""
+    escaped = path.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = escaped.replace("\r", "").replace("\n", "").replace("\x00", "")
+    return "".join("_" if ord(c) > 0xFF or ord(c) < 0x20 or c == "\x7f" else c for c in escaped)
+
+
+def _rfc5987(path: str) -> str:
+    """``encodeRFC5987``: every byte outside RFC 5987's attr-chars percent-encoded."""
+    safe = set(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$&+-.^_`|~")
+    return "".join(chr(b) if b in safe else f"%{b:02X}" for b in path.encode())
+
+
+def _split_command(command: str) -> list[str]:
+    """The daemon's ``parseCommand``: spaces split outside quotes; no escapes, no shell."""
+    args: list[str] = []
+    current, quote = "", ""
+    for ch in command:
+        if ch in "\"'":
+            if not quote:
+                quote = ch
+            elif quote == ch:
+                quote = ""
+            else:
+                current += ch
+        elif ch == " " and not quote:
+            if current:
+                args.append(current)
+            current = ""
+        else:
+            current += ch
+    if current:
+        args.append(current)
+    return args

@@ -1,70 +1,164 @@
-"""DaytonaBackend through the real SDK against the fake: vendor-specific mappings."""
+"""DaytonaBackend through the real SDK against the fake: vendor-specific mappings, and the vendor
+behaviours the adapter works around (each one a test)."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import pytest
 from agent_sandbox_daytona import DaytonaBackend, DaytonaOptions
+from agent_sandbox_daytona._process import encode_input, status_of
 from fake_daytona import FakeDaytona
 
 from agent_sandbox import Sandbox
-from agent_sandbox.errors import CommandTimeout, FileNotFound, SandboxNotFound, Unsupported
+from agent_sandbox.errors import FileNotFound, IsADirectory, SandboxNotFound, Unsupported
 from agent_sandbox.models import NetworkPolicy, SandboxSpec
+from agent_sandbox.process import ExitStatus
 
 pytestmark = pytest.mark.anyio
 
+BINARY = bytes(range(256)) * 4 + b"\x00\x00no newline at the end"
+
 
 @pytest.fixture
-async def backend(fake_daytona: FakeDaytona) -> AsyncIterator[DaytonaBackend]:
-    b = DaytonaBackend(DaytonaOptions(api_key=fake_daytona.api_key, api_url=fake_daytona.api_url))
+async def backend(daytona_options: DaytonaOptions) -> AsyncIterator[DaytonaBackend]:
+    b = DaytonaBackend(daytona_options)
     try:
         yield b
     finally:
         await b.aclose()
 
 
-async def test_exec_streams_apart_and_reports_exit(backend: DaytonaBackend) -> None:
-    async with await Sandbox.create(backend=backend) as sb:
-        result = await sb.exec("printf out; printf err >&2; exit 7")
-        assert (result.exit_code, result.stdout, result.stderr) == (7, "out", "err")
-        binary = await sb.exec(
-            ["python3", "-c", "import sys; sys.stdout.buffer.write(bytes(range(256)))"]
-        )
-        assert binary.stdout_bytes == bytes(range(256))
-        piped = await sb.exec(["cat"], stdin=b"\x00line\n\xff")
-        assert piped.stdout_bytes == b"\x00line\n\xff"
-        env = await sb.exec("echo $A:$PWD", env={"A": "it's"}, cwd="/tmp")
-        assert env.stdout == "it's:/tmp\n"
+@pytest.fixture
+async def sb(backend: DaytonaBackend) -> AsyncIterator[Sandbox]:
+    async with await Sandbox.create(backend=backend) as sandbox:
+        yield sandbox
 
 
-async def test_timeout_kills_and_raises(backend: DaytonaBackend, fake_daytona: FakeDaytona) -> None:
-    async with await Sandbox.create(backend=backend) as sb:
-        with pytest.raises(CommandTimeout) as caught:
-            await sb.exec("echo started; sleep 30", timeout=1)
-        assert caught.value.stdout == b"started\n"
-        sandbox = fake_daytona.sandboxes[sb.id]
-        assert sandbox.sessions == {}  # the session (and with it the command) is gone
+def _process_routes(fake: FakeDaytona, since: int) -> list[tuple[str, str]]:
+    return [r for r in fake.requests[since:] if "/process/" in r[1]]
 
 
-async def test_timeout_backstop_inside_the_sandbox(
+async def test_output_is_byte_exact(sb: Sandbox) -> None:
+    """The daemon relays output line by line through the shell (NUL bytes lost, a newline
+    added); the adapter's channel keeps every byte, on its own stream."""
+    await sb.write_file("blob", BINARY)
+    result = await sb.exec("cat blob; cat blob >&2; exit 3")
+    assert (result.exit_code, result.stdout_bytes, result.stderr_bytes) == (3, BINARY, BINARY)
+    assert (await sb.exec("printf 'no newline'")).stdout == "no newline"
+    assert (await sb.exec("true")).stdout_bytes == b""
+
+
+async def test_stdin_is_byte_exact_and_not_echoed(sb: Sandbox) -> None:
+    """The daemon echoes input into the log as output unless told not to, and adds a newline to
+    input that has none: the adapter's stdin arrives exactly, and only once."""
+    piped = await sb.exec(["cat"], stdin=BINARY)
+    assert piped.stdout_bytes == BINARY
+    big = os.urandom(300_000)
+    digest = (await sb.exec(["sha256sum"], stdin=big)).stdout.split()[0]
+    assert digest == hashlib.sha256(big).hexdigest()
+    assert (await sb.exec(["cat"], stdin=b"")).stdout_bytes == b""
+
+
+async def test_partial_lines_stream(sb: Sandbox) -> None:
+    """Output without a newline reaches the caller while the command still runs (the daemon's
+    relay would hold it until a newline comes)."""
+    proc = await sb.start("printf partial; sleep 30")
+    try:
+        with anyio.fail_after(20):
+            seen = b""
+            async for event in proc:
+                seen += event.data or b""
+                if seen == b"partial":
+                    break
+        assert seen == b"partial"
+    finally:
+        await proc.end()
+
+
+async def test_download_round_trips_binary_files(sb: Sandbox, tmp_path: Path) -> None:
+    """``download`` is a tar over the command's output: it needs the byte-exact channel."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "blob.bin").write_bytes(BINARY)
+    (src / "sub" / "zeros").write_bytes(b"\x00" * 70_000)
+    await sb.upload(src, "tree")
+    await sb.download("tree", tmp_path / "out")
+    assert (tmp_path / "out" / "blob.bin").read_bytes() == BINARY
+    assert (tmp_path / "out" / "sub" / "zeros").read_bytes() == b"\x00" * 70_000
+
+
+async def test_file_operations_use_the_toolbox_file_api(
+    sb: Sandbox, fake_daytona: FakeDaytona
+) -> None:
+    """Every session command costs the daemon's log wait on the real Daytona: reads, listings,
+    stat, mkdir and remove go to the toolbox's file endpoints, never through a command."""
+    await sb.write_file("d/f.txt", b"x")
+    since = len(fake_daytona.requests)
+    assert await sb.read_file("d/f.txt") == b"x"
+    assert [e.name for e in await sb.list_dir("d")] == ["f.txt"]
+    assert (await sb.stat("d/f.txt")).size == 1
+    await sb.mkdir("d/e/deeper")
+    await sb.remove("d", recursive=True)
+    assert not await sb.exists("d")
+    assert _process_routes(fake_daytona, since) == []
+
+
+async def test_read_file_of_a_directory(sb: Sandbox) -> None:
+    with pytest.raises(IsADirectory) as caught:
+        await sb.read_file("/tmp")
+    assert "path points to a directory" in str(caught.value)
+    with pytest.raises(FileNotFound):
+        await sb.read_file("nope")
+
+
+async def test_exec_ends_without_the_daemons_log_wait(
+    sb: Sandbox, fake_daytona: FakeDaytona
+) -> None:
+    """The daemon ends a followed log only after 50 empty polls: the adapter closes the stream
+    itself once the wrapper reports the status, so the daemon never gets to end one."""
+    before = fake_daytona.logs_ended_by_daemon
+    for _ in range(3):
+        assert (await sb.exec("echo hi")).stdout == "hi\n"
+    assert fake_daytona.logs_ended_by_daemon == before
+
+
+async def test_an_exec_leaves_no_session_behind(sb: Sandbox, fake_daytona: FakeDaytona) -> None:
+    await sb.exec("echo once")
+    with pytest.raises(Exception):  # noqa: B017, PT011 - any failure; the session must go
+        await sb.exec("sleep 30", timeout=0.5)
+    with anyio.fail_after(20):
+        while fake_daytona.sandboxes[sb.id].sessions:  # noqa: ASYNC110 - the fake's own thread
+            await anyio.sleep(0.05)
+
+
+async def test_destroy_is_idempotent_while_the_delete_is_pending(
     backend: DaytonaBackend, fake_daytona: FakeDaytona
 ) -> None:
-    # A daemon whose session deletion leaves the command running: the in-sandbox backstop
-    # (GNU timeout on the command's process group) still ends the whole tree.
-    fake_daytona.delete_kills_commands = False
-    try:
-        async with await Sandbox.create(backend=backend) as sb:
-            with pytest.raises(CommandTimeout):
-                await sb.exec("sleep 60 & sleep 60; echo never", timeout=1)
-            detached = fake_daytona.sandboxes[sb.id].detached
-            assert len(detached) == 1
-            with anyio.fail_after(20):
-                while not detached[0].done.is_set():  # noqa: ASYNC110 - set by the fake's loop in another thread
-                    await anyio.sleep(0.1)
-    finally:
-        fake_daytona.delete_kills_commands = True
+    """Daytona's delete is a soft delete; a second one while it is pending answers 409."""
+    info = await backend.create(SandboxSpec())
+    await backend.destroy(info.id)
+    assert fake_daytona.sandboxes[info.id].pending  # still being deleted
+    await backend.destroy(info.id)  # the 409 is not an error here
+    assert ("DELETE", f"/api/sandbox/{info.id}") in fake_daytona.requests
+    with anyio.fail_after(10):
+        while fake_daytona.sandboxes[info.id].dto["state"] != "destroyed":  # noqa: ASYNC110
+            await anyio.sleep(0.05)
+    await backend.destroy(info.id)
+    with pytest.raises(SandboxNotFound):
+        await backend.connect(info.id)
+    with pytest.raises(SandboxNotFound):
+        await backend.read_file(info.id, "/tmp/x")
+
+
+async def test_sweep_then_context_exit(backend: DaytonaBackend) -> None:
+    """A sweep deletes the sandbox; the context manager's destroy meets the pending delete."""
+    async with await Sandbox.create(backend=backend, labels={"sweep-case": "1"}) as sandbox:
+        await backend.destroy(sandbox.id)
 
 
 async def test_spec_maps_to_create_params(
@@ -84,21 +178,21 @@ async def test_spec_maps_to_create_params(
     info = await backend.create(spec)
     try:
         body = fake_daytona.created_bodies[-1]
-        assert body["cpu"] == 2
-        assert body["memory"] == 2
-        assert body["disk"] == 3
+        assert (body["cpu"], body["memory"], body["disk"]) == (2, 2, 3)
         assert body["env"] == {"K": "v"}
         assert body["labels"]["team"] == "x"
-        assert body["ttlMinutes"] == 2
-        assert body["autoStopInterval"] == 1
-        assert body["autoDeleteInterval"] == 0
+        assert (body["ttlMinutes"], body["autoStopInterval"], body["autoDeleteInterval"]) == (
+            2,
+            1,
+            0,
+        )
         assert body["networkAllowList"] == "10.0.0.0/8,1.2.3.4/32"
         assert body["domainAllowList"] == "pypi.org"
         assert body["buildInfo"]["dockerfileContent"].startswith("FROM python:3.12-slim")
         assert info.labels["team"] == "x"
         assert info.image == "python:3.12-slim"
-        assert info.expires_at is not None
-        assert (await backend.exec(info.id, "echo $K", _opts())).stdout == "v\n"
+        sandbox = await Sandbox.connect(info.id, backend=backend)
+        assert (await sandbox.exec("echo $K")).stdout == "v\n"
     finally:
         await backend.destroy(info.id)
 
@@ -116,44 +210,36 @@ async def test_resources_without_image_unsupported(backend: DaytonaBackend) -> N
         await backend.create(SandboxSpec(cpus=2))
 
 
-async def test_destroy_idempotent_and_not_found(backend: DaytonaBackend) -> None:
-    info = await backend.create(SandboxSpec())
-    await backend.destroy(info.id)
-    await backend.destroy(info.id)
-    with pytest.raises(SandboxNotFound):
-        await backend.connect(info.id)
-    with pytest.raises(SandboxNotFound):
-        await backend.read_file(info.id, "/tmp/x")
-
-
 async def test_files_and_workdir(backend: DaytonaBackend) -> None:
     async with await Sandbox.create(backend=backend, workdir="/home/daytona/project") as sb:
         assert sb.info.workdir == "/home/daytona/project"
         await sb.write_file("a/b.txt", b"hello")
         assert await sb.read_file("/home/daytona/project/a/b.txt") == b"hello"
         assert (await sb.exec("cat a/b.txt")).stdout == "hello"
-        with pytest.raises(FileNotFound):
-            await sb.read_file("nope")
-        again = await backend.connect(sb.id)
-        assert again.workdir == "/home/daytona/project"
+        assert (await backend.connect(sb.id)).workdir == "/home/daytona/project"
 
 
-async def test_expose_port_signed_url_opens(backend: DaytonaBackend) -> None:
+async def test_workdir_is_the_images(backend: DaytonaBackend, fake_daytona: FakeDaytona) -> None:
+    """Without a workdir of ours, the sandbox's is the toolbox's work dir (the image's WORKDIR),
+    not a fixed path."""
+    info = await backend.create(SandboxSpec())
+    try:
+        assert info.workdir == "/home/daytona"
+        fake_daytona.sandboxes[info.id].dto["_workDir"] = "/tmp"  # an image with WORKDIR /tmp
+        assert (await backend.connect(info.id)).workdir == "/tmp"
+    finally:
+        await backend.destroy(info.id)
+
+
+async def test_expose_port_signed_url_opens(sb: Sandbox, backend: DaytonaBackend) -> None:
     import aiohttp
 
-    async with await Sandbox.create(backend=backend) as sb:
-        url = await backend.expose_port(sb.id, 1)  # nothing listens: the proxy says so
-        async with aiohttp.ClientSession() as http:
-            async with http.get(url) as resp:
-                assert resp.status == 502
-            async with http.get(url.replace("/signed/", "/signed/x")) as resp:
-                assert resp.status == 401
-
-
-def _opts():  # type: ignore[no-untyped-def]
-    from agent_sandbox.models import ExecOptions
-
-    return ExecOptions(timeout=10)
+    url = await backend.expose_port(sb.id, 1)  # nothing listens: the proxy says so
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as resp:
+            assert resp.status == 502
+        async with http.get(url.replace("/signed/", "/signed/x")) as resp:
+            assert resp.status == 401
 
 
 async def test_snapshot_pause_resume(backend: DaytonaBackend) -> None:
@@ -173,7 +259,7 @@ async def test_found_through_the_entry_point(fake_daytona: FakeDaytona) -> None:
     from agent_sandbox.registry import load
 
     assert load("daytona") is DaytonaBackend
-    options = {"api_key": fake_daytona.api_key, "api_url": fake_daytona.api_url}
+    options = {"api_url": fake_daytona.api_url}
     async with await Sandbox.create(provider="daytona", options=options) as sb:
         assert (await sb.exec(["echo", "via config"])).stdout == "via config\n"
 
@@ -181,20 +267,15 @@ async def test_found_through_the_entry_point(fake_daytona: FakeDaytona) -> None:
 def test_sync_handle(fake_daytona: FakeDaytona) -> None:
     from agent_sandbox import sync
 
-    options = {"api_key": fake_daytona.api_key, "api_url": fake_daytona.api_url}
-    with sync.Sandbox.create(provider="daytona", options=options) as sb:
+    with sync.Sandbox.create(provider="daytona", options={"api_url": fake_daytona.api_url}) as sb:
         assert sb.exec("echo sync").stdout == "sync\n"
 
 
-def test_command_line_prologue() -> None:
-    from agent_sandbox.models import ExecOptions
-
-    on = DaytonaBackend(DaytonaOptions(api_key="k"))
-    off = DaytonaBackend(DaytonaOptions(api_key="k", timeout_backstop=False))
-    opts = ExecOptions(cwd="/w d", env={"A": "x y"}, timeout=2.5)
-    line = on._command_line(["printf", "%s", "a b"], opts, "/tmp/in")
-    assert line.startswith("{ rm -f -- /tmp/in && cd -- '/w d' && export A='x y' && ")
-    assert "timeout -s KILL 4 printf %s 'a b'" in line
-    assert line.endswith("; } < /tmp/in")
-    assert "timeout" not in off._command_line(["true"], opts, None)
-    assert off._command_line(["true"], ExecOptions(), None) == "{ true; } < /dev/null"
+def test_wrapper_status_and_input_encoding() -> None:
+    assert status_of(0) == ExitStatus(0, None)
+    assert status_of(137) == ExitStatus(137, 9)
+    assert status_of(255) == ExitStatus(255, None)
+    assert encode_input(b"") == ""
+    lines = encode_input(b"\x00" * 100_000).splitlines()
+    assert len(lines) == 3
+    assert all(len(line) <= 64 * 1024 for line in lines)

@@ -1,0 +1,215 @@
+"""A command run in a Daytona session, seen through the process seam.
+
+The daemon relays a session command's output through shell ``read`` loops, one line at a time
+(NUL bytes are lost, a newline is added, a partial line waits for its newline), and ends a log
+stream only a second after the output stops. So the command runs under :data:`WRAPPER`: its
+stdout and stderr are each encoded in base64 lines as they come (``dd`` reads whatever is there,
+so output streams), its stdin is decoded from base64 lines sent as input (``.`` ends it), and
+the wrapper itself writes control lines starting with ``.``: ``.+`` once started, ``.!`` when the
+cwd is missing, then ``.<status>`` on stdout and ``.-`` on stderr once all output is flushed, so
+the client stops reading at once (every control line is three bytes at least: the SDK's
+demultiplexer holds back fewer bytes after a stream marker until the stream ends). The command carries :data:`agent_sandbox.tree.MARK`; what it
+leaves behind is killed when it ends.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+from agent_sandbox import tree
+from agent_sandbox._tasks import spawn
+from agent_sandbox.errors import FileNotFound, ProviderError, SandboxError
+from agent_sandbox.process import ExitStatus, ProcessHandle, Stream, exit_status
+
+LINE = 48 * 1024  # bytes per input line (64 KiB of base64)
+MAX_LINE = 2 * 64 * 1024  # characters of a partial output line: the wrapper writes 64 Ki at most
+
+UNTRAP = "trap - TERM; "
+"""Prefix of every command line. The daemon sources the line in the session's shell after its
+own wrapper set ``trap cleanup TERM`` there, so deleting the session would wait out the
+daemon's whole termination grace period for a shell that ignores SIGTERM; with the trap
+undone the shell ends at once."""
+
+# $1 ref, $2 "1" when stdin is streamed, $3 cwd ("" for the session's), $4 N, then N KEY=VALUE
+# and the argv.
+WRAPPER = f"""
+r=$1 in=$2 cwd=$3 n=$4
+shift 4
+while [ "$n" -gt 0 ]; do export "$1"; shift; n=$((n - 1)); done
+if [ -n "$cwd" ] && ! cd -- "$cwd" 2>/dev/null; then echo '.!'; echo .- >&2; exit 1; fi
+echo .+
+exec 3>&1 4>&2
+enc() {{ while c=$(dd bs=49152 count=1 2>/dev/null | base64 -w0) && [ -n "$c" ]; do echo "$c"; done; }}
+dec='while IFS= read -r l && [ "$l" != . ]; do printf %s "$l" | base64 -d; done'
+run() {{
+  {tree.MARK}=$r "$@" 3>&- 4>&- 6>&-
+  s=$?
+  set -- $(grep -lzxF -- "{tree.MARK}=$r" /proc/[0-9]*/environ 2>/dev/null)
+  for f do p=${{f#/proc/}}; kill -9 "${{p%/environ}}" 2>/dev/null; done
+  echo "$s" >&6
+}}
+s=$( {{ {{ if [ "$in" = 1 ]; then {tree.MARK}=$r sh -c "$dec" | run "$@"; else run "$@" </dev/null; fi | enc >&3; }} 2>&1 | enc >&4; }} 6>&1 )
+echo ".${{s:-137}}"
+echo .- >&2
+"""
+
+
+def status_of(code: int) -> ExitStatus:
+    """The wrapper's status: a command killed by signal N exits 128 + N, as in a shell."""
+    return exit_status(None, code - 128) if 128 < code <= 192 else exit_status(code)
+
+
+def encode_input(data: bytes) -> str:
+    """Input for the wrapper's decoder: base64 lines."""
+    return "".join(
+        base64.b64encode(data[i : i + LINE]).decode() + "\n" for i in range(0, len(data), LINE)
+    )
+
+
+class SessionProcess(ProcessHandle):
+    """A session command's log stream (the SDK's ``get_session_command_logs_async``), read by a
+    task of its own and decoded; stdin through ``send_session_command_input``."""
+
+    def __init__(
+        self,
+        ref: str,
+        process: Any,
+        session: str,
+        cmd_id: str,
+        kill: Callable[[], Awaitable[None]],
+        translate: Callable[[BaseException], SandboxError],
+        on_close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.ref = ref
+        self._process, self._session, self._cmd_id = process, session, cmd_id
+        self._kill, self._translate, self._on_close = kill, translate, on_close
+        self._send, self._receive = anyio.create_memory_object_stream[Any](16)
+        self._lines = {"stdout": "", "stderr": ""}
+        self._done: set[str] = set()
+        self._status: ExitStatus | None = None
+        self._started = anyio.Event()
+        self._ended = anyio.Event()
+        self._missing_cwd = False
+        self._error: SandboxError | None = None
+        self._tasks: list[Any] = []
+
+    async def begin(self, stdin: bytes | None, keep_open: bool) -> None:
+        """Follow the log until the wrapper says it started (``FileNotFound`` for a missing
+        cwd); ``stdin`` is then fed (and closed unless ``keep_open``)."""
+        self._tasks.append(spawn(self._pump))
+        await self._started.wait()
+        if self._missing_cwd:
+            raise FileNotFound("working directory not found")
+        if self._error is not None and self._status is None:
+            raise self._error
+        if stdin is not None:
+            self._tasks.append(spawn(lambda: self._feed(stdin, not keep_open)))
+
+    async def _pump(self) -> None:
+        try:
+            async with self._send:
+                follow = self._process.get_session_command_logs_async
+                await follow(self._session, self._cmd_id, self._out, self._err)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except anyio.BrokenResourceError:
+            pass
+        except Exception as exc:
+            self._error = self._translate(exc)
+        finally:
+            self._started.set()
+            self._ended.set()
+
+    async def _out(self, text: str) -> None:
+        await self._take("stdout", text)
+
+    async def _err(self, text: str) -> None:
+        await self._take("stderr", text)
+
+    async def _take(self, kind: Stream, text: str) -> None:
+        *lines, self._lines[kind] = (self._lines[kind] + text).split("\n")
+        if len(self._lines[kind]) > MAX_LINE:  # not the wrapper's: something wrote to the log
+            raise ProviderError("an output line from the sandbox is longer than the wrapper writes")
+        for line in lines:
+            if kind in self._done:
+                continue
+            if not line.startswith("."):
+                try:
+                    await self._send.send((kind, base64.b64decode(line, validate=True)))
+                except binascii.Error:
+                    raise ProviderError(
+                        f"undecodable output line from the sandbox: {line[:40]!r}"
+                    ) from None
+            elif line == ".+":
+                self._started.set()
+            elif line == ".!":
+                self._missing_cwd = True
+                self._started.set()
+            else:
+                self._done.add(kind)
+                if kind == "stdout" and line[1:].isdigit():
+                    self._status = status_of(int(line[1:]))
+        if self._done == {"stdout", "stderr"}:  # all output is in: stop following at once
+            self._started.set()
+            self._send.close()
+            for task in self._tasks[:1]:
+                if task is not None:
+                    task.cancel()
+
+    async def read(self) -> tuple[Stream, bytes] | None:
+        try:
+            return await self._receive.receive()  # type: ignore[no-any-return]
+        except anyio.EndOfStream:
+            await self._ended.wait()
+            if self._error is not None and self._status is None:
+                raise self._error from None
+            return None
+
+    async def wait(self) -> ExitStatus:
+        await self._ended.wait()
+        if self._status is not None:
+            return self._status
+        try:  # the stream ended without the wrapper's word: what the daemon recorded
+            cmd = await self._process.get_session_command(self._session, self._cmd_id)
+        except Exception as exc:
+            raise self._translate(exc) from exc
+        if cmd.exit_code is None:
+            raise self._error or ProviderError("the command's log ended without an exit status")
+        return status_of(int(cmd.exit_code))
+
+    async def kill(self) -> None:
+        if not self._ended.is_set():
+            await self._kill()
+
+    async def write_stdin(self, data: bytes) -> None:
+        await self._input(encode_input(data))
+
+    async def close_stdin(self) -> None:
+        await self._input(".\n")
+
+    async def _input(self, text: str) -> None:
+        if text:
+            try:
+                await self._process.send_session_command_input(self._session, self._cmd_id, text)
+            except Exception as exc:
+                raise self._translate(exc) from exc
+
+    async def _feed(self, data: bytes, close: bool) -> None:
+        with contextlib.suppress(SandboxError):  # a command need not read its stdin
+            await self._input(encode_input(data) + (".\n" if close else ""))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        await self._receive.aclose()
+        if self._on_close is not None:
+            await self._on_close()
