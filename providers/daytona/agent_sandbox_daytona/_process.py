@@ -7,7 +7,7 @@ stdout and stderr are each encoded in base64 lines as they come (``dd`` reads wh
 so output streams), its stdin is decoded from base64 lines sent as input (``.`` ends it), and
 the wrapper itself writes control lines starting with ``.``: ``.+`` once started, ``.!`` when the
 cwd is missing, then ``.<status>`` on stdout and ``.-`` on stderr once all output is flushed, so
-the client stops reading at once (every control line is three bytes at least: the SDK's
+the client stops reading at once, and exits with that status (the daemon's record of it) (every control line is three bytes at least: the SDK's
 demultiplexer holds back fewer bytes after a stream marker until the stream ends). The command carries :data:`agent_sandbox.tree.MARK`; what it
 leaves behind is killed when it ends.
 """
@@ -57,6 +57,7 @@ run() {{
 s=$( {{ {{ if [ "$in" = 1 ]; then {tree.MARK}=$r sh -c "$dec" | run "$@"; else run "$@" </dev/null; fi | enc >&3; }} 2>&1 | enc >&4; }} 6>&1 )
 echo ".${{s:-137}}"
 echo .- >&2
+exit "${{s:-137}}"
 """
 
 

@@ -108,6 +108,19 @@ async def test_file_operations_use_the_toolbox_file_api(
     assert _process_routes(fake_daytona, since) == []
 
 
+async def test_processes_report_command_and_status(sb: Sandbox) -> None:
+    """``processes()`` reads the daemon's sessions: the command as started, the status the
+    daemon recorded for it (the wrapper exits with the command's)."""
+    proc = await sb.start(["sh", "-c", "exit 5"], env={"A": "x y"})
+    try:
+        assert (await proc.wait()).exit_code == 5
+        (listed,) = [p for p in await sb.processes() if p.ref == proc.ref]
+        assert listed.command == ("sh", "-c", "exit 5")
+        assert (listed.running, listed.exit_code) == (False, 5)
+    finally:
+        await proc.end()
+
+
 async def test_read_file_of_a_directory(sb: Sandbox) -> None:
     with pytest.raises(IsADirectory) as caught:
         await sb.read_file("/tmp")
