@@ -1295,9 +1295,10 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _write_fifo(path: Path, data: bytes) -> None:
-    """Open the command's input FIFO for writing (as the daemon does; waiting a little for its
-    reader rather than forever) and write ``data``."""
-    for _ in range(200):
+    """Open the command's input FIFO for writing and write ``data``. The daemon's open blocks
+    until the command opens its end (``input.go``); the fake waits up to 30 s for it, polling,
+    so that no thread of the fake can hang for ever."""
+    for _ in range(3000):
         try:
             fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
             break
