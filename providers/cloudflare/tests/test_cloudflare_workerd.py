@@ -3,7 +3,8 @@
 The same requests go to the real Worker (:mod:`workerd_worker`: the bundled source in the Workers
 runtime, without Containers) and to the fake; their statuses and error codes must agree, and the
 real Worker's answers must be ones its OpenAPI documents declare. Only what needs no container can
-be compared: auth, validation, the registry and its gate in front of the bridge, destroys.
+be compared: auth, validation (process requests too, on a sandbox recorded without a container),
+the registry and its gate in front of the bridge, destroys.
 Then the provider itself against the real Worker: errors, listing, and a create that cannot start
 its container leaving nothing behind.
 """
