@@ -3,8 +3,8 @@
 # in POSIX sh with coreutils, util-linux (setsid), grep, sed and awk.
 #
 # The bridge's own exec route reads a command's output as UTF-8 lines (bytes that are not UTF-8
-# are replaced, a last line gains a newline), gives it no stdin, cannot kill it and ignores its
-# timeout. Here a command runs under a supervisor that writes its output to files, and `follow`
+# are replaced, a last line gains a newline), gives it no stdin and cannot kill it or follow it
+# again. Here a command runs under a supervisor that writes its output to files, and `follow`
 # prints those files as base64 lines -- plain ASCII, which passes the bridge's line pipe byte for
 # byte: stdout chunks on stdout, stderr chunks on stderr. Lines starting with "!" are control
 # lines (never base64); `follow` exits with the command's exit status. Each process has a directory
