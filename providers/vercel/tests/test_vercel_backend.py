@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from agent_sandbox_vercel import VercelBackend, VercelOptions
 from agent_sandbox_vercel._process import SPILL, VercelRun, _Output, _Spill
 from agent_sandbox_vercel._shim import MAX_LINE, decode
-from conftest import FakeVercelServer
 
 from agent_sandbox import Sandbox
 from agent_sandbox import labels as _labels
@@ -23,6 +22,9 @@ from agent_sandbox.errors import (
     Unsupported,
 )
 from agent_sandbox.models import NetworkPolicy, SandboxSpec, StartOptions
+
+if TYPE_CHECKING:  # only a type here: importing ``conftest`` by name depends on collection order
+    from conftest import FakeVercelServer
 
 pytestmark = pytest.mark.anyio
 
