@@ -626,11 +626,11 @@ class FakeDaytona:
             self._destroy(self.sandboxes[sid])
 
     def _destroy(self, sb: FakeSandbox) -> None:
-        sb.vm.halt()
         sb.dto.update(state="destroyed", desiredState="destroyed")
         sb.pending = False
         for session in sb.sessions.values():
             session.ended.set()
+        sb.vm.halt()
         shutil.rmtree(sb.root, ignore_errors=True)
 
     async def delete_sandbox(self, request: web.Request) -> web.Response:

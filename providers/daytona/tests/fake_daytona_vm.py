@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -287,9 +288,9 @@ class VM:
                     self._loop.remove_reader(self._sock.fileno())
                     self._fail_all()
             self._sock.close()
-        if self._helper is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._helper.wait(10)
+        if self._helper is not None:  # reaped by a thread: the fake's loop never waits for it
+            helper = self._helper
+            threading.Thread(target=lambda: helper.wait(30), daemon=True).start()
 
 
 def host_path(root: Path, virtual: str) -> Path:
