@@ -13,7 +13,6 @@ per-sandbox state that cannot be rebuilt from the id. Paths given to a backend a
 from __future__ import annotations
 
 import builtins
-import contextlib
 import shlex
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
@@ -21,13 +20,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import ClassVar, Protocol, runtime_checkable
 
-import anyio
-import anyio.lowlevel
-import anyio.to_thread
 from pydantic import BaseModel, ConfigDict
 
 from . import labels as _labels
-from ._tasks import spawn
 from .derived import DerivedOperations
 from .errors import (
     SandboxError,
@@ -45,7 +40,7 @@ from .models import (
     SandboxSpec,
     StartOptions,
 )
-from .process import ExitStatus, Process, ProcessHandle, Stream, exec_stream, run
+from .process import Process, ProcessHandle, exec_stream, run
 from .process import argv_of as argv_of
 from .process import close_stream as close_stream
 
@@ -133,13 +128,6 @@ class SandboxBackend(Protocol):
         ...
 
 
-def exit_status(returncode: int) -> tuple[int, int | None]:
-    """Map a POSIX wait status as Python reports it (negative = signal) to (exit_code, signal)."""
-    if returncode < 0:
-        return 128 - returncode, -returncode
-    return returncode, None
-
-
 def start_options(options: ExecOptions, *, detached: bool = False) -> StartOptions:
     """The :class:`StartOptions` of a command run with ``options``."""
     return StartOptions(
@@ -185,24 +173,11 @@ class BaseBackend(DerivedOperations, ABC):
     async def destroy(self, sandbox_id: str) -> None:
         """See :class:`SandboxBackend`."""
 
+    @abstractmethod
     async def start(
         self, sandbox_id: str, argv: builtins.list[str], options: StartOptions
     ) -> ProcessHandle:
         """See :class:`SandboxBackend`."""
-        if type(self).exec_stream is BaseBackend.exec_stream:
-            raise NotImplementedError(
-                f"{type(self).__name__} implements neither start nor exec_stream"
-            )
-        # A provider not yet ported onto the process seam: its own exec_stream (and its own
-        # timeout, as a backstop: the core enforces the deadline and closes the stream).
-        legacy = ExecOptions(
-            cwd=options.cwd,
-            env=options.env,
-            stdin=options.stdin,
-            user=options.user,
-            timeout=options.timeout,
-        )
-        return _StreamHandle(self.exec_stream(sandbox_id, argv, legacy))
 
     async def attach(self, sandbox_id: str, ref: str) -> ProcessHandle:
         """See :class:`SandboxBackend`. Raises ``Unsupported`` by default."""
@@ -317,66 +292,3 @@ class BaseBackend(DerivedOperations, ABC):
 def quote(argv: list[str]) -> str:
     """``argv`` as one shell-quoted string (for providers whose API takes a command line)."""
     return shlex.join(argv)
-
-
-class _StreamHandle(ProcessHandle):
-    """A process seen through a provider's own ``exec_stream`` (providers not yet ported),
-    pumped by a task of its own so the command runs whether or not anyone reads."""
-
-    ref = ""
-
-    def __init__(self, stream: AsyncIterator[ExecEvent]) -> None:
-        self._stream = stream
-        self._send, self._receive = anyio.create_memory_object_stream[ExecEvent | Exception](16)
-        self._status = ExitStatus(137, 9)
-        self._done = anyio.Event()
-        self._task = spawn(self._pump)
-
-    async def _pump(self) -> None:
-        try:
-            await self._pump_events()
-        finally:
-            self._done.set()
-
-    async def _pump_events(self) -> None:
-        async with self._send:
-            try:
-                async for event in self._stream:
-                    await self._send.send(event)
-            except anyio.BrokenResourceError:
-                pass
-            except Exception as exc:
-                with contextlib.suppress(anyio.BrokenResourceError):
-                    await self._send.send(exc)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await close_stream(self._stream)
-
-    async def read(self) -> tuple[Stream, bytes] | None:
-        while True:
-            try:
-                item = await self._receive.receive()
-            except (anyio.EndOfStream, anyio.ClosedResourceError):
-                return None
-            if isinstance(item, Exception):
-                raise item
-            if item.kind == "exit":
-                assert item.exit_code is not None
-                self._status = ExitStatus(item.exit_code, item.signal)
-                return None
-            if item.data:
-                return item.kind, item.data
-
-    async def wait(self) -> ExitStatus:
-        return self._status
-
-    async def kill(self) -> None:
-        # One asyncio cancellation (not a cancel scope's, repeated at every await), so the
-        # provider's generator can still clean up (kill the command) in its finally.
-        if self._task is not None and not self._done.is_set():
-            self._task.cancel()
-        await self._done.wait()
-
-    async def close(self) -> None:
-        await self.kill()
-        await self._receive.aclose()

@@ -118,16 +118,6 @@ class ProcessTests:
         and options. Override for a backend that is built differently (a wrapper)."""
         return type(backend)(backend.options)
 
-    @pytest.fixture(autouse=True)
-    def _on_the_process_seam(self, request: pytest.FixtureRequest) -> None:
-        # Transitional: a provider still implementing the old exec_stream primitive runs its
-        # commands only while they are read; these tests need one that implements start().
-        if request.node.name.startswith("test_") and request.cls is not None:
-            name = request.node.originalname
-            backend = request.getfixturevalue("conformance_backend")
-            if name in SEAM_TESTS and type(backend).start is BaseBackend.start:
-                pytest.skip(f"the {backend.name} provider is not on the process seam yet")
-
     async def test_start_streams_then_exits(self, sandbox: Sandbox) -> None:
         async with await sandbox.start("echo one; sleep 0.2; echo two >&2; exit 5") as proc:
             events = [event async for event in proc]
@@ -293,8 +283,3 @@ class ProcessTests:
                     break
                 await sb.backend.sweep()
                 await anyio.sleep(1)
-
-
-SEAM_TESTS = {name for name in vars(ProcessTests) if name.startswith("test_")} | {
-    "test_timeout_kills_children_that_escape"
-}
