@@ -146,6 +146,7 @@ async def test_there_is_no_network(sb: Sandbox) -> None:
         ("echo one > f; echo two >> f; cat < f", "one\ntwo\n"),
         ("cat missing 2>/dev/null; echo $?", "1\n"),
         ("(echo sub 1>&2) 2>&1", "sub\n"),
+        ("echo $(echo $(echo in)); (cd /; (pwd))", "in\n/\n"),
         ("if [ -d /tmp ]; then echo dir; elif true; then echo no; else echo no; fi", "dir\n"),
         ("if [ -f /tmp ]; then echo no; elif false; then echo no; else echo else; fi", "else\n"),
         ("i=x; while [ $i != xxx ]; do echo $i; i=${i}x; done", "x\nxx\n"),

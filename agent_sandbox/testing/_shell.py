@@ -89,9 +89,12 @@ class _Parser:
         return self.s[self.i : self.i + 1]
 
     def op(self, *ops: str) -> str:
+        """The first of ``ops`` found next (``&`` is not the start of ``&&``, ``(`` not of
+        ``((``, but ``))`` closes twice), passed; ``""`` if none."""
         self.blank()
         for op in ops:
-            if self.s.startswith(op, self.i) and not self.s.startswith(op + op, self.i):
+            doubled = op != ")" and self.s.startswith(op + op, self.i)
+            if self.s.startswith(op, self.i) and not doubled:
                 self.i += len(op)
                 return op
         return ""
