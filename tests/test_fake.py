@@ -315,6 +315,20 @@ async def test_a_busy_loop_ends_at_its_timeout(sb: Sandbox) -> None:
             await sb.exec(script, timeout=0.3)
 
 
+async def test_endless_nesting_is_a_failure_not_a_crash(sb: Sandbox) -> None:
+    await sb.write_file("self.sh", "sh self.sh\n")
+    deep = "$(" * 400 + "echo" + ")" * 400
+    for script in ('x=\'eval "$x"\'; eval "$x"', "sh self.sh", f"echo {deep}"):
+        code, _, err = await run(sb, script)
+        assert code == 2, script
+        assert "nested too deeply" in err, script
+    for script in ('eval "$x" | cat', 'eval "$x" & wait'):  # in a pipeline, in a job
+        code, out, err = await run(sb, f"x='eval \"$x\"'; {script}; echo after")
+        assert out == "after\n", script
+        assert "nested too deeply" in err, script
+    assert (await run(sb, "echo " + "$(echo " * 20 + "ok" + ")" * 20))[1] == "ok\n"
+
+
 async def test_destroy_kills_running_commands(backend: FakeBackend) -> None:
     sb = await Sandbox.create(backend=backend)
     result: list[int | None] = []

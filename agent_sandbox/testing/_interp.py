@@ -42,6 +42,7 @@ from ._shell import (
 PIPE_SIZE = 64 * 1024
 FILE_LIMIT = 256 * 1024 * 1024  # what one redirection may write: the fake's "disk"
 LINE_LIMIT = 16 * 1024 * 1024  # the longest line read (by read, head -n, a shell from stdin)
+MAX_DEPTH = 50  # scripts within scripts (eval, $(...), sh, groups): well within Python's stack
 SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "USR1": 10, "USR2": 12, "PIPE": 13, "TERM": 15}
 
 
@@ -252,6 +253,7 @@ class Shell:
         self.last_job = ""
         self.jobs: dict[int, tuple[anyio.Event, list[int]]] = {}
         self.tg: anyio.abc.TaskGroup | None = None
+        self.depth = 0  # the scripts running within one another, here and in parent shells
 
     def sub(self) -> Shell:
         """A subshell: a copy whose changes stay its own."""
@@ -308,12 +310,18 @@ class Shell:
             return exit_.code
 
     async def run(self, script: Script, fds: dict[int, Any]) -> int:
-        for and_or, background in script:
-            if background:
-                self.background(and_or, fds)
-            else:
-                self.status = await self.and_or(and_or, fds)
-        return self.status
+        if self.depth >= MAX_DEPTH:  # x='eval "$x"'; eval "$x" ends here, as a failure
+            raise Usage("nested too deeply", 2)
+        self.depth += 1
+        try:
+            for and_or, background in script:
+                if background:
+                    self.background(and_or, fds)
+                else:
+                    self.status = await self.and_or(and_or, fds)
+            return self.status
+        finally:
+            self.depth -= 1
 
     async def and_or(self, items: AndOr, fds: dict[int, Any]) -> int:
         status = 0

@@ -67,7 +67,10 @@ _PARAM = re.compile(
 def parse(src: str) -> Script:
     """The tree of ``src``. Raises :class:`Incomplete` when it ends too early."""
     parser = _Parser(src)
-    script = parser.script()
+    try:
+        script = parser.script()
+    except RecursionError:  # pure Python down here: the stack unwinds cleanly
+        raise ShellSyntaxError("syntax error: nested too deeply") from None
     if parser.i < len(src):
         raise parser.error(f"unexpected {src[parser.i : parser.i + 10]!r}")
     return script

@@ -33,6 +33,7 @@ async def run_sh(ctx: CommandContext, proc: Proc | None = None) -> int:
     stdin as it comes; a new process, or ``proc``."""
     args, src = ctx.argv[1:], None
     child = Shell(ctx._sh.box, ctx._sh.commands, ctx.env, ctx.cwd)
+    child.depth = ctx._sh.depth
     if args[:1] == ["-c"]:
         if len(args) < 2:
             raise Usage("-c requires an argument", 2)
