@@ -80,8 +80,8 @@ DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 # What a sandbox's processes keep of Docker's default capabilities (all others are dropped):
 # enough for root in the sandbox to own, chmod and write any file of the sandbox, switch users
 # (package managers do) and bind low ports; not raw sockets (packet spoofing), device nodes,
-# chroot, file capabilities or the audit log. With no-new-privileges, no setuid program gains
-# anything either.
+# chroot, file capabilities or the audit log. With no-new-privileges (where the sandbox's user
+# is root), no setuid program gains anything either.
 CAPABILITIES = (
     "CHOWN",
     "DAC_OVERRIDE",
@@ -179,7 +179,7 @@ class DockerBackend(BaseBackend):
         self.opts: DockerOptions = self.options
         self._api: docker.APIClient | None = None
         self._lock = threading.Lock()
-        self._images: dict[str, tuple[str, str]] = {}
+        self._images: dict[str, tuple[str, str, str]] = {}
         self._agents: dict[str, _agent.AgentConnection | None] = {}
         self._root_user: dict[str, bool] = {}
         self._paused: set[str] = set()
@@ -309,7 +309,11 @@ class DockerBackend(BaseBackend):
             return str(max(1, math.ceil(left)))
 
         labels = {**spec.labels, LABEL_PROVIDER: PROVIDER}
-        image_workdir, arch = await self._image_facts(image, pull=spec.snapshot is None)
+        image_workdir, arch, image_user = await self._image_facts(image, pull=spec.snapshot is None)
+        # no-new-privileges where the sandbox's user is root: under it, the engine gives an exec
+        # as root in a sandbox of another user no capability at all, so exec(user="root") there
+        # would be root in name only
+        as_root = _is_root(spec.user or image_user)
         workdir = spec.workdir or image_workdir
         labels[LABEL_WORKDIR] = workdir
         env = dict(spec.env)
@@ -331,7 +335,7 @@ class DockerBackend(BaseBackend):
                 auto_remove=True,
                 cap_drop=["ALL"],
                 cap_add=list(CAPABILITIES),
-                security_opt=["no-new-privileges:true"],
+                security_opt=["no-new-privileges:true"] if as_root else None,
                 init=None if agent else self.opts.init or None,
                 log_config={"Type": "none", "Config": {}} if agent else None,
                 network_mode=_open_network(api) if open_network else "none",
@@ -421,14 +425,14 @@ class DockerBackend(BaseBackend):
             ) from exc
         return conn
 
-    async def _image_facts(self, image: str, *, pull: bool) -> tuple[str, str]:
-        """The image's WORKDIR (``/`` when unset) and architecture, pulling the image first if
-        policy says so."""
+    async def _image_facts(self, image: str, *, pull: bool) -> tuple[str, str, str]:
+        """The image's WORKDIR (``/`` when unset), architecture and USER, pulling the image
+        first if policy says so."""
         cached = self._images.get(image)
         if cached is not None and self.opts.pull != "always":
             return cached
 
-        def run(api: docker.APIClient) -> tuple[str, str]:
+        def run(api: docker.APIClient) -> tuple[str, str, str]:
             import docker.errors  # type: ignore[import-untyped,unused-ignore]
 
             if pull and self.opts.pull == "always":
@@ -442,8 +446,9 @@ class DockerBackend(BaseBackend):
                     ) from None
                 self._pull_blocking(api, image)
                 attrs = api.inspect_image(image)
-            workdir = str((attrs.get("Config") or {}).get("WorkingDir") or "/")
-            return workdir, str(attrs.get("Architecture") or "")
+            config = attrs.get("Config") or {}
+            workdir = str(config.get("WorkingDir") or "/")
+            return workdir, str(attrs.get("Architecture") or ""), str(config.get("User") or "")
 
         facts = await self._call("create", run)
         self._images[image] = facts
@@ -765,7 +770,7 @@ class DockerBackend(BaseBackend):
         if known is None:
             attrs = await self._inspect(sandbox_id, op)
             user = str((attrs.get("Config") or {}).get("User") or "")
-            known = user.partition(":")[0] in ("", "root", "0")
+            known = _is_root(user)
             self._root_user[sandbox_id] = known
         return known
 
@@ -1044,6 +1049,12 @@ def _split_image(image: str) -> tuple[str, str | None]:
         repo, tag = image.rsplit(":", 1)
         return repo, tag
     return image, "latest"
+
+
+def _is_root(user: str) -> bool:
+    """Whether a container ``User`` (``name``, ``uid``, ``name:group``; empty for the image's
+    default, root) is root."""
+    return user.partition(":")[0] in ("", "root", "0")
 
 
 def _user_labels(labels: Mapping[str, str]) -> dict[str, str]:

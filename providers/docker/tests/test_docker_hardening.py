@@ -1,7 +1,7 @@
 """Docker's own hardening on every sandbox (all capabilities dropped but the few a root user in
-the sandbox needs, no-new-privileges), each tried as an attack; and cancellation: a command
-whose caller is cancelled is cancelled (never reported as an exit status) and killed, with the
-exec agent and with the engine's exec."""
+the sandbox needs; no-new-privileges where that user is root), each tried as an attack; and
+cancellation: a command whose caller is cancelled is cancelled (never reported as an exit
+status) and killed, with the exec agent and with the engine's exec."""
 
 from __future__ import annotations
 
@@ -85,6 +85,30 @@ async def test_a_setuid_program_gives_no_privilege(either: Sandbox) -> None:
     assert (await either.exec("/tmp/id -u", user="nobody")).stdout == "65534\n"
     as_nobody = await either.exec("su nobody -s /bin/sh -c '/tmp/id -u'")
     assert as_nobody.stdout == "65534\n"
+
+
+async def test_root_in_a_sandbox_of_another_user_keeps_its_capabilities(
+    docker_label: str, docker_api: Any
+) -> None:
+    """Under no-new-privileges the engine gives an exec as root in a non-root container no
+    capability at all; such sandboxes go without it, so ``user="root"`` stays root."""
+    backend = LabelledDockerBackend(DockerOptions())
+    backend.run_label = docker_label
+    try:
+        sb = await make(backend, user="nobody")
+        try:
+            host = docker_api.inspect_container(sb.id)["HostConfig"]
+            assert host["CapDrop"] == ["ALL"]
+            assert not host["SecurityOpt"]
+            assert (await sb.exec("id -u")).stdout == "65534\n"
+            status = await sb.exec("grep -E '^CapEff' /proc/self/status", user="root")
+            assert status.stdout == f"CapEff:\t{KEPT_MASK}\n"
+            added = await sb.exec("groupadd -g 1234 added && getent group added", user="root")
+            assert added.stdout == "added:x:1234:\n", added
+        finally:
+            await sb.destroy()
+    finally:
+        await backend.aclose()
 
 
 async def _sleepers(sb: Sandbox, tag: str) -> list[str]:
