@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from agent_sandbox import Sandbox
@@ -180,6 +181,24 @@ async def test_bash_timeout_kills_and_restarts(any_sb: Sandbox) -> None:
     assert await run_ok(kit, "bash", {"command": "echo ${KEEP:-unset}"}) == "unset"
     procs = await run_ok(kit, "bash", {"command": "ps -eo args 2>/dev/null || true"})
     assert nap not in procs
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_bash_call_ends_its_shell_and_the_next_call_gets_a_fresh_one(
+    any_sb: Sandbox,
+) -> None:
+    kit = ToolKit(any_sb)
+    await run_ok(kit, "bash", {"command": "export KEEP=1"})
+    nap = f"sleep 30.{uuid.uuid4().int % 10**6:06d}"  # a command line no one else runs
+    with anyio.move_on_after(1.5) as scope:
+        await kit.run("bash", {"command": f"echo started; {nap}"})
+    assert scope.cancelled_caught
+    out = await run_ok(kit, "bash", {"command": "echo ${KEEP:-unset}"})
+    assert out == "unset", (
+        "the call after a cancelled one runs in a fresh shell, saying nothing else"
+    )
+    procs = await run_ok(kit, "bash", {"command": "ps -eo args 2>/dev/null || true"})
+    assert nap not in procs, "the cancelled call's command still runs"
 
 
 @pytest.mark.anyio

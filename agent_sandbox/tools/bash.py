@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from .. import _scripts
-from ..errors import CommandTimeout, SandboxError
+from ..errors import CommandTimeout
 from ..models import ExecEvent
 from ..process import Process
 from ._inputs import BashInput
@@ -116,10 +116,11 @@ class Shell:
         except TimeoutError:
             await self.close()
             return ShellOutput(bytes(kept[:CAPTURE_LIMIT]), 137, truncated, timed_out=True)
-        except SandboxError:
-            await self.close()
+        except BaseException:  # a provider's failure, or the call cancelled: the shell is
+            with anyio.CancelScope(shield=True):  # mid-command, so it goes, with what it started
+                await self.close()
             raise
-        self._process = self._events = None
+        await self.close()  # its output ended without an exit event: nothing more will come
         return ShellOutput(bytes(kept), 0, truncated, True)
 
     async def _run_fresh(self, command: str, timeout: float, cwd: str | None) -> ShellOutput:
