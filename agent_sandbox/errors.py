@@ -229,6 +229,25 @@ class ProviderError(SandboxError):
     code = "provider_error"
 
 
+class LeaseLost(SandboxConflict):
+    """A worker's lease on a session belongs to someone else now (a stale heartbeat, or the item
+    went back to the queue): the worker must stop serving the session at once."""
+
+    code = "lease_lost"
+
+
+class WorkNotFound(SandboxError, LookupError):
+    """No such work item or session in the worker's queue."""
+
+    code = "work_not_found"
+
+
+class SessionClosed(SandboxError):
+    """The worker session is closed: it takes no more tool calls."""
+
+    code = "session_closed"
+
+
 # -- translating a provider's exceptions ---------------------------------------------------------
 
 Table = Callable[[Exception, str], "SandboxError | None"]

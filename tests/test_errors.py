@@ -20,7 +20,9 @@ def _all_errors() -> list[type[SandboxError]]:
         cls = todo.pop()
         found.append(cls)
         todo.extend(cls.__subclasses__())
-    return sorted(set(found), key=lambda c: c.__name__)
+    # the core's own; a provider package may subclass for its private use
+    core = {cls for cls in found if cls.__module__.split(".")[0] == "agent_sandbox"}
+    return sorted(core, key=lambda c: c.__name__)
 
 
 ALL = _all_errors()

@@ -21,9 +21,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, Literal, Protocol
 
-from ..errors import SandboxConflict, SandboxError
+from ..errors import LeaseLost, SessionClosed, WorkNotFound
 
 __all__ = [
     "NO_HEARTBEAT",
@@ -43,25 +43,6 @@ NO_HEARTBEAT = "NO_HEARTBEAT"
 """What the first heartbeat of a lease expects: nobody has heartbeated the item yet."""
 
 WorkState = Literal["queued", "starting", "active", "stopping", "stopped"]
-
-
-class LeaseLost(SandboxConflict):
-    """The lease belongs to someone else now: the heartbeat's expectation was stale, or the item
-    was given back to the queue. The holder must stop serving the session at once."""
-
-    code: ClassVar[str] = "lease_lost"
-
-
-class WorkNotFound(SandboxError, LookupError):
-    """No such work item or session."""
-
-    code: ClassVar[str] = "work_not_found"
-
-
-class SessionClosed(SandboxError):
-    """The session is closed: it takes no more tool calls."""
-
-    code: ClassVar[str] = "session_closed"
 
 
 @dataclass(frozen=True)
