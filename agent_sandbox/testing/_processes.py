@@ -27,6 +27,7 @@ NewSandbox = Callable[..., Awaitable[Sandbox]]
 HEARTBEAT = 'while true; do echo beat >> "$1"; sleep 0.1; done\n'
 ECHO_LINES = 'echo ready; while read line; do echo "got $line"; done; echo bye'
 _BOUND = 60.0  # generous: how long a process may take to notice what ended it
+_TTL_ROUNDING = 60.0  # a provider may round a TTL up to its own unit (Daytona: whole minutes)
 
 
 def _requires(*names: str) -> pytest.MarkDecorator:
@@ -73,9 +74,10 @@ async def _wait_for_file(sandbox: Sandbox, path: str) -> None:
             await anyio.sleep(0.1)
 
 
-async def _ends(proc: Process) -> None:
-    """``proc`` ends within the bound: with an exit status, or with its sandbox gone."""
-    with anyio.fail_after(_BOUND):
+async def _ends(proc: Process, *, after: float = 0.0) -> None:
+    """``proc`` ends within the bound (plus ``after``): with an exit status, or with its
+    sandbox gone."""
+    with anyio.fail_after(_BOUND + after):
         try:
             result = await proc.wait()
         except SandboxNotFound:
@@ -272,7 +274,7 @@ class ProcessTests:
         proc = await sb.start("echo started; sleep 300")
         try:
             await _read_until(proc, b"started")
-            await _ends(proc)
+            await _ends(proc, after=_TTL_ROUNDING)
         finally:
             await proc.end()
         with anyio.fail_after(_BOUND):
