@@ -1137,6 +1137,8 @@ int main(int argc, char **argv) {
     if (listen_fd >= 0) track(listen_fd);
     nonblocking(0, 1);
     nonblocking(1, 1);
+    fcntl(0, F_SETPIPE_SZ, 1 << 20);  /* fewer wakeups on the attach stream; a failure is harmless */
+    fcntl(1, F_SETPIPE_SZ, 1 << 20);
     conns[0] = (conn){.used = 1, .in_fd = 0, .out_fd = 1, .gen = ++generation};
     for (;;) {
         struct pollfd fds[2 + 2 * MAX_CONNS + 3 * MAX_PROCS + MAX_DRAIN];

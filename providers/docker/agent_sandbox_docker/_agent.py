@@ -55,6 +55,7 @@ PATH = "/.agent-sandbox/agent"
 MAX_PAYLOAD = 4 << 20
 WINDOW = 256 * 1024
 CHUNK = 1 << 16
+FILE_CHUNK = 1 << 20
 NOT_REGULAR = 1001
 _HEAD = struct.Struct(">IBI")
 _REF = re.compile(r"p-[0-9a-f]{16}")
@@ -140,7 +141,8 @@ class _Request:
         self.limit = limit
         self.op = op
         self.path = path
-        self.data = bytearray()
+        self.data: list[bytes] = []
+        self.size = 0
         self.done = False
         self.error: SandboxError | None = None
 
@@ -157,7 +159,7 @@ class AgentConnection:
         self._channels: dict[int, _Channel] = {}
         self._requests: dict[int, _Request] = {}
         self._next_id = 1
-        self._outbox: list[bytes] = []
+        self._outbox: list[bytes | memoryview] = []
         self._send_lock = anyio.Lock()
         self._reading = False
         self._news = anyio.Event()
@@ -243,15 +245,16 @@ class AgentConnection:
         buf = self._buffer
         buf += data
         pos = 0
-        while len(buf) - pos >= 4:
-            (size,) = struct.unpack_from(">I", buf, pos)
-            if not 5 <= size <= MAX_PAYLOAD + 5:
-                raise self._violation(f"frame length {size}")
-            if len(buf) - pos - 4 < size:
-                break
-            _, kind, ident = _HEAD.unpack_from(buf, pos)
-            self._dispatch(chr(kind), ident, bytes(buf[pos + 9 : pos + 4 + size]))
-            pos += 4 + size
+        with memoryview(buf) as view:  # one copy per payload, none per slice
+            while len(buf) - pos >= 4:
+                (size,) = struct.unpack_from(">I", buf, pos)
+                if not 5 <= size <= MAX_PAYLOAD + 5:
+                    raise self._violation(f"frame length {size}")
+                if len(buf) - pos - 4 < size:
+                    break
+                _, kind, ident = _HEAD.unpack_from(buf, pos)
+                self._dispatch(chr(kind), ident, bytes(view[pos + 9 : pos + 4 + size]))
+                pos += 4 + size
         del buf[:pos]
         if len(buf) > MAX_PAYLOAD + 9:
             raise self._violation("oversized frame")
@@ -293,9 +296,10 @@ class AgentConnection:
             self._channel_frame(channel, kind, payload)
         elif kind in "DL":
             assert request is not None
-            request.data += payload
+            request.data.append(payload)
+            request.size += len(payload)
             request.done = kind == "L"
-            if len(request.data) > request.limit:
+            if request.size > request.limit:
                 raise self._violation("more data than asked for")
         elif kind == "Z":
             assert request is not None
@@ -350,7 +354,7 @@ class AgentConnection:
 
     # -- sending -----------------------------------------------------------------------------
 
-    async def _send(self, *frames: bytes) -> None:
+    async def _send(self, *frames: bytes | memoryview) -> None:
         self._outbox += frames
         await self._flush()
 
@@ -454,13 +458,17 @@ class AgentConnection:
         """Create or replace a file (its mode kept), creating parents, as the agent's user."""
         ident = self._next_id
         view = memoryview(data)
-        frames = [frame("w", ident, path.encode("utf-8", "surrogateescape"))]
-        frames += [
-            frame("d", ident, bytes(view[i : i + CHUNK])) for i in range(0, len(view), CHUNK)
+        frames: list[bytes | memoryview] = [
+            frame("w", ident, path.encode("utf-8", "surrogateescape"))
         ]
+        for i in range(0, len(view), FILE_CHUNK):  # a header, then the caller's bytes uncopied
+            part = view[i : i + FILE_CHUNK]
+            frames += [_HEAD.pack(5 + len(part), ord("d"), ident), part]
         await self._request(*frames, frame("z", ident), limit=0, op="write_file", path=path)
 
-    async def _request(self, *frames: bytes, limit: int, op: str, path: str = "") -> bytes:
+    async def _request(
+        self, *frames: bytes | memoryview, limit: int, op: str, path: str = ""
+    ) -> bytes:
         ident = self._new_id()
         request = self._requests[ident] = _Request(limit, op, path)
         try:
@@ -470,7 +478,7 @@ class AgentConnection:
             del self._requests[ident]
         if request.error is not None:
             raise request.error
-        return bytes(request.data)
+        return b"".join(request.data)
 
 
 class AgentProcess(ProcessHandle):

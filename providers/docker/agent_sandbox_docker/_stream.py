@@ -21,7 +21,7 @@ from ._wire import FrameParser
 if TYPE_CHECKING:
     import docker  # type: ignore[import-untyped,unused-ignore]
 
-CHUNK = 1 << 16
+CHUNK = 1 << 20
 _WANT = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 _THREADS = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="agent-sandbox-recv")
 # anyio >= 4.7 names them wait_readable/wait_writable; older 4.x wait_socket_*
@@ -43,6 +43,7 @@ class DockerStream:
         self._socket = isinstance(sock, socket.socket)
         self._inflight: concurrent.futures.Future[bytes] | None = None
         self._frames = FrameParser()
+        self._into = bytearray(CHUNK)  # reused: what is received is parsed before the next recv
 
     @classmethod
     def open(cls, api: docker.APIClient, path: str, *args: str, **post: Any) -> DockerStream:
@@ -77,7 +78,7 @@ class DockerStream:
             if frames:
                 return frames
 
-    async def _recv(self) -> bytes:
+    async def _recv(self) -> bytes | memoryview:
         if self._head:
             data, self._head = self._head, b""
             return data
@@ -90,9 +91,11 @@ class DockerStream:
                 return bytes(data)
             while True:
                 try:
-                    return bytes(self._sock.recv(CHUNK))
+                    size = self._sock.recv_into(self._into)
                 except _WANT:
                     await _readable(self._sock)
+                else:
+                    return memoryview(self._into)[:size]
         except OSError as exc:
             raise self._broke(exc) from exc
 

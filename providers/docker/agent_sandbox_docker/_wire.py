@@ -38,19 +38,20 @@ class FrameParser:
     def __init__(self) -> None:
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> list[tuple[str, bytes]]:
+    def feed(self, data: bytes | memoryview) -> list[tuple[str, bytes]]:
         """Add raw bytes; return the frames they complete."""
         self._buf += data
         frames: list[tuple[str, bytes]] = []
         buf = self._buf
         pos = 0
-        while len(buf) - pos >= 8:
-            kind, size = _HEADER.unpack_from(buf, pos)
-            if len(buf) - pos - 8 < size:
-                break
-            if size:
-                frames.append((_KINDS.get(kind, STDERR), bytes(buf[pos + 8 : pos + 8 + size])))
-            pos += 8 + size
+        with memoryview(buf) as view:  # one copy per frame, none per slice
+            while len(buf) - pos >= 8:
+                kind, size = _HEADER.unpack_from(buf, pos)
+                if len(buf) - pos - 8 < size:
+                    break
+                if size:
+                    frames.append((_KINDS.get(kind, STDERR), bytes(view[pos + 8 : pos + 8 + size])))
+                pos += 8 + size
         if pos:
             del buf[:pos]
         return frames
