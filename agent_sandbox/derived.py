@@ -247,7 +247,7 @@ class DerivedOperations:
         ``on_progress`` gets the bytes sent so far. Raises as ``write_file``, and
         ``FileNotFound``/``PermissionDenied`` for the local file."""
         if not self.capabilities.stdin_streaming:
-            with _local_errors(local):
+            with local_errors(local):
                 data = await anyio.to_thread.run_sync(local.read_bytes)
             await self.write_file(sandbox_id, path, data)
             if on_progress is not None:
@@ -255,7 +255,7 @@ class DerivedOperations:
             return
         argv = ["sh", "-c", _scripts.WRITE_FILE, "sh", path, _parent(path), "write"]
         options = StartOptions(stdin_open=True)
-        with _local_errors(local):
+        with local_errors(local):
             source = open(local, "rb")  # noqa: ASYNC230, SIM115 - reads go to a thread
         with source:
             proc = await Process.start(self, sandbox_id, argv, options, output_limit=SMALL_OUTPUT)  # type: ignore[arg-type]
@@ -288,7 +288,7 @@ class DerivedOperations:
         err = CappedBuffer(SMALL_OUTPUT)
         exit_code: int | None = None
         received = 0
-        with _local_errors(local):
+        with local_errors(local):
             landing = _Landing(local)
         with landing as out:
             events = self.exec_stream(sandbox_id, argv, ExecOptions(output_limit=0))
@@ -402,7 +402,7 @@ class DerivedOperations:
 
 
 @contextlib.contextmanager
-def _local_errors(path: Path) -> Iterator[None]:
+def local_errors(path: Path) -> Iterator[None]:
     """A local file that cannot be opened as a typed error naming it."""
     try:
         yield

@@ -41,7 +41,7 @@ import anyio.to_thread
 from .._tasks import spawn
 from ..archive import extract_tar
 from ..backend import BaseBackend, ProviderOptions
-from ..derived import DOWNLOAD_LIMIT, LISTING_LIMIT
+from ..derived import DOWNLOAD_LIMIT, LISTING_LIMIT, local_errors
 from ..errors import (
     ConfigError,
     FileNotFound,
@@ -300,6 +300,21 @@ class FakeBackend(BaseBackend):
         """Copy a file of the sandbox to a local file."""
         data = await self.read_file(sandbox_id, path, max_bytes=max_bytes)
         await anyio.to_thread.run_sync(local.write_bytes, data)
+        if on_progress is not None:
+            on_progress(len(data))
+
+    async def upload_file(
+        self,
+        sandbox_id: str,
+        local: Path,
+        path: str,
+        *,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Copy a local file into the sandbox (read whole: the fake's files live in memory)."""
+        with local_errors(local):
+            data = await anyio.to_thread.run_sync(local.read_bytes)
+        await self.write_file(sandbox_id, path, data)
         if on_progress is not None:
             on_progress(len(data))
 
