@@ -14,7 +14,6 @@ import copy
 import inspect
 import posixpath
 import re
-import shlex
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -584,9 +583,6 @@ async def _export(ctx: CommandContext) -> int:
         if eq:
             ctx._sh.vars[name] = value
         ctx._sh.exported.add(name)
-    if ctx.argv[1:] in ([], ["-p"]):
-        for name, value in sorted(ctx._sh.env().items()):
-            await ctx.write_stdout(f"export {name}={shlex.quote(value)}\n")
     return 0
 
 

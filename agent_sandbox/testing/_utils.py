@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 
 from ..errors import FileNotFound, SandboxError
-from ._interp import CommandContext, Pipe, Proc, Shell, Usage, decode, number, run_proc
+from ._interp import BUILTINS, CommandContext, Pipe, Proc, Shell, Usage, decode, number, run_proc
 
 
 def _options(args: list[str], flags: str) -> tuple[set[str], list[str]]:
@@ -308,12 +308,8 @@ async def _false(ctx: CommandContext) -> int:
     return 1
 
 
-async def _true(ctx: CommandContext) -> int:
-    return 0
-
-
 UTILITIES: dict[str, Callable[[CommandContext], Awaitable[int]]] = {
-    "sh": run_sh, "true": _true, "false": _false, "echo": _echo, "printf": _printf,
+    "sh": run_sh, "true": BUILTINS[":"], "false": _false, "echo": _echo, "printf": _printf,
     "cat": _cat, "head": _head, "wc": _wc, "sha256sum": _sha256sum, "test": _test, "[": _test,
     "ls": _ls, "mkdir": _mkdir, "rm": _rm, "touch": _touch, "chmod": _chmod, "sleep": _sleep,
     "env": _env, "pwd": _pwd, "id": _id, "nc": _no_network, "wget": _no_network,
