@@ -20,7 +20,7 @@ from ..backend import BaseBackend
 from ..errors import CommandTimeout, ProcessNotFound, SandboxError, SandboxNotFound
 from ..process import Process
 from ..sandbox import Sandbox
-from .plugin import MARKER
+from .plugin import requires
 
 NewSandbox = Callable[..., Awaitable[Sandbox]]
 
@@ -28,11 +28,6 @@ HEARTBEAT = 'while true; do echo beat >> "$1"; sleep 0.1; done\n'
 ECHO_LINES = 'echo ready; while read line; do echo "got $line"; done; echo bye'
 _BOUND = 60.0  # generous: how long a process may take to notice what ended it
 _TTL_ROUNDING = 60.0  # a provider may round a TTL up to its own unit (Daytona: whole minutes)
-
-
-def _requires(*names: str) -> pytest.MarkDecorator:
-    mark: pytest.MarkDecorator = getattr(pytest.mark, MARKER)(*names)
-    return mark
 
 
 async def _read_until(proc: Process, needle: bytes) -> bytes:
@@ -140,7 +135,7 @@ class ProcessTests:
         assert (result.exit_code, result.stdout, result.stderr) == (0, "early\n", "late\n")
         assert proc.exit_code == 0
 
-    @_requires("stdin_streaming")
+    @requires("stdin_streaming")
     async def test_stdin_is_streamed(self, sandbox: Sandbox) -> None:
         async with await sandbox.start(ECHO_LINES, stdin=True) as proc:
             assert b"ready" in await _read_until(proc, b"ready")
@@ -180,7 +175,7 @@ class ProcessTests:
         assert b"started" in caught.value.stdout
         await assert_stops_growing(sandbox, "t-beats.txt")
 
-    @_requires("reattach")
+    @requires("reattach")
     async def test_attach_from_a_new_backend(
         self, sandbox: Sandbox, conformance_backend: BaseBackend
     ) -> None:
@@ -206,7 +201,7 @@ class ProcessTests:
             with anyio.CancelScope(shield=True):
                 await other.aclose()
 
-    @_requires("reattach", "persistent")
+    @requires("reattach", "persistent")
     async def test_attach_from_another_client_process(
         self,
         sandbox: Sandbox,
@@ -241,7 +236,7 @@ class ProcessTests:
         finally:
             await proc.end()
 
-    @_requires("reattach")
+    @requires("reattach")
     async def test_processes_are_listed(self, sandbox: Sandbox) -> None:
         first = await sandbox.start("sleep 60")
         second = await sandbox.start("echo quick")

@@ -33,7 +33,7 @@ import threading
 import time
 import tracemalloc
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,31 +50,16 @@ from ..errors import (
     PermissionDenied,
     SandboxNotFound,
 )
-from ..models import Capabilities, ExecEvent, NetworkPolicy, SandboxSpec
+from ..models import ExecEvent, NetworkPolicy, SandboxSpec
 from ..sandbox import Sandbox
-from ._processes import HEARTBEAT, ProcessTests, assert_stops_growing
-from .plugin import MARKER
+from ._processes import HEARTBEAT, NewSandbox, ProcessTests, assert_stops_growing
+from .plugin import MARKER, requires
 
 __all__ = ["ConformanceSuite", "EgressServer", "requires"]
 
 MiB = 1024 * 1024
 LABEL = "asb-conformance"
 """Label key carrying a unique value per test, so tests never see each other's sandboxes."""
-
-NewSandbox = Callable[..., Awaitable[Sandbox]]
-
-
-def requires(*names: str) -> pytest.MarkDecorator:
-    """Mark a test as needing these :class:`~agent_sandbox.Capabilities`.
-
-    A backend whose ``capabilities`` lack one skips the test with
-    ``provider lacks capability <name>``.
-    """
-    for name in names:
-        if name not in Capabilities.model_fields:
-            raise ValueError(f"unknown capability {name!r}; see agent_sandbox.Capabilities")
-    mark: pytest.MarkDecorator = getattr(pytest.mark, MARKER)(*names)
-    return mark
 
 
 def missing_capabilities(backend: BaseBackend, item: pytest.Item) -> list[str]:

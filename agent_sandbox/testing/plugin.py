@@ -2,7 +2,7 @@
 
 Enable it with ``pytest -p agent_sandbox.testing.plugin`` or ``pytest_plugins =
 ["agent_sandbox.testing.plugin"]`` in a ``conftest.py``. It registers the conformance suite's
-capability marker and the suite's overridable fixtures with their defaults. Being plugin
+capability marker (a test gets it with :func:`requires`) and the suite's overridable fixtures with their defaults. Being plugin
 fixtures they have the lowest precedence: a provider overrides them in its ``conftest.py`` or on
 its :class:`~agent_sandbox.testing.ConformanceSuite` subclass.
 """
@@ -17,6 +17,21 @@ if TYPE_CHECKING:
     from agent_sandbox.models import SandboxSpec
 
 MARKER = "requires_capability"
+
+
+def requires(*names: str) -> pytest.MarkDecorator:
+    """Mark a test as needing these :class:`~agent_sandbox.Capabilities`.
+
+    A backend whose ``capabilities`` lack one skips the test with
+    ``provider lacks capability <name>``.
+    """
+    from agent_sandbox.models import Capabilities
+
+    for name in names:
+        if name not in Capabilities.model_fields:
+            raise ValueError(f"unknown capability {name!r}; see agent_sandbox.Capabilities")
+    mark: pytest.MarkDecorator = getattr(pytest.mark, MARKER)(*names)
+    return mark
 
 
 def pytest_configure(config: pytest.Config) -> None:
