@@ -671,6 +671,35 @@ async def test_pids_limit_is_recorded_and_can_be_turned_off(root: Path, mode: st
         assert "cgroups" not in sb.info.metadata
 
 
+def _members(group: str) -> set[int]:
+    return {int(line) for line in Path(group, "cgroup.procs").read_text().split()}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_commands_run_inside_every_group_of_their_sandbox(root: Path, mode: str) -> None:
+    """A command, held or in the background, runs in each of its sandbox's cgroups (every
+    process of it, the jail's included), however the join is done."""
+    backend = make_backend(root, mode)
+    if backend.pids_by != "cgroup":
+        pytest.skip(f"no pids cgroup on this host: {backend.pids_detail}")
+    async with await asb.Sandbox.create(backend=backend) as sb:
+        groups = sb.info.metadata["cgroups"].split(",")
+        held, background = _sleep_token(), _sleep_token()
+        process = await sb.start(["sleep", background])
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(sb.exec, ["sleep", held])
+            with anyio.fail_after(10):
+                while not (_processes_with(held) and _processes_with(background)):
+                    await anyio.sleep(0.02)
+            for token in (held, background):  # in a jail: bubblewrap's processes, then sleep
+                for pid in _processes_with(token):
+                    assert all(pid in _members(group) for group in groups), token
+            tasks.cancel_scope.cancel()
+        await process.kill()
+    assert await _until_gone(held) == []
+    assert await _until_gone(background) == []
+
+
 @as_root
 async def test_sandboxes_of_root_cannot_touch_each_other_even_without_a_jail(root: Path) -> None:
     backend = make_backend(root, "none")

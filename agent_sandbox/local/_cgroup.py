@@ -2,9 +2,9 @@
 
 Sandbox groups are created *below* the cgroup this process lives in, so whatever limits and
 accounting already apply to the caller keep applying to its sandboxes. A command joins its
-sandbox's groups before it executes, through a tiny ``sh`` wrapper (``echo $$ > cgroup.procs;
-exec ...``): Python has no safe pre-exec hook, and joining after the spawn would race with the
-command's first children. Each controller (``cpu``, ``memory``, ``pids``) is usable or not on its
+sandbox's groups before it executes, through a tiny ``sh`` wrapper (``echo 0 > tasks; exec ...``,
+see :func:`join_script`): Python has no safe pre-exec hook, and joining after the spawn would
+race with the command's first children. Each controller (``cpu``, ``memory``, ``pids``) is usable or not on its
 own: :func:`detect` finds which, and says why the others are not.
 """
 
@@ -187,8 +187,19 @@ def named(name: str) -> list[str]:
 
 
 def join_script(groups: list[str]) -> str:
-    """``sh`` lines moving the shell into ``groups`` (passed as ``$1``...), then shifting them."""
-    script = "".join(f'echo $$ > "${i + 1}/cgroup.procs" && ' for i in range(len(groups)))
+    """``sh`` lines moving the shell into ``groups`` (passed as ``$1``...), then shifting them.
+
+    In a v1 group the shell writes ``0`` (itself) to ``tasks``: moving only the calling thread
+    skips the kernel's system-wide lock that moving a whole process takes (a wait for an RCU
+    grace period, milliseconds on a busy machine); the shell has one thread, so that moves it
+    whole. v2 has no such file for a domain group: the shell writes its pid to ``cgroup.procs``.
+    """
+    script = "".join(
+        f'echo 0 > "${i + 1}/tasks" && '
+        if os.path.exists(os.path.join(group, "tasks"))
+        else f'echo $$ > "${i + 1}/cgroup.procs" && '
+        for i, group in enumerate(groups)
+    )
     return script + f"shift {len(groups)}"
 
 
