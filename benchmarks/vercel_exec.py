@@ -1,14 +1,17 @@
 """What the Vercel provider adds to running a command, measured against the fake Vercel.
 
-Three ways to run ``true`` in the same sandbox, interleaved so machine noise hits all alike,
+Four ways to run ``true`` in the same sandbox, interleaved so machine noise hits all alike,
 median of N runs each:
 
 * ``ours``: ``Sandbox.exec(["true"], timeout=30)`` through ``VercelBackend`` (one streamed
-  ``run_process`` request, the command under the provider's perl shim, output kept as bytes);
+  ``run_process`` request, the command under the provider's command runner, uploaded when the
+  sandbox was created, output kept as bytes);
 * ``sdk``: the vercel-sandbox SDK called directly, ``sandbox.run_process("true",
   capture_output=True)`` (one streamed request, text output) — the baseline;
-* ``shim``: the same SDK call running ``true`` under the provider's shim — what the shim costs
-  inside the sandbox, so ``ours/shim`` is what the client side adds.
+* ``shim``: the same SDK call running ``true`` under the command runner — what the runner costs
+  inside the sandbox, so ``ours/shim`` is what the client side adds;
+* ``perl``: the same SDK call running ``true`` under the Perl shim, what commands run under where
+  the runner cannot (for comparison).
 
 Both speak to the same fake Vercel (its own process, running real confined processes on
 127.0.0.1). Run: ``uv run --all-extras python benchmarks/vercel_exec.py [--runs N]`` (as root:
@@ -29,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "providers" / "vercel" / "tests"))
 
 from agent_sandbox_vercel import VercelBackend, VercelOptions
-from agent_sandbox_vercel._shim import wrap
+from agent_sandbox_vercel._shim import runner, wrap
 from conftest import CREDENTIALS, FakeVercelServer
 
 import agent_sandbox as asb
@@ -60,13 +63,21 @@ async def main(runs: int) -> None:
                 result = await raw.run_process("true", capture_output=True)
                 assert result.returncode == 0
 
-            command, args = wrap(["true"], "/vercel/sandbox", "exec", 60)
+            found = runner()
+            assert found is not None, "no command runner in this installation"
+            command, args = wrap(["true"], "/vercel/sandbox", "exec", 60, found[0])
+            perl_command, perl_args = wrap(["true"], "/vercel/sandbox", "exec", 60)
 
             async def shim() -> None:
                 result = await raw.run_process(command, args, capture_output=True)
                 assert result.returncode == 0
+                assert result.stdout == "x0 0\n"
 
-            cases = {"ours": ours, "sdk": sdk, "shim": shim}
+            async def perl() -> None:
+                result = await raw.run_process(perl_command, perl_args, capture_output=True)
+                assert result.returncode == 0
+
+            cases = {"ours": ours, "sdk": sdk, "shim": shim, "perl": perl}
             samples: dict[str, list[float]] = {name: [] for name in cases}
             for func in cases.values():  # warm up connections
                 for _ in range(5):
@@ -88,6 +99,7 @@ async def main(runs: int) -> None:
         )
     print(f"ratio ours/sdk: {medians['ours'] / medians['sdk']:.2f}  (target <= 1.10)")
     print(f"ratio ours/shim: {medians['ours'] / medians['shim']:.2f}  (the client side alone)")
+    print(f"ratio perl/sdk: {medians['perl'] / medians['sdk']:.2f}  (commands under the Perl shim)")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import subprocess
 from collections import deque
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -34,9 +34,17 @@ _QUEUE = 8
 SPILL = 4 * 1024 * 1024
 """Characters of a ``run_process`` answer left unread before the rest is read from the logs
 stream instead (which waits for the reader)."""
+UNSTARTED = (126, 127)
+"""Vercel's status of a command it could not execute (missing, or not executable): with not a
+line written, the runner never ran, nor did the command."""
 MISSING_PERL = (
-    b"perl: not found in the sandbox's image; the Vercel provider runs every command through "
-    b"a small perl program (every Vercel managed image has perl)\n"
+    b"perl: not found in the sandbox's image, or not executable; the Vercel provider runs every command through "
+    b"a small perl program where its command runner cannot run (every Vercel managed image has "
+    b"perl)\n"
+)
+MISSING_RUNNER = (
+    b"agent-sandbox's command runner could not be started in the sandbox (was it removed?); "
+    b"the next command uploads it again, or runs through perl\n"
 )
 
 Item = tuple[Stream, bytes] | ExitStatus | Exception
@@ -45,8 +53,15 @@ Item = tuple[Stream, bytes] | ExitStatus | Exception
 class VercelProcess(ProcessHandle):
     """A command of a Vercel sandbox (its ``ref`` is Vercel's command id)."""
 
-    def __init__(self, proc: Process, sandbox_id: str, stdin: bytes | None = None) -> None:
+    def __init__(
+        self,
+        proc: Process,
+        sandbox_id: str,
+        stdin: bytes | None = None,
+        on_unstarted: Callable[[], None] | None = None,
+    ) -> None:
         self._sandbox_id = sandbox_id
+        self._on_unstarted = on_unstarted
         self._follow_from(proc)
         self._feeder = spawn(lambda: self._feed(stdin)) if stdin is not None else None
 
@@ -54,7 +69,8 @@ class VercelProcess(ProcessHandle):
         """Start reading the command's output (once it has started)."""
         self.ref = proc.id
         self._proc = proc
-        self._send, self._receive = anyio.create_memory_object_stream[Item](_QUEUE)
+        self._queue: asyncio.Queue[Item | None] = asyncio.Queue(_QUEUE)  # None: the end
+        self._drained = False
         self._status: ExitStatus | None = None
         self._ended: ExitStatus | None = None
         self._pump = spawn(self._follow)
@@ -72,28 +88,29 @@ class VercelProcess(ProcessHandle):
 
     async def _follow(self) -> None:
         framed = False
-        async with self._send:
-            try:
-                with self._translating("exec"):
-                    async with contextlib.aclosing(self._lines()) as lines:
-                        async for line in lines:
-                            item = decode(line)
-                            framed = True
-                            if isinstance(item, Status):
-                                self._ended = exit_status(item.exit_code, item.signal)
-                                await self._send.send(self._ended)
-                            else:
-                                await self._send.send(item)
-                    if self._ended is None:  # the shim never ran, or was killed: Vercel's status
-                        code = await self._exit_code()
-                        if code == 127 and not framed:
-                            await self._send.send(("stderr", MISSING_PERL))
-                        await self._send.send(exit_status(code))
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass
-            except Exception as exc:
-                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    await self._send.send(exc)
+        send = self._queue.put
+        try:
+            with self._translating("exec"):
+                async with contextlib.aclosing(self._lines()) as lines:
+                    async for line in lines:
+                        item = decode(line)
+                        framed = True
+                        if isinstance(item, Status):
+                            self._ended = exit_status(item.exit_code, item.signal)
+                            await send(self._ended)
+                        else:
+                            await send(item)
+                if self._ended is None:  # the shim never ran, or was killed: Vercel's status
+                    code = await self._exit_code()
+                    if code in UNSTARTED and not framed:  # the runner itself could not start
+                        if self._on_unstarted is not None:
+                            self._on_unstarted()
+                        missing = MISSING_PERL if self._proc.name == "perl" else MISSING_RUNNER
+                        await send(("stderr", missing))
+                    await send(exit_status(code))
+        except Exception as exc:
+            await send(exc)
+        await send(None)
 
     async def _feed(self, data: bytes | None) -> None:
         """Write ``data`` to stdin, then close it; a process that stopped reading is fine."""
@@ -107,10 +124,10 @@ class VercelProcess(ProcessHandle):
             await stdin.aclose()
 
     async def read(self) -> tuple[Stream, bytes] | None:
-        while True:
-            try:
-                item = await self._receive.receive()
-            except (anyio.EndOfStream, anyio.ClosedResourceError):
+        while not self._drained:
+            item = await self._queue.get()
+            if item is None:
+                self._drained = True
                 return None
             if isinstance(item, Exception):
                 raise item
@@ -118,6 +135,7 @@ class VercelProcess(ProcessHandle):
                 self._status = item
                 continue
             return item
+        return None
 
     async def wait(self) -> ExitStatus:
         if self._status is None:
@@ -160,7 +178,9 @@ class VercelProcess(ProcessHandle):
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=5)  # their end, not their (cancelled) result
-        await self._receive.aclose()
+        self._drained = True
+        with contextlib.suppress(asyncio.QueueFull):  # a reader waiting meanwhile: the end
+            self._queue.put_nowait(None)
 
     def _tasks(self) -> tuple[asyncio.Task[None] | None, ...]:
         return self._pump, self._feeder
@@ -170,11 +190,14 @@ class VercelRun(VercelProcess):
     """A command run to completion with ``run_process``: started and followed in one streamed
     request. Past :data:`SPILL` unread characters, the rest of its output comes from its logs
     stream instead (the characters already taken skipped), so a slow reader holds back the
-    stream, not the client's memory."""
+    stream, not the client's memory. Given several ways to run it (the command runner, then
+    Perl), the next is tried only when one could not start at all (:data:`UNSTARTED`), so the
+    command never ran."""
 
     def __init__(self, session: SandboxRuntimeSession, sandbox_id: str) -> None:
         self._session = session
         self._sandbox_id = sandbox_id
+        self._on_unstarted = None  # the runner's own start is seen (and retried) in ``begin``
         self._output = _Output()
         self._completed: CompletedProcess | None = None
         self._error: Exception | None = None
@@ -187,32 +210,41 @@ class VercelRun(VercelProcess):
         cls,
         session: SandboxRuntimeSession,
         sandbox_id: str,
-        command: str,
-        args: list[str],
+        commands: Sequence[tuple[str, list[str]]],
         *,
         env: Mapping[str, str] | None,
         stdin: bytes | None,
+        on_unstarted: Callable[[], None] | None = None,
     ) -> VercelRun:
-        """Run the command; return once Vercel has started it. Raises what the SDK raised when
-        it could not start it."""
+        """Run the command (the first of ``commands`` that starts; ``on_unstarted`` is called
+        for each that does not); return once Vercel has started it. Raises what the SDK raised
+        when it could not start it."""
         run = cls(session, sandbox_id)
-        started = anyio.Event()
+        started = asyncio.Event()
 
         def on_start(proc: Process) -> None:
             run._started = proc
+            if started.is_set():  # the next way of running it: kill and spill go there now
+                run.ref, run._proc = proc.id, proc
             started.set()
 
         async def go() -> None:
             try:
-                run._completed = await session.run_process(
-                    command,
-                    args,
-                    env=env,
-                    stdout=run._output,  # type: ignore[arg-type]  # a text sink, as the SDK takes
-                    stderr=subprocess.DEVNULL,
-                    input=stdin,
-                    on_start=on_start,
-                )
+                for i, (command, args) in enumerate(commands):
+                    run._completed = await session.run_process(
+                        command,
+                        args,
+                        env=env,
+                        stdout=run._output,  # type: ignore[arg-type]  # a text sink, as it takes
+                        stderr=subprocess.DEVNULL,
+                        input=stdin,
+                        on_start=on_start,
+                    )
+                    unstarted = run._completed.returncode in UNSTARTED and not run._output.written
+                    if not unstarted or i == len(commands) - 1:
+                        break
+                    if on_unstarted is not None:
+                        on_unstarted()
             except _Spill:
                 pass
             except Exception as exc:
@@ -276,7 +308,7 @@ class _Output:
         self.written = 0
         """Characters written so far."""
         self._ended = False
-        self._changed = anyio.Event()
+        self._changed = asyncio.Event()
 
     def write(self, data: str) -> int:
         self.written += len(data)
@@ -309,8 +341,8 @@ class _Output:
         while not self._lines:
             if self._ended:
                 return ""
+            self._changed.clear()
             await self._changed.wait()
-            self._changed = anyio.Event()
         line = self._lines.popleft()
         self._unread -= len(line)
         return line

@@ -3,12 +3,22 @@
 Vercel's command output channel carries text only ("the command output channel is UTF-8 only and
 would otherwise corrupt binary files", ``@vercel/sandbox``'s ``sandbox-user.ts``), reports a
 signal only as ``128 + N``, and signals only the process it started. So each command runs as
-``perl -e SHIM -- <deadline> <cwd> <kind> -- argv...``; the shim (core Perl only, which every
-Vercel managed image has through ``perl-base``):
+``RUNNER <deadline> <cwd> <kind> -- argv...``, where the runner is one of two programs that do the
+same, line for line:
+
+* the *command runner*, a small static x86_64 binary built from ``shim/shim.c`` with the package
+  (Vercel's images are linux/amd64 only), uploaded once per sandbox to :data:`RUNNER_DIR`: an
+  exec and a fork per command, about what the command alone costs;
+* ``perl -e SHIM --`` (core Perl only, which every Vercel managed image has through
+  ``perl-base``): where the runner could not be uploaded or started (a sandbox that removed it),
+  at the cost of a Perl start per command.
+
+Either
 
 * changes to ``cwd`` (or reports ``f<hex message>`` and exits 2);
-* makes itself a child subreaper (``prctl``; Vercel's images are linux/amd64 only), so everything the command starts, even through ``setsid`` and
-  ``env -i``, stays its descendant;
+* makes itself a child subreaper (``prctl``), so everything the command starts, even through
+  ``setsid`` and ``env -i``, stays its descendant, and not dumpable, so a command cannot write
+  its lines through ``/proc``;
 * runs the command with stdout and stderr on pipes and writes them to its own stdout as lines
   ``o<hex>`` and ``e<hex>`` as they come (stdin is the command's own);
 * on SIGUSR1, or ``deadline`` seconds after it started (a backstop for a client that went away),
@@ -17,12 +27,16 @@ Vercel managed image has through ``perl-base``):
   reused pid is never hit;
 * ends with ``x<exit code> <signal>``.
 
-Everything read back is hostile input: :class:`Frames` checks every line.
+Everything read back is hostile input: :func:`decode` checks every line.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import re
 from dataclasses import dataclass
+from importlib import resources
 
 from agent_sandbox.errors import FileNotFound, ProviderError
 from agent_sandbox.process import Stream
@@ -96,16 +110,43 @@ KILL_SIGNAL = 10
 """SIGUSR1: what ``kill`` sends the shim, which then kills the command's whole tree."""
 
 
-def wrap(argv: list[str], cwd: str, kind: str, deadline: int) -> tuple[str, list[str]]:
-    """The command and arguments Vercel runs for ``argv``."""
-    return "perl", ["-e", SHIM, "--", str(deadline), cwd, kind, "--", *argv]
+RUNNER_DIR = "/tmp/.agent-sandbox"
+"""Where the command runner is uploaded in a sandbox (a hidden directory of ``/tmp``, which every
+image lets its user write)."""
+_RUNNER = re.compile(re.escape(RUNNER_DIR) + r"/shim-[0-9a-f]{16}")
+
+
+@functools.cache
+def runner() -> tuple[str, bytes] | None:
+    """The command runner's path in a sandbox (named by its content) and its bytes; ``None``
+    when this installation has none (a build without its hook): commands then run under Perl."""
+    try:
+        data = (resources.files(__package__) / "_bin" / "shim-x86_64").read_bytes()
+    except OSError:
+        return None
+    return f"{RUNNER_DIR}/shim-{hashlib.sha256(data).hexdigest()[:16]}", data
+
+
+def wrap(
+    argv: list[str], cwd: str, kind: str, deadline: int, runner: str | None = None
+) -> tuple[str, list[str]]:
+    """The command and arguments Vercel runs for ``argv``: under the command runner at path
+    ``runner``, else under Perl."""
+    args = [str(deadline), cwd, kind, "--", *argv]
+    if runner is not None:
+        return runner, args
+    return "perl", ["-e", SHIM, "--", *args]
 
 
 def unwrap(name: str, args: list[str]) -> tuple[str, list[str]] | None:
-    """``(kind, argv)`` of a command the shim runs, else ``None``."""
-    if name != "perl" or len(args) < 7 or args[:3] != ["-e", SHIM, "--"] or args[6] != "--":
+    """``(kind, argv)`` of a command either runner runs, else ``None``."""
+    if name == "perl" and args[:3] == ["-e", SHIM, "--"]:
+        args = args[3:]
+    elif not _RUNNER.fullmatch(name):
         return None
-    return args[5], args[7:]
+    if len(args) < 4 or args[3] != "--":
+        return None
+    return args[2], args[4:]
 
 
 @dataclass(frozen=True)

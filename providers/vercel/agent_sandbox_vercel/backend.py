@@ -11,7 +11,9 @@ How the contract maps (details and limits in ``docs/providers/vercel.md``):
 * Labels are Vercel tags (at most 5): the owner, the expiry and the caller's labels, plus the
   workdir when set; ``agent-sandbox.managed`` and ``agent-sandbox.created-at`` are derived.
 * Commands run through a small shim (see :mod:`._shim`): byte-exact output, exact signals, and
-  ``kill`` ends the whole tree. ``attach`` and ``processes`` use Vercel's command ids.
+  ``kill`` ends the whole tree. The shim is a static binary uploaded once per sandbox (at create,
+  or at a client's first command there), Perl where it cannot run. ``attach`` and ``processes``
+  use Vercel's command ids.
 * Files: ``fs.read_bytes`` / ``fs.write_bytes`` (checked first by a command of the sandbox's
   user: regular file, size, permission, the mode to keep), ``fs.mkdir``, ``fs.remove``.
 * Ports are Vercel routes; ``snapshot`` is Vercel's (which stops the session: the sandbox is
@@ -27,7 +29,7 @@ import math
 import subprocess
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -61,7 +63,7 @@ from agent_sandbox.retry import retry
 
 from ._errors import NAME, rows
 from ._process import VercelProcess, VercelRun
-from ._shim import unwrap, wrap
+from ._shim import runner, unwrap, wrap
 
 if TYPE_CHECKING:
     from vercel.sandbox import Sandbox as VercelSandbox
@@ -71,6 +73,9 @@ MAX_TAGS = 5
 """Vercel keeps at most 5 tags per sandbox."""
 MIB_PER_VCPU = 2048
 """Vercel gives each vCPU 2048 MB of memory."""
+RUNNER_UPLOADS = 2
+"""Uploads of the command runner a client tries per sandbox session before its commands stay
+with Perl (an image that cannot run it)."""
 DEADLINE_GRACE_SECONDS = 30
 """How long past a command's timeout the shim kills it by itself (the client enforces the
 timeout; this is the backstop for a client that went away)."""
@@ -111,10 +116,20 @@ class VercelOptions(ProviderOptions):
 
 @dataclass
 class _Box:
-    """What a client keeps of one sandbox: its current session and its workdir."""
+    """What a client keeps of one sandbox: its current session, its workdir and where its
+    command runner is (``None``: not uploaded, or it would not start there)."""
 
     session: SandboxRuntimeSession
     workdir: str
+    runner: str | None = None
+    uploads: int = 0
+    uploading: anyio.Lock = field(default_factory=anyio.Lock)
+
+    def unstarted(self, path: str) -> None:
+        """The runner at ``path`` did not start (removed?): upload it again before the next
+        command, up to :data:`RUNNER_UPLOADS` times."""
+        if self.runner == path:
+            self.runner = None
 
 
 class VercelBackend(BaseBackend):
@@ -206,9 +221,30 @@ class VercelBackend(BaseBackend):
                 op=op,
                 sandbox_id=sb.name,
             )
-        box = _Box(session, (sb.tags or {}).get(_labels.WORKDIR) or sb.cwd or "/vercel/sandbox")
+        workdir = (sb.tags or {}).get(_labels.WORKDIR) or sb.cwd or "/vercel/sandbox"
+        box = self._boxes.get(sb.name)
+        if box is not None and box.session.id == session.id:  # same session: same runner
+            box.session, box.workdir = session, workdir
+            return box
+        box = _Box(session, workdir)
         self._boxes[sb.name] = box
         return box
+
+    async def _runner(self, box: _Box) -> str | None:
+        """Where the box's command runner is, uploading it first when needed; ``None`` when
+        commands go through Perl (no runner in this installation, or uploads that failed or
+        gave a runner that would not start)."""
+        found = runner()
+        if found is None or box.runner is not None or box.uploads >= RUNNER_UPLOADS:
+            return box.runner
+        async with box.uploading:
+            if box.runner is None and box.uploads < RUNNER_UPLOADS:
+                box.uploads += 1
+                path, data = found
+                with contextlib.suppress(Exception):  # then Perl, as without a runner
+                    await box.session.fs.write_bytes(path, data, mode=0o755)
+                    box.runner = path
+        return box.runner
 
     async def _in_session(self, sandbox_id: str, op: str, call: Any) -> Any:
         """``await call(session)`` in the current session; once more in a new one if the cached
@@ -319,6 +355,7 @@ class VercelBackend(BaseBackend):
             if spec.workdir:
                 with self._translating("create", name):
                     await box.session.fs.mkdir(spec.workdir, recursive=True)
+            await self._runner(box)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._delete(name)
@@ -374,15 +411,29 @@ class VercelBackend(BaseBackend):
             0 if options.timeout is None else math.ceil(options.timeout) + DEADLINE_GRACE_SECONDS
         )
         kind = "start" if options.detached else "exec"
-        command, args = wrap(argv, options.cwd or box.workdir, kind, deadline)
+        cwd = options.cwd or box.workdir
+        path = await self._runner(box)
+        command, args = wrap(argv, cwd, kind, deadline, path)
         piped = options.stdin_open or options.stdin is not None
         env = options.env or None
 
+        def unstarted() -> None:
+            if path is not None:
+                box.unstarted(path)
+
         if not (options.detached or options.stdin_open):
+            commands = [(command, args)]
+            if path is not None:  # Perl where the runner does not start
+                commands.append(wrap(argv, cwd, kind, deadline))
 
             async def run_to_end(session: SandboxRuntimeSession) -> VercelRun:
                 return await VercelRun.begin(
-                    session, sandbox_id, command, args, env=env, stdin=options.stdin
+                    session,
+                    sandbox_id,
+                    commands,
+                    env=env,
+                    stdin=options.stdin,
+                    on_unstarted=unstarted,
                 )
 
             handle: VercelRun = await self._in_session(sandbox_id, "exec", run_to_end)
@@ -399,7 +450,7 @@ class VercelBackend(BaseBackend):
 
         proc = await self._in_session(sandbox_id, "exec", run)
         feed = None if options.stdin_open else options.stdin
-        return VercelProcess(proc, sandbox_id, stdin=feed)
+        return VercelProcess(proc, sandbox_id, stdin=feed, on_unstarted=unstarted)
 
     async def attach(self, sandbox_id: str, ref: str) -> ProcessHandle:
         """A command started by any client, by its Vercel command id (output replayed from its
