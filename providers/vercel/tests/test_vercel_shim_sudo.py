@@ -1,4 +1,5 @@
-"""The shim's tree kill reaches a child of ``sudo``: a process of another user.
+"""The shim's tree kill reaches a child of ``sudo``: a process of another user (under the
+command runner and under Perl alike).
 
 Vercel's images give the sandbox's user passwordless ``sudo``, so a command can start children
 as root that its own user may not signal. The fake cannot offer that (its root would be root
@@ -24,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agent_sandbox_vercel._shim import Status, decode, wrap
+from agent_sandbox_vercel._shim import Status, decode, runner, wrap
 
 NS_ROOT = 200_000
 """Host uid of the namespace's root; the namespace's uid N is ``NS_ROOT + N``."""
@@ -127,10 +128,20 @@ def _running(pid: int) -> bool:
         return False
 
 
-def test_kill_ends_a_child_of_sudo_that_the_commands_user_may_not_signal(place: Path) -> None:
+@pytest.mark.parametrize("under", ["runner", "perl"])
+def test_kill_ends_a_child_of_sudo_that_the_commands_user_may_not_signal(
+    place: Path, under: str
+) -> None:
     work = place / "work"
     script = "sudo -n sh -c 'echo $(id -u) $$ > root.pid; exec sleep 600' & sleep 600"
-    command, args = wrap(["sh", "-c", script], str(work), "exec", 0)
+    path = None
+    if under == "runner":
+        found = runner()
+        assert found is not None, "no command runner in this installation"
+        path = str(place / "bin" / "shim")
+        Path(path).write_bytes(found[1])
+        Path(path).chmod(0o755)
+    command, args = wrap(["sh", "-c", script], str(work), "exec", 0, path)
     env = {"PATH": f"{place / 'bin'}:/usr/bin:/bin", "LANG": "C.UTF-8"}
     shim, out = _start_in_namespace([command, *args], env)
     root = None
