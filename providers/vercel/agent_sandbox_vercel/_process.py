@@ -73,7 +73,8 @@ class VercelProcess(ProcessHandle):
         self._drained = False
         self._status: ExitStatus | None = None
         self._ended: ExitStatus | None = None
-        self._pump = spawn(self._follow)
+        self._framed = False
+        self._pump: asyncio.Task[None] | None = spawn(self._follow)
 
     def _translating(self, op: str) -> contextlib.AbstractContextManager[None]:
         return translating(NAME, op, self._sandbox_id, table=rows)
@@ -86,28 +87,40 @@ class VercelProcess(ProcessHandle):
         """Vercel's own status of the command (when the shim reported none)."""
         return await self._proc.wait()
 
+    def _take(self, line: str) -> tuple[Stream, bytes] | ExitStatus:
+        """One of the shim's lines, checked (nothing may follow the status)."""
+        if self._ended is not None:
+            raise ProviderError(
+                f"unreadable output from the sandbox after the status: {line[:80]!r}"
+            )
+        item = decode(line)
+        self._framed = True
+        if isinstance(item, Status):
+            self._ended = exit_status(item.exit_code, item.signal)
+            return self._ended
+        return item
+
+    def _vercel_end(self, code: int) -> list[Item]:
+        """The end of a command the shim reported no status of (it never ran, or was killed):
+        Vercel's status, after a message when the shim itself could not start."""
+        items: list[Item] = []
+        if code in UNSTARTED and not self._framed:
+            if self._on_unstarted is not None:
+                self._on_unstarted()
+            items.append(("stderr", MISSING_PERL if self._proc.name == "perl" else MISSING_RUNNER))
+        items.append(exit_status(code))
+        return items
+
     async def _follow(self) -> None:
-        framed = False
         send = self._queue.put
         try:
             with self._translating("exec"):
                 async with contextlib.aclosing(self._lines()) as lines:
                     async for line in lines:
-                        item = decode(line)
-                        framed = True
-                        if isinstance(item, Status):
-                            self._ended = exit_status(item.exit_code, item.signal)
-                            await send(self._ended)
-                        else:
-                            await send(item)
-                if self._ended is None:  # the shim never ran, or was killed: Vercel's status
-                    code = await self._exit_code()
-                    if code in UNSTARTED and not framed:  # the runner itself could not start
-                        if self._on_unstarted is not None:
-                            self._on_unstarted()
-                        missing = MISSING_PERL if self._proc.name == "perl" else MISSING_RUNNER
-                        await send(("stderr", missing))
-                    await send(exit_status(code))
+                        await send(self._take(line))
+                if self._ended is None:
+                    for item in self._vercel_end(await self._exit_code()):
+                        await send(item)
         except Exception as exc:
             await send(exc)
         await send(None)
@@ -264,6 +277,49 @@ class VercelRun(VercelProcess):
             raise run._error or ProviderError("Vercel did not start the command", provider=NAME)
         run._follow_from(run._started)
         return run
+
+    def _follow_from(self, proc: Process) -> None:
+        """Follow the command: :meth:`read` takes the answer's lines itself; a task takes over
+        only when the answer did not end plainly (spilled, failed or cut short)."""
+        self.ref = proc.id
+        self._proc = proc
+        self._queue = asyncio.Queue(_QUEUE)
+        self._drained = False
+        self._status = None
+        self._ended = None
+        self._framed = False
+        self._pump = None
+
+    async def read(self) -> tuple[Stream, bytes] | None:
+        while self._pump is None:
+            if self._drained:
+                return None
+            line = await self._output.readline()  # nothing is taken until it returns
+            try:
+                with self._translating("exec"):
+                    if line:
+                        item = self._take(line)
+                        if isinstance(item, ExitStatus):
+                            self._status = item
+                            continue
+                        return item
+                    plain = self._error is None and self._completed is not None
+                    if plain and not self._output.rest():  # the answer ended plainly
+                        self._drained = True
+                        if self._ended is not None or self._completed is None:
+                            return None
+                        items = self._vercel_end(self._completed.returncode)
+                        status = items.pop()
+                        assert isinstance(status, ExitStatus)
+                        self._status = status
+                        chunk = items[0] if items else None
+                        assert chunk is None or isinstance(chunk, tuple)
+                        return chunk
+            except Exception:
+                self._drained = True
+                raise
+            self._pump = spawn(self._follow)  # the rest: spilled, failed or cut short
+        return await super().read()
 
     async def _lines(self) -> AsyncGenerator[str, None]:
         while line := await self._output.readline():

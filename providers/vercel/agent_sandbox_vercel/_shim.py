@@ -164,10 +164,10 @@ MAX_LINE = 2 * 65536 + 2
 def decode(line: str) -> tuple[Stream, bytes] | Status:
     """One shim line: a chunk of output or the status. Raises ``ProviderError`` for anything
     else, ``FileNotFound`` for a missing working directory."""
-    kind, body = line[:1], line[1:].rstrip("\n")
+    kind, body = line[:1], line[1:-1]
     try:
-        if len(line) > MAX_LINE:
-            raise ValueError("too long")
+        if len(line) > MAX_LINE or not line.endswith("\n"):
+            raise ValueError("too long, or cut short")
         if kind == "o":
             return "stdout", bytes.fromhex(body)
         if kind == "e":

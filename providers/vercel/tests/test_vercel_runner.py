@@ -137,3 +137,32 @@ async def test_where_the_runner_cannot_be_put_commands_keep_every_guarantee_unde
     )
     assert left.stdout.strip() == "0", "the command's tree outlived kill"
     assert (await _commands(sb))[-9:] == ["perl"] * 9
+
+
+@pytest.mark.parametrize(
+    ("prints", "expected"),
+    [
+        (r"zz\n", "unreadable"),
+        (r"o41", "unreadable"),  # a line cut short
+        (r"o41\nx0 0\nx1 0\n", "unreadable"),  # anything after the status
+        (r"o41\n", "A"),  # no status: Vercel's
+    ],
+    ids=["garbage", "cut-short", "after-status", "no-status"],
+)
+async def test_a_replaced_runner_cannot_make_the_client_take_anything_but_checked_lines(
+    sb: Sandbox, prints: str, expected: str
+) -> None:
+    from agent_sandbox.errors import ProviderError
+
+    path = _runner_path()
+    fake = f"#!/bin/sh\nprintf '{prints}'\nexit 7\n"
+    replaced = await sb.exec(
+        ["sh", "-c", f'rm -f {path} && printf "%s" "$0" > {path} && chmod 755 {path}', fake]
+    )
+    assert replaced.exit_code == 0, replaced.stderr
+    if expected == "unreadable":
+        with pytest.raises(ProviderError, match="unreadable"):
+            await sb.exec("echo hi")
+    else:
+        result = await sb.exec("echo hi")
+        assert (result.stdout, result.exit_code) == (expected, 7)
