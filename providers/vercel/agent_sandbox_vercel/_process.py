@@ -4,9 +4,10 @@ A command run to completion (``exec``) is one streamed ``run_process`` request
 (:class:`VercelRun`); a background one, or one whose stdin stays open, is started with
 ``create_process`` and followed through its logs stream (:class:`VercelProcess`). Vercel replays
 a command's output from its start on every logs connection, so attaching later misses nothing.
-A task of its own reads the shim's lines (see :mod:`._shim`) into a small queue, so a cancelled
-``read`` loses nothing and an unread command holds back its stream rather than the client's
-memory.
+A task of its own reads the shim's lines (see :mod:`._shim`) from the logs stream into a small
+queue, so a cancelled ``read`` loses nothing and an unread command holds back its stream rather
+than the client's memory; a ``run_process`` answer is read by ``read`` itself, from lines the SDK
+has already handed over, until it ends.
 """
 
 from __future__ import annotations
