@@ -3,9 +3,11 @@ one process only (E2B's envd, Daytona's sessions).
 
 A provider runs each command under :data:`SUPERVISE`, a POSIX ``sh`` script that puts a mark
 (``AGENT_SANDBOX_PROC=<ref>``) in the command's environment, runs it as its child, and once it
-has ended kills whatever it left behind carrying the mark (so a background child holding the
-command's output does not keep it open). :data:`KILL` then ends a command's
-tree on demand: every descendant of the supervisor (found by parent pid, so children that clear
+has ended exits with its status at once, leaving :data:`REAP` behind in the background to kill
+whatever the command left carrying the mark. The reaper holds none of the command's pipes, so a
+vendor that waits for the output pipes to close (envd does) ends the command as soon as the
+command and what held its output are gone, and a background child holding the output does not
+keep it open. :data:`KILL` ends a command's tree on demand: every descendant of the supervisor (found by parent pid, so children that clear
 their environment with ``env -i`` or ``sudo`` die too) and every process carrying the mark (so
 daemons that ``setsid`` away and were reparented die too). Each process is stopped as it is
 found, so none can fork away while the tree is walked, then all are killed. A process that both
@@ -18,11 +20,19 @@ from __future__ import annotations
 MARK = "AGENT_SANDBOX_PROC"
 """The environment variable marking every process of one command."""
 
+REAP = (
+    f'set -- $(grep -lzxF -- "{MARK}=$m" /proc/[0-9]*/environ 2>/dev/null); '
+    'for f do p=${f#/proc/}; kill -9 "${p%/environ}" 2>/dev/null; done'
+)
+"""Shell commands killing every process whose environment carries the mark ``$m`` (one grep
+over /proc). Run it in the background with every descriptor of the command's redirected away:
+``{ REAP; } </dev/null >/dev/null 2>&1 &``."""
+
 # $1: the mark's value; $2: a directory for the command's record ("" for none), $3: the
 # record's name. Then the command's argv. With a record directory, the argv is written
 # NUL-separated to "$2/$3.argv" (its mtime: when the command started) and, once it has ended,
-# its status to "$2/$3.exit". Exits with the command's status (128 + N for signal N) once what
-# the command left behind carrying the mark is killed (one grep over /proc).
+# its status to "$2/$3.exit". Exits with the command's status (128 + N for signal N) as soon as
+# it has ended, with :data:`REAP` left running in the background.
 SUPERVISE = f"""
 m=$1 d=$2 r=$3
 shift 3
@@ -33,8 +43,7 @@ fi
 {MARK}=$m "$@"
 s=$?
 [ -z "$d" ] || echo "$s" > "$d/$r.exit"
-set -- $(grep -lzxF -- "{MARK}=$m" /proc/[0-9]*/environ 2>/dev/null)
-for f do p=${{f#/proc/}}; kill -9 "${{p%/environ}}" 2>/dev/null; done
+{{ {REAP}; }} </dev/null >/dev/null 2>&1 &
 exit "$s"
 """
 

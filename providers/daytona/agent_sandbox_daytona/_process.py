@@ -9,7 +9,8 @@ the wrapper itself writes control lines starting with ``.``: ``.+`` once started
 cwd is missing, then ``.<status>`` on stdout and ``.-`` on stderr once all output is flushed, so
 the client stops reading at once, and exits with that status (the daemon's record of it) (every control line is three bytes at least: the SDK's
 demultiplexer holds back fewer bytes after a stream marker until the stream ends). The command carries :data:`agent_sandbox.tree.MARK`; what it
-leaves behind is killed when it ends.
+leaves behind is killed by :data:`agent_sandbox.tree.REAP` in the background once it ends (the
+output ends when what held it is gone; the status does not wait for the rest).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ undone the shell ends at once."""
 # $1 ref, $2 "1" when stdin is streamed, $3 cwd ("" for the session's), $4 N, then N KEY=VALUE
 # and the argv.
 WRAPPER = f"""
-r=$1 in=$2 cwd=$3 n=$4
+m=$1 in=$2 cwd=$3 n=$4
 shift 4
 while [ "$n" -gt 0 ]; do export "$1"; shift; n=$((n - 1)); done
 if [ -n "$cwd" ] && ! cd -- "$cwd" 2>/dev/null; then echo '.!'; echo .- >&2; exit 1; fi
@@ -48,13 +49,12 @@ exec 3>&1 4>&2
 enc() {{ while c=$(dd bs=49152 count=1 2>/dev/null | base64 -w0) && [ -n "$c" ]; do echo "$c"; done; }}
 dec='while IFS= read -r l && [ "$l" != . ]; do printf %s "$l" | base64 -d; done'
 run() {{
-  {tree.MARK}=$r "$@" 3>&- 4>&- 6>&-
+  {tree.MARK}=$m "$@" 3>&- 4>&- 6>&-
   s=$?
-  set -- $(grep -lzxF -- "{tree.MARK}=$r" /proc/[0-9]*/environ 2>/dev/null)
-  for f do p=${{f#/proc/}}; kill -9 "${{p%/environ}}" 2>/dev/null; done
+  {{ {tree.REAP}; }} </dev/null >/dev/null 2>&1 3>&- 4>&- 6>&- &
   echo "$s" >&6
 }}
-s=$( {{ {{ if [ "$in" = 1 ]; then {tree.MARK}=$r sh -c "$dec" | run "$@"; else run "$@" </dev/null; fi | enc >&3; }} 2>&1 | enc >&4; }} 6>&1 )
+s=$( {{ {{ if [ "$in" = 1 ]; then {tree.MARK}=$m sh -c "$dec" | run "$@"; else run "$@" </dev/null; fi | enc >&3; }} 2>&1 | enc >&4; }} 6>&1 )
 echo ".${{s:-137}}"
 echo .- >&2
 exit "${{s:-137}}"
