@@ -15,13 +15,14 @@ import contextlib
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
+from ._tasks import spawn
 from .errors import (
     ArgumentTypeError,
     CommandTimeout,
@@ -75,6 +76,11 @@ def exit_status(exit_code: int | None, signal: int | None = None) -> ExitStatus:
 def from_returncode(returncode: int) -> ExitStatus:
     """An :class:`ExitStatus` from a Python-style return code (negative: killed by a signal)."""
     return exit_status(None, -returncode) if returncode < 0 else exit_status(returncode)
+
+
+def from_shell(code: int) -> ExitStatus:
+    """An :class:`ExitStatus` from a status a shell reported (``128 + N``: killed by signal N)."""
+    return exit_status(None, code - 128) if 128 < code <= 128 + _MAX_SIGNAL else exit_status(code)
 
 
 def argv_of(command: Command) -> list[str]:
@@ -196,6 +202,96 @@ class CompletedHandle(ProcessHandle):
 
     async def kill(self) -> None:
         self._chunks.clear()
+
+
+class QueuedHandle(ProcessHandle):
+    """A handle over a vendor's output stream, followed by a task of its own into a bounded
+    queue (so a cancelled ``read`` loses nothing, and a slow reader holds the command back).
+
+    A subclass implements :meth:`pump` (``await self.emit(...)`` each chunk, set ``status``),
+    ``kill`` and the stdin methods, and calls :meth:`follow` (and :meth:`feed`) once the
+    process started.
+    """
+
+    def __init__(
+        self, ref: str, translate: Callable[[BaseException], SandboxError], ahead: int = 16
+    ) -> None:
+        self.ref = ref
+        self.status: ExitStatus | None = None
+        self.error: SandboxError | None = None
+        self.ended = anyio.Event()
+        self._translate = translate
+        self._send, self._receive = anyio.create_memory_object_stream[tuple[Stream, bytes]](ahead)
+        self._tasks: list[Any] = []
+
+    @abstractmethod
+    async def pump(self) -> None:
+        """Follow the vendor's stream to its end; an exception is kept (translated) for
+        ``read`` and ``wait``."""
+
+    async def emit(self, kind: Stream, data: bytes) -> None:
+        await self._send.send((kind, data))
+
+    def follow(self) -> None:
+        """Start following the output."""
+        self._tasks.append(spawn(self._follow))
+
+    def feed(self, data: bytes | None, close: bool) -> None:
+        """Feed ``data`` to stdin (then close it if ``close``) from another task, while output
+        flows; a command need not read it."""
+        if data is not None:
+            self._tasks.append(spawn(lambda: self._feed(data, close)))
+
+    def stop_following(self) -> None:
+        """All output is in (the stream said so before the vendor ends it): ``read`` ends, and
+        the task following the stream is cancelled."""
+        self._send.close()
+        if self._tasks and self._tasks[0] is not None:
+            self._tasks[0].cancel()
+
+    async def _follow(self) -> None:
+        try:
+            async with self._send:
+                await self.pump()
+        except anyio.BrokenResourceError:
+            pass
+        except Exception as exc:
+            self.error = self._translate(exc)
+        finally:
+            self.ended.set()
+
+    async def _feed(self, data: bytes, close: bool) -> None:
+        with contextlib.suppress(SandboxError):
+            await self.write_stdin(data)
+            if close:
+                await self.close_stdin()
+
+    async def read(self) -> tuple[Stream, bytes] | None:
+        try:
+            return await self._receive.receive()
+        except anyio.EndOfStream:
+            await self.ended.wait()
+            if self.error is not None and self.status is None:
+                raise self.error from None
+            return None
+
+    async def wait(self) -> ExitStatus:
+        await self.ended.wait()
+        if self.status is None:
+            self.status = await self.final_status()
+        return self.status
+
+    async def final_status(self) -> ExitStatus:
+        """The status when the stream ended without one (default: its error)."""
+        raise self.error or ProviderError(f"the output of {self.ref} ended without an exit status")
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        await self._receive.aclose()
 
 
 class Process:

@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 
 from agent_sandbox import tree
-from agent_sandbox._tasks import spawn
 from agent_sandbox.errors import FileNotFound, ProviderError, SandboxError
-from agent_sandbox.process import ExitStatus, ProcessHandle, Stream, exit_status
+from agent_sandbox.process import ExitStatus, QueuedHandle, Stream, from_shell
 
 LINE = 48 * 1024  # bytes per input line (64 KiB of base64)
 MAX_LINE = 2 * 64 * 1024  # characters of a partial output line: the wrapper writes 64 Ki at most
@@ -61,11 +59,6 @@ exit "${{s:-137}}"
 """
 
 
-def status_of(code: int) -> ExitStatus:
-    """The wrapper's status: a command killed by signal N exits 128 + N, as in a shell."""
-    return exit_status(None, code - 128) if 128 < code <= 192 else exit_status(code)
-
-
 def encode_input(data: bytes) -> str:
     """Input for the wrapper's decoder: base64 lines."""
     return "".join(
@@ -73,7 +66,7 @@ def encode_input(data: bytes) -> str:
     )
 
 
-class SessionProcess(ProcessHandle):
+class SessionProcess(QueuedHandle):
     """A session command's log stream (the SDK's ``get_session_command_logs_async``), read by a
     task of its own and decoded; stdin through ``send_session_command_input``."""
 
@@ -87,45 +80,31 @@ class SessionProcess(ProcessHandle):
         translate: Callable[[BaseException], SandboxError],
         on_close: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        self.ref = ref
+        super().__init__(ref, translate)
         self._process, self._session, self._cmd_id = process, session, cmd_id
-        self._kill, self._translate, self._on_close = kill, translate, on_close
-        self._send, self._receive = anyio.create_memory_object_stream[Any](16)
+        self._kill, self._on_close = kill, on_close
         self._lines = {"stdout": "", "stderr": ""}
         self._done: set[str] = set()
-        self._status: ExitStatus | None = None
         self._started = anyio.Event()
-        self._ended = anyio.Event()
         self._missing_cwd = False
-        self._error: SandboxError | None = None
-        self._tasks: list[Any] = []
 
     async def begin(self, stdin: bytes | None, keep_open: bool) -> None:
         """Follow the log until the wrapper says it started (``FileNotFound`` for a missing
         cwd); ``stdin`` is then fed (and closed unless ``keep_open``)."""
-        self._tasks.append(spawn(self._pump))
+        self.follow()
         await self._started.wait()
         if self._missing_cwd:
             raise FileNotFound("working directory not found")
-        if self._error is not None and self._status is None:
-            raise self._error
-        if stdin is not None:
-            self._tasks.append(spawn(lambda: self._feed(stdin, not keep_open)))
+        if self.error is not None and self.status is None:
+            raise self.error
+        self.feed(stdin, not keep_open)
 
-    async def _pump(self) -> None:
+    async def pump(self) -> None:
         try:
-            async with self._send:
-                follow = self._process.get_session_command_logs_async
-                await follow(self._session, self._cmd_id, self._out, self._err)
-        except anyio.get_cancelled_exc_class():
-            raise
-        except anyio.BrokenResourceError:
-            pass
-        except Exception as exc:
-            self._error = self._translate(exc)
+            follow = self._process.get_session_command_logs_async
+            await follow(self._session, self._cmd_id, self._out, self._err)
         finally:
             self._started.set()
-            self._ended.set()
 
     async def _out(self, text: str) -> None:
         await self._take("stdout", text)
@@ -142,7 +121,7 @@ class SessionProcess(ProcessHandle):
                 continue
             if not line.startswith("."):
                 try:
-                    await self._send.send((kind, base64.b64decode(line, validate=True)))
+                    await self.emit(kind, base64.b64decode(line, validate=True))
                 except binascii.Error:
                     raise ProviderError(
                         f"undecodable output line from the sandbox: {line[:40]!r}"
@@ -155,37 +134,22 @@ class SessionProcess(ProcessHandle):
             else:
                 self._done.add(kind)
                 if kind == "stdout" and line[1:].isdigit():
-                    self._status = status_of(int(line[1:]))
+                    self.status = from_shell(int(line[1:]))
         if self._done == {"stdout", "stderr"}:  # all output is in: stop following at once
             self._started.set()
-            self._send.close()
-            for task in self._tasks[:1]:
-                if task is not None:
-                    task.cancel()
+            self.stop_following()
 
-    async def read(self) -> tuple[Stream, bytes] | None:
-        try:
-            return await self._receive.receive()  # type: ignore[no-any-return]
-        except anyio.EndOfStream:
-            await self._ended.wait()
-            if self._error is not None and self._status is None:
-                raise self._error from None
-            return None
-
-    async def wait(self) -> ExitStatus:
-        await self._ended.wait()
-        if self._status is not None:
-            return self._status
+    async def final_status(self) -> ExitStatus:
         try:  # the stream ended without the wrapper's word: what the daemon recorded
             cmd = await self._process.get_session_command(self._session, self._cmd_id)
         except Exception as exc:
             raise self._translate(exc) from exc
         if cmd.exit_code is None:
-            raise self._error or ProviderError("the command's log ended without an exit status")
-        return status_of(int(cmd.exit_code))
+            raise self.error or ProviderError("the command's log ended without an exit status")
+        return from_shell(int(cmd.exit_code))
 
     async def kill(self) -> None:
-        if not self._ended.is_set():
+        if not self.ended.is_set():
             await self._kill()
 
     async def write_stdin(self, data: bytes) -> None:
@@ -201,16 +165,7 @@ class SessionProcess(ProcessHandle):
             except Exception as exc:
                 raise self._translate(exc) from exc
 
-    async def _feed(self, data: bytes, close: bool) -> None:
-        with contextlib.suppress(SandboxError):  # a command need not read its stdin
-            await self._input(encode_input(data) + (".\n" if close else ""))
-
     async def close(self) -> None:
-        for task in self._tasks:
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-        await self._receive.aclose()
+        await super().close()
         if self._on_close is not None:
             await self._on_close()

@@ -11,13 +11,13 @@ from pathlib import Path
 import anyio
 import pytest
 from agent_sandbox_daytona import DaytonaBackend, DaytonaOptions
-from agent_sandbox_daytona._process import encode_input, status_of
+from agent_sandbox_daytona._process import encode_input
 from fake_daytona import FakeDaytona
 
 from agent_sandbox import Sandbox
 from agent_sandbox.errors import FileNotFound, IsADirectory, SandboxNotFound, Unsupported
 from agent_sandbox.models import NetworkPolicy, SandboxSpec
-from agent_sandbox.process import ExitStatus
+from agent_sandbox.process import ExitStatus, from_shell
 
 pytestmark = pytest.mark.anyio
 
@@ -285,9 +285,9 @@ def test_sync_handle(fake_daytona: FakeDaytona) -> None:
 
 
 def test_wrapper_status_and_input_encoding() -> None:
-    assert status_of(0) == ExitStatus(0, None)
-    assert status_of(137) == ExitStatus(137, 9)
-    assert status_of(255) == ExitStatus(255, None)
+    assert from_shell(0) == ExitStatus(0, None)
+    assert from_shell(137) == ExitStatus(137, 9)
+    assert from_shell(255) == ExitStatus(255, None)
     assert encode_input(b"") == ""
     lines = encode_input(b"\x00" * 100_000).splitlines()
     assert len(lines) == 3

@@ -11,23 +11,15 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import anyio
-
 from agent_sandbox import tree
-from agent_sandbox._tasks import spawn
 from agent_sandbox.errors import SandboxError, StdinClosed
-from agent_sandbox.process import ExitStatus, ProcessHandle, Stream, exit_status
+from agent_sandbox.process import QueuedHandle, exit_status, from_shell
 
 STDIN_CHUNK = 1 << 20
 _AHEAD = 16  # chunks read ahead of the caller; past them envd holds the command back
 # Go's names of signals (envd reports ``ProcessState.String()``: "signal: killed").
 _GO_SIGNALS = {"hangup": 1, "interrupt": 2, "quit": 3, "aborted": 6, "killed": 9,
                "segmentation fault": 11, "broken pipe": 13, "alarm clock": 14, "terminated": 15}  # fmt: skip
-
-
-def status_of(code: int) -> ExitStatus:
-    """The supervisor's exit status: a command killed by signal N exits 128 + N, as in a shell."""
-    return exit_status(None, code - 128) if 128 < code <= 192 else exit_status(code)
 
 
 def pb(message: str, **fields: Any) -> Any:
@@ -44,7 +36,7 @@ def wrapper_args(ref: str, records: str, argv: list[str]) -> list[str]:
     return ["-l", "-c", tree.SUPERVISE, "asb", ref, records, ref, *argv]
 
 
-class EnvdProcess(ProcessHandle):
+class EnvdProcess(QueuedHandle):
     """A command's envd stream (``Start`` or ``Connect``), read ahead by a task of its own."""
 
     def __init__(
@@ -56,14 +48,9 @@ class EnvdProcess(ProcessHandle):
         kill: Callable[[int], Awaitable[None]],
         translate: Callable[[BaseException], SandboxError],
     ) -> None:
-        self.ref, self.pid = ref, 0
-        self._events, self._rpc, self._headers = events, rpc, headers
-        self._kill, self._translate = kill, translate
-        self._send, self._receive = anyio.create_memory_object_stream[Any](_AHEAD)
-        self._status: ExitStatus | None = None
-        self._error: SandboxError | None = None
-        self._ended = anyio.Event()
-        self._tasks: list[Any] = []
+        super().__init__(ref, translate, _AHEAD)
+        self.pid = 0
+        self._events, self._rpc, self._headers, self._kill = events, rpc, headers, kill
 
     async def begin(self, stdin: bytes | None, keep_open: bool) -> None:
         """Wait for the start event (a missing cwd, a gone process surface here), then follow
@@ -75,47 +62,24 @@ class EnvdProcess(ProcessHandle):
         if event is None or event.field != "start":
             raise self._translate(EOFError(f"envd did not start the process: {event!r}"))
         self.pid = int(event.value.pid)
-        self._tasks.append(spawn(self._pump))
-        if stdin is not None:
-            self._tasks.append(spawn(lambda: self._feed(stdin, not keep_open)))
+        self.follow()
+        self.feed(stdin, not keep_open)
 
-    async def _pump(self) -> None:
-        try:
-            async with self._send:
-                async for message in self._events:
-                    event = message.event.event if message.event is not None else None
-                    if event is not None and event.field == "data":
-                        out = event.value.output
-                        if out is not None and out.value and out.field in ("stdout", "stderr"):
-                            await self._send.send((out.field, bytes(out.value)))
-                    elif event is not None and event.field == "end":
-                        end = event.value
-                        name = str(end.status).removeprefix("signal: ").split(" (")[0]
-                        signal = exit_status(None, _GO_SIGNALS.get(name, 9))
-                        self._status = status_of(end.exit_code) if end.exited else signal
-        except anyio.BrokenResourceError:
-            pass
-        except Exception as exc:
-            self._error = self._translate(exc)
-        finally:
-            self._ended.set()
-
-    async def read(self) -> tuple[Stream, bytes] | None:
-        try:
-            return await self._receive.receive()  # type: ignore[no-any-return]
-        except anyio.EndOfStream:
-            if self._error is not None and self._status is None:
-                raise self._error from None
-            return None
-
-    async def wait(self) -> ExitStatus:
-        await self._ended.wait()
-        if self._status is None:
-            raise self._error or self._translate(EOFError("envd ended the stream without a status"))
-        return self._status
+    async def pump(self) -> None:
+        async for message in self._events:
+            event = message.event.event if message.event is not None else None
+            if event is not None and event.field == "data":
+                out = event.value.output
+                if out is not None and out.value and out.field in ("stdout", "stderr"):
+                    await self.emit(out.field, bytes(out.value))
+            elif event is not None and event.field == "end":
+                end = event.value
+                name = str(end.status).removeprefix("signal: ").split(" (")[0]
+                signal = exit_status(None, _GO_SIGNALS.get(name, 9))
+                self.status = from_shell(end.exit_code) if end.exited else signal
 
     async def kill(self) -> None:
-        if not self._ended.is_set():
+        if not self.ended.is_set():
             await self._kill(self.pid)
 
     async def write_stdin(self, data: bytes) -> None:
@@ -131,26 +95,15 @@ class EnvdProcess(ProcessHandle):
                 raise error from exc
 
     async def close_stdin(self) -> None:
-        if not self._ended.is_set():
+        if not self.ended.is_set():
             try:
                 request = pb("CloseStdinRequest", process=selector(self.ref))
                 await self._rpc.close_stdin(request, headers=self._headers)
             except Exception as exc:
                 raise self._translate(exc) from exc
 
-    async def _feed(self, data: bytes, close: bool) -> None:
-        with contextlib.suppress(SandboxError):  # a command need not read its stdin
-            await self.write_stdin(data)
-            if close:
-                await self.close_stdin()
-
     async def close(self) -> None:
-        for task in self._tasks:
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-        await self._receive.aclose()
+        await super().close()
         with contextlib.suppress(Exception):
             await self._events.aclose()  # type: ignore[attr-defined]
 

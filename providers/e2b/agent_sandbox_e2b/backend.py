@@ -33,10 +33,10 @@ from agent_sandbox import labels as _labels
 from agent_sandbox._tasks import spawn
 from agent_sandbox.backend import BaseBackend, ProviderOptions
 from agent_sandbox.models import ExecOptions, SandboxInfo, SandboxSpec
-from agent_sandbox.process import CompletedHandle, ProcessHandle
+from agent_sandbox.process import CompletedHandle, ProcessHandle, from_shell
 from agent_sandbox.retry import retry
 
-from ._process import EnvdProcess, pb, selector, status_of, wrapper_args
+from ._process import EnvdProcess, pb, selector, wrapper_args
 
 NAME = "e2b"
 RECORDS = "/tmp/.agent-sandbox"
@@ -369,7 +369,7 @@ class E2BBackend(BaseBackend):
             await proc.close()
             with contextlib.suppress(err.FileNotFound, ValueError):
                 status = await self.read_file(sandbox_id, f"{RECORDS}/{ref}.exit", max_bytes=64)
-                return CompletedHandle(status_of(int(status)), ref=ref)
+                return CompletedHandle(from_shell(int(status)), ref=ref)
             raise
         return proc
 

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 from agent_sandbox_e2b import E2BBackend, E2BOptions
-from agent_sandbox_e2b._process import status_of
 from fake_e2b import FakeE2B
 
 from agent_sandbox import Sandbox
@@ -21,7 +20,7 @@ from agent_sandbox.errors import (
 )
 from agent_sandbox.labels import CREATE_KEY
 from agent_sandbox.models import ExecOptions, NetworkPolicy, SandboxSpec
-from agent_sandbox.process import ExitStatus
+from agent_sandbox.process import ExitStatus, from_shell
 from agent_sandbox.testing._processes import HEARTBEAT, assert_stops_growing
 
 pytestmark = pytest.mark.anyio
@@ -153,9 +152,9 @@ async def test_signal_deaths_become_128_plus_n(backend: E2BBackend, sandboxes: l
     r = await backend.exec(info.id, "kill -SEGV $$", ExecOptions())
     assert (r.exit_code, r.signal) == (139, 11)
     # The supervisor reports what a shell would: a plain "exit 139" reads as signal 11 too.
-    assert status_of(139) == ExitStatus(139, 11)
-    assert status_of(2) == ExitStatus(2)
-    assert status_of(255) == ExitStatus(255)
+    assert from_shell(139) == ExitStatus(139, 11)
+    assert from_shell(2) == ExitStatus(2)
+    assert from_shell(255) == ExitStatus(255)
 
 
 async def test_timeout_raises_with_partial_output(
