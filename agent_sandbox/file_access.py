@@ -18,6 +18,7 @@ paths travel as arguments, never spliced into the script.
 from __future__ import annotations
 
 import posixpath
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from . import _scripts
@@ -34,6 +35,25 @@ if TYPE_CHECKING:
 
 
 _SMALL = 64 * 1024
+UPLOAD_CHUNK = 1 << 20
+
+
+async def chunks_of(data: bytes) -> AsyncIterator[bytes]:
+    """``data`` in 1 MiB chunks, for a provider's streamed upload."""
+    for start in range(0, len(data), UPLOAD_CHUNK):
+        yield data[start : start + UPLOAD_CHUNK]
+
+
+async def read_stream(chunks: AsyncIterable[bytes], path: str, max_bytes: int) -> bytes:
+    """A provider's streamed download of ``path``, stopped with ``FileTooLarge`` past
+    ``max_bytes`` (the file grew after its size was checked)."""
+    data, total = [], 0
+    async for chunk in chunks:
+        data.append(chunk)
+        total += len(chunk)
+        if total > max_bytes:
+            raise FileTooLarge(f"read_file {path}: larger than max_bytes={max_bytes}")
+    return b"".join(data)
 
 
 async def read_as_user(backend: BaseBackend, sandbox_id: str, path: str, max_bytes: int) -> bytes:

@@ -17,8 +17,52 @@ changed user.
 
 from __future__ import annotations
 
+import base64
+import re
+import secrets
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+from .models import ExecOptions, ProcessInfo
+
+if TYPE_CHECKING:
+    from .backend import BaseBackend
+
 MARK = "AGENT_SANDBOX_PROC"
 """The environment variable marking every process of one command."""
+RECORDS = "/tmp/.agent-sandbox"
+"""Where :data:`SUPERVISE` keeps the records of detached processes (argv, exit status)."""
+REF = re.compile(r"asb-[0-9a-f]{16}")
+"""The refs :func:`new_ref` makes (anything else named in a sandbox is not ours)."""
+
+# $1: the records directory. One line per record: ref, start time, status ("-" while it runs,
+# or when it was killed with its supervisor), argv (NUL-separated) in base64.
+_LIST_RECORDS = """cd "$1" 2>/dev/null || exit 0
+for f in asb-*.argv; do [ -f "$f" ] || continue; r=${f%.argv}
+echo "$r $(stat -c %Y "$f") $(cat "$r.exit" 2>/dev/null || echo -) $(base64 -w0 < "$f")"; done"""
+
+
+def new_ref() -> str:
+    """A fresh ref for a command (its mark's value, its record's name)."""
+    return "asb-" + secrets.token_hex(8)
+
+
+async def records(backend: BaseBackend, sandbox_id: str) -> list[ProcessInfo]:
+    """What :data:`SUPERVISE` recorded in :data:`RECORDS` (one command in the sandbox): a
+    process whose status is not recorded is reported running (the caller knows better)."""
+    argv = ["sh", "-c", _LIST_RECORDS, "records", RECORDS]
+    result = await backend.exec(sandbox_id, argv, ExecOptions(output_limit=1 << 22))
+    found = []
+    for line in result.stdout.splitlines():
+        ref, started, status, blob = [*line.split(" "), "", "", ""][:4]
+        if REF.fullmatch(ref) and started.isdigit():
+            command = base64.b64decode(blob).decode(errors="replace").split("\0")[:-1]
+            code = int(status) if status.isdigit() else None
+            when = datetime.fromtimestamp(int(started), timezone.utc)
+            found.append(ProcessInfo(ref=ref, command=tuple(command), running=code is None,
+                                     exit_code=code, started_at=when))  # fmt: skip
+    return found
+
 
 REAP = (
     f'set -- $(grep -lzxF -- "{MARK}=$m" /proc/[0-9]*/environ 2>/dev/null); '

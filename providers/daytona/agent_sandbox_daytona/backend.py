@@ -12,25 +12,25 @@ from __future__ import annotations
 import base64
 import builtins
 import contextlib
+import functools
 import importlib
 import ipaddress
 import math
 import posixpath
 import re
-import secrets
 import shlex
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
 import anyio
-import anyio.to_thread
 from pydantic import Field, SecretStr
 
 from agent_sandbox import errors as err
 from agent_sandbox import file_access, models, tree
 from agent_sandbox import labels as _labels
+from agent_sandbox._imports import import_in_thread
 from agent_sandbox.backend import BaseBackend, ProviderOptions
 from agent_sandbox.models import FileInfo, SandboxInfo, SandboxSpec, StartOptions
 from agent_sandbox.process import ProcessHandle
@@ -40,23 +40,17 @@ from ._process import UNTRAP, WRAPPER, SessionProcess
 
 NAME = "daytona"
 LANGUAGE_LABEL = "code-toolbox-language"  # the SDK adds it to every sandbox; not ours to show
-_REF = re.compile(r"asb-[0-9a-f]{16}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _GONE = ("destroyed", "destroying")
 _STATES: dict[str, models.SandboxState] = {
     "started": "running", "paused": "paused", "pausing": "paused", "stopped": "stopped",
     "stopping": "stopped", "archived": "stopped", "archiving": "stopped",
 }  # fmt: skip
-_loaded = False
 
 
 async def sdk() -> Any:
     """The ``daytona`` module, imported (about a second) in a worker thread the first time."""
-    global _loaded
-    if not _loaded:
-        await anyio.to_thread.run_sync(importlib.import_module, "daytona")
-        _loaded = True
-    return importlib.import_module("daytona")
+    return await import_in_thread("daytona")
 
 
 class DaytonaOptions(ProviderOptions):
@@ -148,7 +142,7 @@ class DaytonaBackend(BaseBackend):
         if sandbox_id not in self._cache:
             client = await self._sdk()
             sb = await self._call(op, sandbox_id, lambda: client.get(sandbox_id))
-            if str(getattr(sb.state, "value", sb.state)) in _GONE:
+            if _state(sb) in _GONE:
                 raise err.SandboxNotFound(f"sandbox {sandbox_id} is destroyed", provider=NAME)
             self._cache[sandbox_id] = sb
         return self._cache[sandbox_id]
@@ -231,7 +225,7 @@ class DaytonaBackend(BaseBackend):
             except err.SandboxError:
                 with contextlib.suppress(Exception):
                     made = await client.get(name)
-                    if str(getattr(made.state, "value", made.state)) == "started":
+                    if _state(made) == "started":
                         return made
                     await made.delete()  # half-made: never left behind
                 raise
@@ -262,11 +256,7 @@ class DaytonaBackend(BaseBackend):
             return [sb async for sb in client.list(query)]
 
         found = await self._call("list", None, gather)
-        return [
-            self._describe(sb)
-            for sb in found
-            if str(getattr(sb.state, "value", sb.state)) not in _GONE
-        ]
+        return [self._describe(sb) for sb in found if _state(sb) not in _GONE]
 
     async def destroy(self, sandbox_id: str) -> None:
         """Delete the sandbox (Daytona's delete is a soft delete: no graceful stop to wait for).
@@ -281,10 +271,7 @@ class DaytonaBackend(BaseBackend):
         except err.SandboxConflict:
             with contextlib.suppress(err.SandboxNotFound):
                 sb = await (await self._sdk()).get(sandbox_id)
-                if (
-                    str(getattr(sb.state, "value", sb.state)) not in _GONE
-                    and sb.desired_state != "destroyed"
-                ):
+                if _state(sb) not in _GONE and sb.desired_state != "destroyed":
                     raise
 
     async def aclose(self) -> None:
@@ -307,7 +294,7 @@ class DaytonaBackend(BaseBackend):
                                   provider=NAME, op="exec", sandbox_id=sandbox_id)  # fmt: skip
         d = await sdk()
         sb = await self._sandbox(sandbox_id, "exec")
-        ref = "asb-" + secrets.token_hex(8)
+        ref = tree.new_ref()
         session = ref if options.detached else "asbx" + ref[3:]
         streamed = options.stdin is not None or options.stdin_open
         env = [f"{k}={v}" for k, v in options.env.items()]
@@ -354,14 +341,14 @@ class DaytonaBackend(BaseBackend):
             command = f'sh -c "echo {script} | base64 -d | sh -s {ref} -"'
             await self._call("exec", sid, lambda: sb.process.exec(command, timeout=60))
 
-        def translate(exc: BaseException) -> err.SandboxError:
-            return err.translate(exc, provider=NAME, op="exec", sandbox_id=sid, table=_table)
-
+        translate = functools.partial(
+            err.translate, provider=NAME, op="exec", sandbox_id=sid, table=_table
+        )
         return SessionProcess(ref, sb.process, session, cmd_id, kill, translate, on_close)
 
     async def attach(self, sandbox_id: str, ref: str) -> ProcessHandle:
         """Follow a process by ref: Daytona replays its output from the start, then streams it."""
-        if not _REF.fullmatch(ref):
+        if not tree.REF.fullmatch(ref):
             raise err.ProcessNotFound(f"no process {ref!r}", provider=NAME, sandbox_id=sandbox_id)
         sb = await self._sandbox(sandbox_id, "attach")
         found = await self._call("attach", sandbox_id, lambda: sb.process.get_session(ref))
@@ -374,7 +361,7 @@ class DaytonaBackend(BaseBackend):
         sb = await self._sandbox(sandbox_id, "processes")
         found = []
         for session in await self._call("processes", sandbox_id, sb.process.list_sessions):
-            if _REF.fullmatch(session.session_id) and session.commands:
+            if tree.REF.fullmatch(session.session_id) and session.commands:
                 cmd = session.commands[0]
                 argv = shlex.split(cmd.command.removeprefix(UNTRAP))
                 command = (
@@ -393,26 +380,18 @@ class DaytonaBackend(BaseBackend):
         (it runs as that user); its file info, first, refuses what is not a regular file (the
         download would block on a FIFO) or too large."""
         info = await self.stat(sandbox_id, path)
-        if info.type == "dir":
-            raise err.IsADirectory(f"invalid file path: path points to a directory: {path}",
-                                   provider=NAME, op="read_file", sandbox_id=sandbox_id)  # fmt: skip
-        if info.type != "file":
-            raise err.InvalidPath(f"read_file {path}: not a regular file (a FIFO, device or socket)",
-                                  provider=NAME, op="read_file", sandbox_id=sandbox_id)  # fmt: skip
-        if info.size > max_bytes:
-            raise err.FileTooLarge(f"read_file {path}: larger than max_bytes={max_bytes}",
-                                   provider=NAME, op="read_file", sandbox_id=sandbox_id)  # fmt: skip
-        if info.size == 0:
-            return b""  # the SDK's streamed download refuses a part without data
-        sb = await self._sandbox(sandbox_id, "read_file")
-        chunks, total = [], 0
+        sb = self._cache[sandbox_id]
         with err.translating(NAME, "read_file", sandbox_id, table=_table):
-            async for chunk in await sb.fs.download_file_stream(path):
-                chunks.append(chunk)
-                total += len(chunk)
-                if total > max_bytes:  # it grew after the check
-                    raise err.FileTooLarge(f"read_file {path}: larger than max_bytes={max_bytes}")
-        return b"".join(chunks)
+            if info.type == "dir":
+                raise err.IsADirectory(f"invalid file path: path points to a directory: {path}")
+            if info.type != "file":
+                raise err.InvalidPath(f"read_file {path}: not a regular file (a FIFO or device)")
+            if info.size > max_bytes:
+                raise err.FileTooLarge(f"read_file {path}: larger than max_bytes={max_bytes}")
+            if info.size == 0:
+                return b""  # the SDK's streamed download refuses a part without data
+            stream = await sb.fs.download_file_stream(path)
+            return await file_access.read_stream(stream, path, max_bytes)
 
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
         """Upload one file, streamed; the toolbox creates missing parents.
@@ -423,13 +402,8 @@ class DaytonaBackend(BaseBackend):
         """
         mode = await file_access.check_write(self, sandbox_id, path)
         sb = await self._sandbox(sandbox_id, "write_file")
-
-        async def chunks() -> AsyncIterator[bytes]:
-            for start in range(0, len(data), 1 << 20):
-                yield data[start : start + (1 << 20)]
-
         with err.translating(NAME, "write_file", sandbox_id, table=_table):
-            await sb.fs.upload_file_stream(chunks(), path)
+            await sb.fs.upload_file_stream(file_access.chunks_of(data), path)
             if mode is not None and mode != 0o644:
                 await sb.fs.set_file_permissions(path, mode=f"{mode:o}")
 

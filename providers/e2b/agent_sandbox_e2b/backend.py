@@ -13,23 +13,21 @@ import asyncio
 import base64
 import builtins
 import contextlib
-import importlib
+import functools
 import inspect
 import math
-import re
-import secrets
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar, Literal
 
 import anyio
-import anyio.to_thread
 from pydantic import Field, SecretStr
 
 from agent_sandbox import errors as err
 from agent_sandbox import file_access, models, tree
 from agent_sandbox import labels as _labels
+from agent_sandbox._imports import import_in_thread
 from agent_sandbox._tasks import spawn
 from agent_sandbox.backend import BaseBackend, ProviderOptions
 from agent_sandbox.models import ExecOptions, SandboxInfo, SandboxSpec
@@ -39,30 +37,17 @@ from agent_sandbox.retry import retry
 from ._process import EnvdProcess, pb, selector, wrapper_args
 
 NAME = "e2b"
-RECORDS = "/tmp/.agent-sandbox"
-"""Where background processes leave their record (argv, exit status) inside the sandbox."""
 TRANSFER_RATE = 1 << 20
 """Bytes per second a file transfer's deadline allows for, on top of ``request_timeout``."""
-_REF = re.compile(r"asb-[0-9a-f]{16}")
 _INTERNAL = (_labels.WORKDIR, _labels.USER, _labels.CREATE_KEY)
 _SDK = ("e2b", "e2b.envd.client_async", "e2b.envd.process.process_connect", "e2b.envd.rpc")
-_loaded = False
 # $1: a workdir to create ("" for none). Prints the directory commands start in.
 _WORKDIR = 'if [ -n "$1" ]; then mkdir -p -- "$1" && cd -- "$1" || exit 1; fi; pwd'
-# $1: the records directory. One line per record: ref, start time, status ("-" while it runs,
-# or when it was killed with its supervisor), argv (NUL-separated) in base64.
-_RECORDS = """cd "$1" 2>/dev/null || exit 0
-for f in asb-*.argv; do [ -f "$f" ] || continue; r=${f%.argv}
-echo "$r $(stat -c %Y "$f") $(cat "$r.exit" 2>/dev/null || echo -) $(base64 -w0 < "$f")"; done"""
 
 
 async def sdk() -> Any:
     """The ``e2b`` module, imported (about 0.3 s) in a worker thread the first time."""
-    global _loaded
-    if not _loaded:
-        await anyio.to_thread.run_sync(lambda: [importlib.import_module(m) for m in _SDK])
-        _loaded = True
-    return importlib.import_module("e2b")
+    return await import_in_thread(*_SDK)
 
 
 class E2BOptions(ProviderOptions):
@@ -330,8 +315,8 @@ class E2BBackend(BaseBackend):
     ) -> ProcessHandle:
         """Start ``argv`` through envd under the supervisor, tagged with its ref."""
         await self._sandbox(sandbox_id, "exec")
-        ref = "asb-" + secrets.token_hex(8)
-        args = wrapper_args(ref, RECORDS if options.detached else "", argv)
+        ref = tree.new_ref()
+        args = wrapper_args(ref, tree.RECORDS if options.detached else "", argv)
         config = pb("ProcessConfig", cmd="/bin/bash", args=args, envs=options.env, cwd=options.cwd)
         stdin = options.stdin is not None or options.stdin_open
         rpc, headers = self._envd(sandbox_id, options.user)
@@ -349,15 +334,15 @@ class E2BBackend(BaseBackend):
             argv = ["sh", "-c", tree.KILL, "kill", ref, str(pid)]
             await self.exec(sid, argv, ExecOptions(user="root", output_limit=1 << 16))
 
-        def translate(exc: BaseException) -> err.SandboxError:
-            return err.translate(exc, provider=NAME, op="exec", sandbox_id=sid, table=_table)
-
+        translate = functools.partial(
+            err.translate, provider=NAME, op="exec", sandbox_id=sid, table=_table
+        )
         return EnvdProcess(ref, events, rpc, headers, kill, translate)
 
     async def attach(self, sandbox_id: str, ref: str) -> ProcessHandle:
         """Follow a process by ref (``Connect`` by tag: only what comes next is streamed); one
         that ended long ago gives its recorded status. Raises ``ProcessNotFound``."""
-        if not _REF.fullmatch(ref):
+        if not tree.REF.fullmatch(ref):
             raise err.ProcessNotFound(f"no process {ref!r}", provider=NAME, sandbox_id=sandbox_id)
         await self._sandbox(sandbox_id, "attach")
         rpc, headers = self._envd(sandbox_id, None)
@@ -368,7 +353,9 @@ class E2BBackend(BaseBackend):
         except err.ProcessNotFound:
             await proc.close()
             with contextlib.suppress(err.FileNotFound, ValueError):
-                status = await self.read_file(sandbox_id, f"{RECORDS}/{ref}.exit", max_bytes=64)
+                status = await self.read_file(
+                    sandbox_id, f"{tree.RECORDS}/{ref}.exit", max_bytes=64
+                )
                 return CompletedHandle(from_shell(int(status)), ref=ref)
             raise
         return proc
@@ -383,20 +370,13 @@ class E2BBackend(BaseBackend):
             with err.translating(NAME, "processes", sandbox_id, table=_table):
                 return await rpc.list(pb("ListRequest"), headers=headers)
 
-        argv = ["sh", "-c", _RECORDS, "records", RECORDS]
-        records = self.exec(sandbox_id, argv, ExecOptions(output_limit=1 << 22))
-        listed, result = await asyncio.gather(live(), records)
+        listed, found = await asyncio.gather(live(), tree.records(self, sandbox_id))
         running = {p.tag for p in listed.processes if p.has_field("tag")}
-        found = []
-        for line in result.stdout.splitlines():
-            ref, started, status, blob = [*line.split(" "), "", "", ""][:4]
-            if _REF.fullmatch(ref) and started.isdigit():
-                argv = base64.b64decode(blob).decode(errors="replace").split("\0")[:-1]
-                code = None if ref in running or not status.isdigit() else int(status)
-                when = datetime.fromtimestamp(int(started), timezone.utc)
-                found.append(models.ProcessInfo(ref=ref, command=tuple(argv), running=ref in running,
-                                                exit_code=code, started_at=when))  # fmt: skip
-        return found
+        live_ones = {"running": True, "exit_code": None}
+        return [
+            p.model_copy(update=live_ones if p.ref in running else {"running": False})
+            for p in found
+        ]
 
     # -- files ----------------------------------------------------------------------------------
 
@@ -418,16 +398,10 @@ class E2BBackend(BaseBackend):
         """
         size = await file_access.check_read(self, sandbox_id, path, max_bytes)
         sbx = await self._sandbox(sandbox_id, "read_file")
-        chunks, total = [], 0
         with self._transfer("read_file", sandbox_id, size):
             stream = await sbx.files.read(path, format="stream", user=self._users.get(sandbox_id))
             async with stream:
-                async for chunk in stream:
-                    chunks.append(chunk)
-                    total += len(chunk)
-                    if total > max_bytes:  # it grew after the check
-                        raise err.FileTooLarge(f"read_file {path}: larger than {max_bytes}")
-        return b"".join(chunks)
+                return await file_access.read_stream(stream, path, max_bytes)
 
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
         """Create or replace a file, streamed to envd's ``/files`` in 1 MiB chunks under a
@@ -439,13 +413,9 @@ class E2BBackend(BaseBackend):
         """
         await file_access.check_write(self, sandbox_id, path)
         sbx = await self._sandbox(sandbox_id, "write_file")
-
-        async def chunks() -> AsyncIterator[bytes]:
-            for start in range(0, len(data), 1 << 20):
-                yield data[start : start + (1 << 20)]
-
+        chunks = file_access.chunks_of(data) if data else b""
         with self._transfer("write_file", sandbox_id, len(data)):
-            await sbx.files.write(path, chunks() if data else b"", user=self._users.get(sandbox_id))
+            await sbx.files.write(path, chunks, user=self._users.get(sandbox_id))
 
     # -- optional capabilities ------------------------------------------------------------------
 
