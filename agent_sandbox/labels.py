@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import socket
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 
 from .models import SandboxInfo, SandboxSpec
@@ -25,6 +26,13 @@ SNAPSHOT_OF = "agent-sandbox.snapshot-of"
 ROLE = "agent-sandbox.role"
 """A helper resource's role beside a sandbox (e.g. ``egress-proxy``)."""
 EGRESS = "agent-sandbox.egress"
+INTERNAL = frozenset({WORKDIR, USER, CREATE_KEY})
+"""Labels a provider keeps for itself, never shown in ``SandboxInfo.labels``."""
+
+
+def public(labels: Mapping[str, str], *hidden: str) -> dict[str, str]:
+    """``labels`` without :data:`INTERNAL` ones (nor ``hidden``, a vendor's own)."""
+    return {k: v for k, v in labels.items() if k not in INTERNAL and k not in hidden}
 
 
 def default_owner() -> str:

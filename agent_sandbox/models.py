@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal
@@ -50,6 +51,16 @@ class NetworkPolicy(_Model):
         if self.mode == "allowlist" and not self.allow:
             raise ValueError("network mode 'allowlist' needs at least one host or CIDR in 'allow'")
         return self
+
+    def split(self) -> tuple[list[str], list[str]]:
+        """``allow`` as CIDRs (normalised: ``10.0.0.1`` is ``10.0.0.1/32``) and host names."""
+        cidrs, hosts = [], []
+        for entry in self.allow:
+            try:
+                cidrs.append(str(ipaddress.ip_network(entry, strict=False)))
+            except ValueError:
+                hosts.append(entry)
+        return cidrs, hosts
 
 
 class SandboxSpec(_Model):

@@ -14,7 +14,6 @@ import builtins
 import contextlib
 import functools
 import importlib
-import ipaddress
 import math
 import posixpath
 import re
@@ -157,7 +156,7 @@ class DaytonaBackend(BaseBackend):
         return None
 
     def _describe(self, sb: Any, workdir: str | None = None) -> SandboxInfo:
-        labels = {k: v for k, v in (sb.labels or {}).items() if k != LANGUAGE_LABEL}
+        labels = _labels.public(sb.labels or {}, LANGUAGE_LABEL)
         state = str(getattr(sb.state, "value", sb.state) or "unknown")
         dockerfile = getattr(getattr(sb, "build_info", None), "dockerfile_content", None) or ""
         image = next(iter(re.findall(r"^FROM\s+(\S+)", dockerfile, re.M)), None)
@@ -167,7 +166,7 @@ class DaytonaBackend(BaseBackend):
         return SandboxInfo(
             id=sb.id, provider=NAME, state=_STATES.get(state, "unknown"), labels=labels,
             created_at=created, expires_at=_labels.expires_at(labels), image=image or sb.snapshot,
-            workdir=labels.get(_labels.WORKDIR) or workdir or "/home/daytona",
+            workdir=(sb.labels or {}).get(_labels.WORKDIR) or workdir or "/home/daytona",
             metadata={"target": str(sb.target), "state": state, "name": str(sb.name)},
         )  # fmt: skip
 
@@ -186,12 +185,7 @@ class DaytonaBackend(BaseBackend):
         if spec.network.mode == "none":
             common["network_block_all"] = True
         elif spec.network.mode == "allowlist":
-            cidrs = [
-                str(ipaddress.ip_network(a, strict=False))
-                for a in spec.network.allow
-                if _is_cidr(a)
-            ]
-            domains = [a for a in spec.network.allow if not _is_cidr(a)]
+            cidrs, domains = spec.network.split()
             common |= {"network_allow_list": ",".join(cidrs)} if cidrs else {}
             common |= {"domain_allow_list": ",".join(domains)} if domains else {}
         sized = any(v is not None for v in (spec.cpus, spec.memory_mib, spec.disk_mib))
@@ -498,11 +492,3 @@ def _minutes(seconds: float) -> int:
 
 def _gib(mib: int | None) -> int | None:
     return None if mib is None else max(1, math.ceil(mib / 1024))
-
-
-def _is_cidr(entry: str) -> bool:
-    try:
-        ipaddress.ip_network(entry, strict=False)
-    except ValueError:
-        return False
-    return True

@@ -39,7 +39,6 @@ from ._process import EnvdProcess, pb, selector, wrapper_args
 NAME = "e2b"
 TRANSFER_RATE = 1 << 20
 """Bytes per second a file transfer's deadline allows for, on top of ``request_timeout``."""
-_INTERNAL = (_labels.WORKDIR, _labels.USER, _labels.CREATE_KEY)
 _SDK = ("e2b", "e2b.envd.client_async", "e2b.envd.process.process_connect", "e2b.envd.rpc")
 # $1: a workdir to create ("" for none). Prints the directory commands start in.
 _WORKDIR = 'if [ -n "$1" ]; then mkdir -p -- "$1" && cd -- "$1" || exit 1; fi; pwd'
@@ -223,7 +222,7 @@ class E2BBackend(BaseBackend):
                 await self._remove_created(key, sbx)
             raise
         now = datetime.now(timezone.utc)
-        labels = {k: v for k, v in metadata.items() if k not in _INTERNAL}
+        labels = _labels.public(metadata)
         return SandboxInfo(id=sbx.sandbox_id, provider=NAME, image=template, workdir=workdir,
                            labels=labels, created_at=now, expires_at=now + timedelta(seconds=ttl))  # fmt: skip
 
@@ -259,7 +258,7 @@ class E2BBackend(BaseBackend):
         return SandboxInfo(
             id=sdk.sandbox_id, provider=NAME, image=sdk.name or sdk.template_id, workdir=workdir,
             state="paused" if sdk.state.value == "paused" else "running",
-            labels={k: v for k, v in meta.items() if k not in _INTERNAL},
+            labels=_labels.public(meta),
             created_at=sdk.started_at, expires_at=_labels.expires_at(meta) or sdk.end_at,
             metadata={"template_id": sdk.template_id, "envd_version": sdk.envd_version},
         )  # fmt: skip
