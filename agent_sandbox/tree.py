@@ -4,7 +4,8 @@ one process only (E2B's envd, Daytona's sessions).
 A provider runs each command under :data:`SUPERVISE`, a POSIX ``sh`` script that puts a mark
 (``AGENT_SANDBOX_PROC=<ref>``) in the command's environment, runs it as its child, and once it
 has ended exits with its status at once, leaving :data:`REAP` behind in the background to kill
-whatever the command left carrying the mark. The reaper holds none of the command's pipes, so a
+whatever the command left carrying the mark (only when a process it did not see before the
+command, a glob of /proc, is alive: most commands leave nothing, and pay no fork for it). The reaper holds none of the command's pipes, so a
 vendor that waits for the output pipes to close (envd does) ends the command as soon as the
 command and what held its output are gone, and a background child holding the output does not
 keep it open. :data:`KILL` ends a command's tree on demand: every descendant of the supervisor (found by parent pid, so children that clear
@@ -69,14 +70,15 @@ REAP = (
     'for f do p=${f#/proc/}; kill -9 "${p%/environ}" 2>/dev/null; done'
 )
 """Shell commands killing every process whose environment carries the mark ``$m`` (one grep
-over /proc). Run it in the background with every descriptor of the command's redirected away:
-``{ REAP; } </dev/null >/dev/null 2>&1 &``."""
+over /proc). Run it in the background holding none of the command's pipes: close or redirect
+them in the shell itself first (a forked child holds them until its own redirections run)."""
 
 # $1: the mark's value; $2: a directory for the command's record ("" for none), $3: the
 # record's name. Then the command's argv. With a record directory, the argv is written
 # NUL-separated to "$2/$3.argv" (its mtime: when the command started) and, once it has ended,
 # its status to "$2/$3.exit". Exits with the command's status (128 + N for signal N) as soon as
-# it has ended, with :data:`REAP` left running in the background.
+# it has ended, with :data:`REAP` left running in the background if a process that was not
+# there before the command is alive.
 SUPERVISE = f"""
 m=$1 d=$2 r=$3
 shift 3
@@ -84,10 +86,12 @@ if [ -n "$d" ]; then
   mkdir -p -m 1777 "$d" 2>/dev/null
   printf '%s\\0' "$@" > "$d/$r.argv"
 fi
+b=" "; for p in /proc/[0-9]*; do b="$b$p "; done
 {MARK}=$m "$@"
 s=$?
 [ -z "$d" ] || echo "$s" > "$d/$r.exit"
-{{ {REAP}; }} </dev/null >/dev/null 2>&1 &
+exec </dev/null >/dev/null 2>&1
+for p in /proc/[0-9]*; do case "$b" in *" $p "*) ;; *) {{ {REAP}; }} & break ;; esac; done
 exit "$s"
 """
 
