@@ -416,10 +416,12 @@ class Store:
         return trash
 
     def _release(self, sandbox_id: str, directory: str) -> None:
-        """Kill the processes of a sandbox moved aside, remove its cgroups, free its uid."""
+        """Kill the processes of a sandbox moved aside, remove its cgroups, delete what its uid
+        left in the host's shared directories, free its uid."""
         confinement = self._kill_dir(sandbox_id, directory)
         _cgroup.remove(confinement.cgroups)
         if confinement.uid is not None:
+            _user.scrub(confinement.uid)
             _user.release(str(self.root), confinement.uid, sandbox_id)
 
     def _kill_dir(self, sandbox_id: str, directory: str) -> Confinement:
@@ -509,6 +511,7 @@ class Store:
             for group in groups:
                 _cgroup.kill_all(group)
             _cgroup.remove(groups)
+            _user.scrub(uid)
             _user.release(str(self.root), uid, sandbox_id)
 
 

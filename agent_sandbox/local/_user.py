@@ -12,8 +12,11 @@ every process of the sandbox at once (``kill(-1)`` as that uid).
 
 The uids come from a block of 65536 ids that systemd documents as container ids
 (:data:`BLOCK`); a uid that the user database or ``/etc/subuid``/``/etc/subgid`` knows, that a
-running process uses, or that another sandbox of the same root holds, is never chosen. A sandbox
-claims its uid with a symlink ``ROOT/.uids/UID`` -> sandbox id, removed when it is destroyed.
+running process uses, that owns something in the host's shared world-writable directories
+(:data:`SHARED_DIRS`), or that another sandbox of the same root holds, is never chosen. A sandbox
+claims its uid with a symlink ``ROOT/.uids/UID`` -> sandbox id, removed when it is destroyed,
+after :func:`scrub` has deleted what the uid left in those shared directories: a later sandbox
+given the same uid must not find an earlier one's files.
 """
 
 from __future__ import annotations
@@ -36,6 +39,12 @@ _FALLBACK = range(10000, 65534)
 whose namespace maps only the first 65536 ids)."""
 _ATTEMPTS = 200
 CLAIMS = ".uids"
+SHARED_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+"""World-writable directories of the host where a sandbox without a jail can leave files."""
+_SCRUB_VISITS = 100_000
+"""Most entries :func:`scrub` looks at in directories the uid does not own (a bound on the
+time one destroy spends in a crowded ``/tmp``)."""
+_SCRUB_DEPTH = 8
 
 
 class UserError(Exception):
@@ -132,10 +141,21 @@ def _known(uid: int) -> bool:
     return False
 
 
+def _shared_owners() -> set[int]:
+    """Owners of the entries directly in :data:`SHARED_DIRS` (not following symlinks)."""
+    found = set()
+    for path in SHARED_DIRS:
+        with contextlib.suppress(OSError), os.scandir(path) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    found.add(entry.stat(follow_symlinks=False).st_uid)
+    return found
+
+
 def _choices() -> list[int]:
     """Up to ``_ATTEMPTS`` random uids of the block that nobody on this host uses."""
     block = candidates()
-    busy = _busy_uids()
+    busy = _busy_uids() | _shared_owners()
     taken = _subordinate()
     picks = (block[secrets.randbelow(len(block))] for _ in range(_ATTEMPTS))
     return [
@@ -174,6 +194,66 @@ def release(root: str, uid: int, sandbox_id: str) -> None:
     with contextlib.suppress(OSError):
         if os.readlink(claim) == sandbox_id:
             os.unlink(claim)
+
+
+def scrub(uid: int) -> None:
+    """Delete what ``uid`` (a sandbox's own uid, its processes already killed) owns in
+    :data:`SHARED_DIRS`: each entry it owns there, and in the world-writable directories below
+    them (where it could have moved files), up to a bound of entries looked at.
+
+    Works by directory descriptor and never follows a symlink, so a link left in place of a
+    directory cannot lead the deletion elsewhere; nobody else may rename the uid's entries in
+    a sticky directory, and the uid runs nothing any more, so what is checked is what is deleted.
+    """
+    if uid in (0, os.geteuid()):  # never: that would delete the host's own files
+        raise ValueError(f"refusing to delete the files of uid {uid}")
+    budget = [_SCRUB_VISITS]
+    for path in SHARED_DIRS:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            _scrub_dir(fd, uid, budget, _SCRUB_DEPTH)
+        finally:
+            os.close(fd)
+
+
+def _scrub_dir(fd: int, uid: int, budget: list[int], depth: int) -> None:
+    try:
+        with os.scandir(fd) as entries:
+            names = [entry.name for entry in entries]
+    except OSError:
+        return
+    for name in names:
+        if budget[0] <= 0:
+            return
+        budget[0] -= 1
+        try:
+            info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            continue
+        if info.st_uid == uid:
+            with contextlib.suppress(OSError):
+                if stat.S_ISDIR(info.st_mode):
+                    shutil.rmtree(name, dir_fd=fd)  # fd-based: follows no symlink
+                else:
+                    os.unlink(name, dir_fd=fd)
+        elif stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_IWOTH and depth > 0:
+            try:
+                child = os.open(
+                    name,
+                    os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    dir_fd=fd,
+                )
+            except OSError:
+                continue
+            try:
+                opened = os.fstat(child)
+                if (opened.st_dev, opened.st_ino) == (info.st_dev, info.st_ino):
+                    _scrub_dir(child, uid, budget, depth - 1)
+            finally:
+                os.close(child)
 
 
 def claims(root: str) -> dict[int, str]:
