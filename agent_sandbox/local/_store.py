@@ -342,7 +342,7 @@ class Store:
                     state["nproc" if by == "uid" else "nproc_jail"] = count
             if cgroups is not None and any(v is not None for v in limits.values()):
                 state["cgroups"] = groups = _cgroup.create(
-                    cgroups, _group_name(sandbox_id), **limits
+                    cgroups, group_name(sandbox_id), **limits
                 )
                 info.metadata["cgroups"] = ",".join(groups)
             state["info"] = info.model_dump(mode="json")
@@ -436,7 +436,7 @@ class Store:
         ):
             confinement = _confinement(json.load(handle))
         if not confinement.cgroups:  # state lost: the groups are found by their name
-            confinement = replace(confinement, cgroups=_cgroup.named(_group_name(sandbox_id)))
+            confinement = replace(confinement, cgroups=_cgroup.named(group_name(sandbox_id)))
         if confinement.uid is not None:
             _user.kill_all(confinement.uid)
         for group in confinement.cgroups:
@@ -507,7 +507,7 @@ class Store:
             if sandbox_id in names or any(n.startswith(f".trash-{sandbox_id}-") for n in names):
                 continue
             _user.kill_all(uid)
-            groups = _cgroup.named(_group_name(sandbox_id))
+            groups = _cgroup.named(group_name(sandbox_id))
             for group in groups:
                 _cgroup.kill_all(group)
             _cgroup.remove(groups)
@@ -585,11 +585,11 @@ def _open_to_sandbox_users(root: str) -> None:
 def _finish(sandbox_id: str, trash: str) -> None:
     """The slow end of a destroy, off the event loop: the sandbox's cgroups, once their last
     killed process has left (which takes a while on a loaded machine), and its directory."""
-    _cgroup.remove(_cgroup.named(_group_name(sandbox_id)), wait=_GROUPS_EMPTY_WITHIN)
+    _cgroup.remove(_cgroup.named(group_name(sandbox_id)), wait=_GROUPS_EMPTY_WITHIN)
     rmtree(trash)
 
 
-def _group_name(sandbox_id: str) -> str:
+def group_name(sandbox_id: str) -> str:
     return f"asb-{sandbox_id}"
 
 

@@ -35,7 +35,7 @@ from ..models import (
     StartOptions,
 )
 from ..process import ProcessHandle
-from . import _background, _cgroup, _confine, _jail, _user
+from . import _background, _cgroup, _confine, _jail, _reaper, _user
 from ._exec import Launcher
 from ._files import Files
 from ._store import ROOT_FOR_ROOT, Store
@@ -250,7 +250,9 @@ class LocalBackend(BaseBackend):
         pids = self._pids_limit()
         if self.isolation == "none":
             self._warn_unisolated()
-        return self.store.create(spec, self.isolation, self.cgroups, pids)
+        info = self.store.create(spec, self.isolation, self.cgroups, pids)
+        _reaper.ensure(str(self.root))  # ends it at its TTL even if no client is left then
+        return info
 
     def _pids_limit(self) -> tuple[int, _confine.PidsBy] | None:
         """The process-count limit of new sandboxes and how it is enforced; ``Unsupported`` when
