@@ -80,7 +80,8 @@ def _age(path: str) -> float:
 
 def _run_pass(root: str, gone: list[str]) -> None:
     """One sweep of ``root`` (which also removes the cgroups of the sandboxes ``gone``)."""
-    env = {**os.environ, "PYTHONPATH": _PACKAGES}
+    inherited = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_PACKAGES, inherited]))}
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         subprocess.run(
             [sys.executable, "-m", "agent_sandbox.local._reap", root, *gone],
