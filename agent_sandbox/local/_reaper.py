@@ -60,10 +60,11 @@ def _ours(root: str, fd: int) -> bool:
     return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
 
 
-def _state(root: str, sandbox_id: str) -> tuple[float, list[str]] | None:
-    """A sandbox's TTL end and cgroups, from its state (``None`` while it cannot be read)."""
+def _state(root: str, directory: str) -> tuple[float, list[str]] | None:
+    """A sandbox's TTL end and cgroups, from the state in ``ROOT/directory`` (its own, or where
+    a destroy moved it); ``None`` while it cannot be read."""
     try:
-        with open(os.path.join(root, sandbox_id, "state.json"), "rb") as handle:
+        with open(os.path.join(root, directory, "state.json"), "rb") as handle:
             state = json.load(handle)
         return float(state["expires"]), [str(g) for g in state.get("cgroups") or []]
     except (OSError, ValueError, KeyError, TypeError):
@@ -105,11 +106,13 @@ def serve(root: str, fd: int, ready: int | None = None) -> None:
         except OSError:
             names = []
         ids = {name for name in names if _ID_RE.match(name)}
-        moving = {m[1] for m in map(_TRASH_RE.match, names) if m}
-        for sandbox_id in ids - known.keys():
-            found = _state(root, sandbox_id)
-            if found is not None:
-                known[sandbox_id] = found
+        trash = {m[1]: m[0] for m in map(_TRASH_RE.match, names) if m}
+        moving = trash.keys()
+        for sandbox_id, directory in [*((i, i) for i in ids), *trash.items()]:
+            if sandbox_id not in known:
+                found = _state(root, directory)
+                if found is not None:
+                    known[sandbox_id] = found
         if ready is not None:
             os.close(ready)
             ready = None
