@@ -15,7 +15,7 @@ import contextlib
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
@@ -208,15 +208,20 @@ class QueuedHandle(ProcessHandle):
     """A handle over a vendor's output stream, followed by a task of its own into a bounded
     queue (so a cancelled ``read`` loses nothing, and a slow reader holds the command back).
 
-    A subclass implements :meth:`pump` (``await self.emit(...)`` each chunk, set ``status``),
-    ``kill`` and the stdin methods, and calls :meth:`follow` (and :meth:`feed`) once the
-    process started.
+    A subclass implements :meth:`pump` (``await self.emit(...)`` each chunk, set ``status``)
+    and the stdin methods, and calls :meth:`follow` (and :meth:`feed`) once the process
+    started; ``kill`` (the tree) is called until the stream has ended.
     """
 
     def __init__(
-        self, ref: str, translate: Callable[[BaseException], SandboxError], ahead: int = 16
+        self,
+        ref: str,
+        translate: Callable[[BaseException], SandboxError],
+        kill: Callable[[], Awaitable[None]],
+        ahead: int = 16,
     ) -> None:
         self.ref = ref
+        self._kill = kill
         self.status: ExitStatus | None = None
         self.error: SandboxError | None = None
         self.ended = anyio.Event()
@@ -274,6 +279,10 @@ class QueuedHandle(ProcessHandle):
             if self.error is not None and self.status is None:
                 raise self.error from None
             return None
+
+    async def kill(self) -> None:
+        if not self.ended.is_set():
+            await self._kill()
 
     async def wait(self) -> ExitStatus:
         await self.ended.wait()

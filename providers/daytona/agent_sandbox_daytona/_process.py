@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -80,9 +81,9 @@ class SessionProcess(QueuedHandle):
         translate: Callable[[BaseException], SandboxError],
         on_close: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        super().__init__(ref, translate)
+        super().__init__(ref, translate, kill)
         self._process, self._session, self._cmd_id = process, session, cmd_id
-        self._kill, self._on_close = kill, on_close
+        self._on_close = on_close
         self._lines = {"stdout": "", "stderr": ""}
         self._done: set[str] = set()
         self._started = anyio.Event()
@@ -102,15 +103,10 @@ class SessionProcess(QueuedHandle):
     async def pump(self) -> None:
         try:
             follow = self._process.get_session_command_logs_async
-            await follow(self._session, self._cmd_id, self._out, self._err)
+            out, err = (functools.partial(self._take, kind) for kind in ("stdout", "stderr"))
+            await follow(self._session, self._cmd_id, out, err)
         finally:
             self._started.set()
-
-    async def _out(self, text: str) -> None:
-        await self._take("stdout", text)
-
-    async def _err(self, text: str) -> None:
-        await self._take("stderr", text)
 
     async def _take(self, kind: Stream, text: str) -> None:
         *lines, self._lines[kind] = (self._lines[kind] + text).split("\n")
@@ -147,10 +143,6 @@ class SessionProcess(QueuedHandle):
         if cmd.exit_code is None:
             raise self.error or ProviderError("the command's log ended without an exit status")
         return from_shell(int(cmd.exit_code))
-
-    async def kill(self) -> None:
-        if not self.ended.is_set():
-            await self._kill()
 
     async def write_stdin(self, data: bytes) -> None:
         await self._input(encode_input(data))

@@ -48,9 +48,9 @@ class EnvdProcess(QueuedHandle):
         kill: Callable[[int], Awaitable[None]],
         translate: Callable[[BaseException], SandboxError],
     ) -> None:
-        super().__init__(ref, translate, _AHEAD)
+        super().__init__(ref, translate, lambda: kill(self.pid), _AHEAD)
         self.pid = 0
-        self._events, self._rpc, self._headers, self._kill = events, rpc, headers, kill
+        self._events, self._rpc, self._headers = events, rpc, headers
 
     async def begin(self, stdin: bytes | None, keep_open: bool) -> None:
         """Wait for the start event (a missing cwd, a gone process surface here), then follow
@@ -77,10 +77,6 @@ class EnvdProcess(QueuedHandle):
                 name = str(end.status).removeprefix("signal: ").split(" (")[0]
                 signal = exit_status(None, _GO_SIGNALS.get(name, 9))
                 self.status = from_shell(end.exit_code) if end.exited else signal
-
-    async def kill(self) -> None:
-        if not self.ended.is_set():
-            await self._kill(self.pid)
 
     async def write_stdin(self, data: bytes) -> None:
         for start in range(0, len(data), STDIN_CHUNK):
