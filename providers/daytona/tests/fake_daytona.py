@@ -1041,8 +1041,12 @@ class FakeDaytona:
         data = body.data if body.data.endswith("\n") else body.data + "\n"
         directory = self._session_dir(sb, session.id) / cmd.id
         try:
-            await asyncio.to_thread(_write_fifo, directory / "input.pipe", data.encode())
+            await asyncio.to_thread(_write_fifo, directory, data.encode())
         except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                return daemon_error(
+                    request, 410, "command has already completed", "COMMAND_ALREADY_COMPLETED"
+                )
             return daemon_error(request, 500, f"failed to open input pipe: {exc}", "INTERNAL")
         if not cmd.suppress_echo:
             with open(directory / "output.log", "ab") as log:  # noqa: ASYNC230 - test fake
@@ -1294,17 +1298,21 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _write_fifo(path: Path, data: bytes) -> None:
-    """Open the command's input FIFO for writing and write ``data``. The daemon's open blocks
-    until the command opens its end (``input.go``); the fake waits up to 30 s for it, polling,
-    so that no thread of the fake can hang for ever."""
+def _write_fifo(directory: Path, data: bytes) -> None:
+    """Open the command's input FIFO for writing and write ``data``. The daemon polls its
+    non-blocking open every 25 ms while the FIFO is missing (the command's script has not made it
+    yet) or has no reader (``openCommandInput`` in ``input.go``: "the async receipt may precede
+    FIFO creation or its reader opening"); the fake polls too, up to 30 s, so that no thread of
+    the fake can hang for ever."""
     for _ in range(3000):
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            fd = os.open(directory / "input.pipe", os.O_WRONLY | os.O_NONBLOCK)
             break
         except OSError as exc:
-            if exc.errno != errno.ENXIO:  # no reader yet
+            if exc.errno not in (errno.ENXIO, errno.ENOENT):  # no reader, or no FIFO, yet
                 raise
+            if (directory / "exit_code").exists():  # the daemon's 410, checked on each round
+                raise OSError(errno.EPIPE, "the command has completed") from None
             time.sleep(0.01)
     else:
         raise OSError(errno.ENXIO, "no reader on the input pipe")
