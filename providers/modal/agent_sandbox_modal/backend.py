@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import ipaddress
 import json
 import math
 import uuid
@@ -79,7 +78,6 @@ REGISTRY_LIMIT = 1 << 20
 """Bytes of the in-sandbox process registry read (its newest)."""
 MAX_LISTED_PROCESSES = 1000
 """Processes ``processes()`` polls at most (the newest): the registry is the sandbox's to write."""
-_INTERNAL_TAGS = (_labels.WORKDIR, _labels.CREATE_KEY)
 _TYPES: dict[str, FileType] = {"file": "file", "directory": "dir", "symlink": "symlink"}
 
 
@@ -197,7 +195,7 @@ class ModalBackend(BaseBackend):
     def _info(
         self, sandbox_id: str, tags: Mapping[str, str], image: str | None = None
     ) -> SandboxInfo:
-        labels = {k: v for k, v in tags.items() if k not in _INTERNAL_TAGS}
+        labels = _labels.public(tags)
         return SandboxInfo(
             id=sandbox_id,
             provider=NAME,
@@ -538,13 +536,7 @@ def _network(spec: SandboxSpec) -> dict[str, Any]:
         return {"block_network": True}
     if spec.network.mode == "open":
         return {}
-    cidrs: builtins.list[str] = []
-    domains: builtins.list[str] = []
-    for entry in spec.network.allow:
-        try:
-            cidrs.append(str(ipaddress.ip_network(entry, strict=False)))
-        except ValueError:
-            domains.append(entry)
+    cidrs, domains = spec.network.split()
     return {
         "outbound_cidr_allowlist": cidrs,
         "outbound_domain_allowlist": domains or None,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import ipaddress
 import math
 import subprocess
 import uuid
@@ -80,7 +79,6 @@ DEADLINE_GRACE_SECONDS = 30
 """How long past a command's timeout the shim kills it by itself (the client enforces the
 timeout; this is the backstop for a client that went away)."""
 _DERIVED = (_labels.MANAGED, _labels.CREATED_AT)
-_INTERNAL = (_labels.WORKDIR,)
 
 
 class VercelOptions(ProviderOptions):
@@ -643,11 +641,6 @@ def _network(spec: SandboxSpec) -> Any:
         return None
     if mode == "none":
         return NetworkPolicy.deny_all()
-    domains, cidrs = [], []
-    for entry in spec.network.allow:
-        try:
-            cidrs.append(str(ipaddress.ip_network(entry, strict=False)))
-        except ValueError:
-            domains.append(entry)
+    cidrs, domains = spec.network.split()
     subnets = NetworkPolicySubnets(allow=cidrs) if cidrs else None
     return NetworkPolicy.custom(allow={domain: [] for domain in domains}, subnets=subnets)
