@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
+import anyio.lowlevel
 
 from ._tasks import spawn
 from .errors import (
@@ -350,7 +351,8 @@ class Process:
 
         ``options.timeout`` is the deadline the core enforces (and passes on to the provider).
         Raises ``ConfigError``/``ArgumentTypeError`` for bad arguments, ``Unsupported`` for
-        what the provider cannot do, and the provider's typed errors.
+        what the provider cannot do, and the provider's typed errors. Cancelled while the
+        provider is starting the command, it waits for the start and kills what started.
         """
         argv = argv_of(command)
         timeout = check_timeout(options.timeout)
@@ -370,8 +372,11 @@ class Process:
         if options.stdin is not None and not isinstance(options.stdin, bytes):
             raise ArgumentTypeError("stdin must be bytes or str")
         checked = options.model_copy(update={"env": check_env(options.env), "timeout": timeout})
-        handle = await backend.start(sandbox_id, argv, checked)
-        return cls(
+        # Shielded: a provider may have started the command before its answer arrives, so a
+        # start cancelled in flight completes and then ends what it started.
+        with anyio.CancelScope(shield=True):
+            handle = await backend.start(sandbox_id, argv, checked)
+        process = cls(
             handle,
             provider=backend.name,
             sandbox_id=sandbox_id,
@@ -379,6 +384,12 @@ class Process:
             timeout=timeout,
             output_limit=output_limit,
         )
+        try:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+        except BaseException:
+            await process.end()
+            raise
+        return process
 
     # -- what users call ----------------------------------------------------------------------
 

@@ -158,6 +158,39 @@ async def test_a_process_outlives_leaving_its_iteration() -> None:
         assert (result.exit_code, result.stdout) == (0, "one\ntwo\n")
 
 
+class _SlowAnswer(FakeBackend):
+    """A provider whose answer to a start arrives after the command has started."""
+
+    started: builtins.list[ProcessHandle]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = []
+
+    async def start(
+        self, sandbox_id: str, argv: builtins.list[str], options: asb.StartOptions
+    ) -> ProcessHandle:
+        handle = await super().start(sandbox_id, argv, options)
+        self.started.append(handle)
+        await anyio.sleep(0.3)
+        return handle
+
+
+@pytest.mark.parametrize("detached", [False, True])
+async def test_a_start_cancelled_in_flight_ends_what_it_started(detached: bool) -> None:
+    backend = _SlowAnswer()
+    async with await asb.Sandbox.create(backend=backend) as sb:
+        with anyio.move_on_after(0.1):
+            if detached:
+                await sb.start("sleep 30")
+            else:
+                await sb.exec("sleep 30")
+        [handle] = backend.started
+        with anyio.fail_after(5):
+            status = await handle.wait()
+        assert status.signal == 9
+
+
 # -- the blocking twin --------------------------------------------------------------------------
 
 
