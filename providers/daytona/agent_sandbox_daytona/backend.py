@@ -330,9 +330,12 @@ class DaytonaBackend(BaseBackend):
         sb = self._cache[sid]
 
         async def kill() -> None:
-            """The command's tree: everything carrying its mark and their descendants."""
+            """The command's tree: everything carrying its mark and their descendants; as root
+            through ``sudo -n`` where the image grants it (Daytona's does), so children that
+            ``sudo`` die too, else as the sandbox's user."""
             script = base64.b64encode(tree.KILL.encode()).decode()
-            command = f'sh -c "echo {script} | base64 -d | sh -s {ref} -"'
+            run = f'sh -c "$k" kill {ref} -'
+            command = f"sh -c 'k=$(echo {script} | base64 -d); sudo -n {run} 2>/dev/null || {run}'"
             await self._call("exec", sid, lambda: sb.process.exec(command, timeout=60))
 
         translate = functools.partial(
