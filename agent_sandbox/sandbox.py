@@ -449,7 +449,8 @@ class Sandbox:
         return await self.backend.stat(self.id, self.path(path))
 
     async def exists(self, path: str) -> bool:
-        """True when ``path`` exists."""
+        """True when ``path`` exists. Raises ``PermissionDenied`` when the
+        sandbox's user cannot look (a directory on the way is not searchable)."""
         return await self.backend.exists(self.id, self.path(path))
 
     async def remove(self, path: str, *, recursive: bool = False) -> None:

@@ -392,7 +392,8 @@ class Sandbox:
         return _run(self.aio.stat, path)
 
     def exists(self, path: str) -> bool:
-        """True when ``path`` exists."""
+        """True when ``path`` exists. Raises ``PermissionDenied`` when the
+        sandbox's user cannot look (a directory on the way is not searchable)."""
         return _run(self.aio.exists, path)
 
     def remove(self, path: str, *, recursive: bool = False) -> None:
