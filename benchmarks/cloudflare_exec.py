@@ -19,30 +19,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import secrets
-import statistics
-import sys
-import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-
-sys.path.insert(
-    0, str(Path(__file__).resolve().parent.parent / "providers" / "cloudflare" / "tests")
-)
 
 import httpx
 from agent_sandbox_cloudflare import CloudflareBackend, CloudflareOptions
-from fake_bridge import FakeWorker
+from fakes import exec_true, use_tests_of
+from measure import interleave, report_medians
 
 import agent_sandbox as asb
 
 
-async def _timed(func: Callable[[], Awaitable[object]]) -> float:
-    start = time.perf_counter()
-    await func()
-    return time.perf_counter() - start
-
-
 async def main(runs: int) -> None:
+    use_tests_of("cloudflare")
+    from fake_bridge import FakeWorker
+
     fake = FakeWorker().start()
     try:
         backend = CloudflareBackend(CloudflareOptions(url=fake.url, api_key=fake.api_key))
@@ -52,10 +41,6 @@ async def main(runs: int) -> None:
                 base_url=fake.url, headers={"Authorization": f"Bearer {fake.api_key}"}
             ) as client,
         ):
-
-            async def ours() -> None:
-                result = await sb.exec(["true"], timeout=30)
-                assert result.exit_code == 0
 
             async def raw() -> None:
                 body = {
@@ -76,26 +61,11 @@ async def main(runs: int) -> None:
                             return
                 raise AssertionError("no exit event")
 
-            cases = {"ours": ours, "httpx": raw}
-            samples: dict[str, list[float]] = {name: [] for name in cases}
-            for func in cases.values():  # warm up connections
-                for _ in range(5):
-                    await func()
-            for _ in range(runs):
-                for name, func in cases.items():
-                    samples[name].append(await _timed(func))
+            samples = await interleave({"ours": exec_true(sb), "httpx": raw}, runs)
         await backend.aclose()
     finally:
         fake.stop()
-
-    medians = {name: statistics.median(values) * 1000 for name, values in samples.items()}
-    for name, values in samples.items():
-        q1, _, q3 = statistics.quantiles(values, n=4)
-        print(
-            f"{name:5s} median {medians[name]:7.2f} ms  (quartiles {q1 * 1000:.2f}-{q3 * 1000:.2f},"
-            f" mean {statistics.fmean(values) * 1000:.2f}) over {runs} runs"
-        )
-    print(f"ratio ours/httpx: {medians['ours'] / medians['httpx']:.2f}  (target <= 1.10)")
+    report_medians(samples, [("ours", "httpx", "target <= 1.10")])
 
 
 if __name__ == "__main__":

@@ -20,23 +20,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
-import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "providers" / "daytona" / "tests"))
 
 from agent_sandbox_daytona import DaytonaBackend, DaytonaOptions
-from conftest import ThreadedFake
+from fakes import exec_true, use_tests_of
+from measure import interleave, report_medians
 
 import agent_sandbox as asb
-
-
-async def _timed(func: Callable[[], Awaitable[object]]) -> float:
-    start = time.perf_counter()
-    await func()
-    return time.perf_counter() - start
 
 
 async def _per_operation(sb: asb.Sandbox, runs: int) -> dict[str, float]:
@@ -52,14 +42,14 @@ async def _per_operation(sb: asb.Sandbox, runs: int) -> dict[str, float]:
         "mkdir": lambda: sb.mkdir("bench/d"),
         "remove": lambda: sb.remove("bench/d", recursive=True),
     }
-    times: dict[str, list[float]] = {name: [] for name in ops}
-    for _ in range(runs):
-        for name, op in ops.items():
-            times[name].append(await _timed(op))
+    # In this order every time: mkdir makes what remove removes.
+    times = await interleave(ops, runs, warmup=0, alternate=False)
     return {name: statistics.median(values) * 1000 for name, values in times.items()}
 
 
 async def main(runs: int) -> None:
+    use_tests_of("daytona")
+    from conftest import ThreadedFake
     from daytona import AsyncDaytona, DaytonaConfig, SessionExecuteRequest
 
     with ThreadedFake() as fake:
@@ -67,11 +57,6 @@ async def main(runs: int) -> None:
         config = DaytonaConfig(api_key=fake.api_key, api_url=fake.api_url)
         async with AsyncDaytona(config) as daytona, await asb.Sandbox.create(backend=backend) as sb:
             raw = await daytona.get(sb.id)
-
-            async def ours() -> None:
-                result = await sb.exec(["true"], timeout=30)
-                assert result.exit_code == 0
-
             await raw.process.create_session("bench")
 
             async def sdk_session() -> None:
@@ -89,29 +74,22 @@ async def main(runs: int) -> None:
                 response = await raw.process.exec("true", timeout=30)
                 assert response.exit_code == 0
 
-            cases = {"ours": ours, "sdk-session": sdk_session, "sdk-exec": sdk_exec}
-            samples: dict[str, list[float]] = {name: [] for name in cases}
-            for func in cases.values():  # warm up connections
-                for _ in range(5):
-                    await func()
-            for _ in range(runs):
-                for name, func in cases.items():
-                    samples[name].append(await _timed(func))
+            cases = {"ours": exec_true(sb), "sdk-session": sdk_session, "sdk-exec": sdk_exec}
+            samples = await interleave(cases, runs)
             await raw.process.delete_session("bench")
             costs = await _per_operation(sb, max(10, runs // 5))
         await backend.aclose()
 
-    medians = {name: statistics.median(values) * 1000 for name, values in samples.items()}
-    for name, values in samples.items():
-        q1, _, q3 = statistics.quantiles(values, n=4)
-        print(f"{name:12s} median {medians[name]:8.2f} ms  (quartiles {q1 * 1000:.2f}-"
-              f"{q3 * 1000:.2f}) over {runs} runs")  # fmt: skip
+    report_medians(
+        samples,
+        [
+            ("ours", "sdk-session", "target <= 1.10"),
+            ("ours", "sdk-exec", "merged output, no streams"),
+        ],
+    )
     print("per operation (ours):")
     for name, value in costs.items():
         print(f"  {name:12s} median {value:8.2f} ms")
-    session, one_shot = medians["sdk-session"], medians["sdk-exec"]
-    print(f"ratio ours/sdk-session: {medians['ours'] / session:.2f}  (target <= 1.10)")
-    print(f"ratio ours/sdk-exec:    {medians['ours'] / one_shot:.2f}  (merged output, no streams)")
 
 
 if __name__ == "__main__":

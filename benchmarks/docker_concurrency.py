@@ -14,7 +14,14 @@ import time
 
 import anyio
 from agent_sandbox_docker import DockerBackend, DockerOptions
-from docker_common import BENCH_LABEL, IMAGE, RUN_ID, add_sandbox_options, cleanup, raw_client
+from docker_common import (
+    BENCH_LABEL,
+    RUN_ID,
+    add_sandbox_options,
+    cleanup,
+    raw_client,
+    sandbox_spec,
+)
 
 from agent_sandbox import Sandbox
 
@@ -28,13 +35,7 @@ async def one(
 ) -> None:
     start = time.perf_counter()
     try:
-        async with await Sandbox.create(
-            backend=backend,
-            image=IMAGE,
-            labels={BENCH_LABEL: RUN_ID},
-            ttl_seconds=600,
-            network=args.network,
-        ) as sb:
+        async with await Sandbox.create(backend=backend, **sandbox_spec(args.network, 600)) as sb:
             for n in range(args.commands):
                 result = await sb.exec(["sh", "-c", f"echo {i}-{n}"])
                 if result.stdout != f"{i}-{n}\n":

@@ -13,8 +13,6 @@ graceful 10 s stop.
 
 from __future__ import annotations
 
-import argparse
-
 import anyio
 from agent_sandbox_docker import DockerBackend, DockerOptions
 from agent_sandbox_docker._backend import OPEN_NETWORK
@@ -22,13 +20,12 @@ from docker_common import (
     BENCH_LABEL,
     IMAGE,
     RUN_ID,
-    add_sandbox_options,
     cleanup,
     raw_client,
-    report,
-    timed,
-    timed_sync,
+    runs_parser,
+    sandbox_spec,
 )
+from measure import Case, interleave, report_percentiles, timed
 
 from agent_sandbox import Sandbox
 
@@ -44,13 +41,7 @@ async def main(runs: int, network: str, runtime: str | None) -> None:
     try:
 
         async def ours() -> None:
-            sb = await Sandbox.create(
-                backend=backend,
-                image=IMAGE,
-                labels={BENCH_LABEL: RUN_ID},
-                ttl_seconds=600,
-                network=network,
-            )
+            sb = await Sandbox.create(backend=backend, **sandbox_spec(network, 600))
             mine.append(sb)
             assert (await sb.exec(["true"])).exit_code == 0
 
@@ -75,7 +66,7 @@ async def main(runs: int, network: str, runtime: str | None) -> None:
         async def remove_all(record: bool = True) -> None:
             while ids:
                 cid = ids.pop()
-                took = timed_sync(lambda cid=cid: api.remove_container(cid, force=True))
+                took = await timed(lambda cid=cid: api.remove_container(cid, force=True))
                 if record:
                     removal["docker-py remove_container(force)"].append(took)
             while mine:
@@ -90,26 +81,17 @@ async def main(runs: int, network: str, runtime: str | None) -> None:
                 "docker-py, default bridge": None,
                 "docker-py, agent-sandbox-open": OPEN_NETWORK,
             }
-        for _ in range(3):
-            await ours()  # also creates agent-sandbox-open when missing
-            for on in baselines.values():
-                raw(on)
-            await remove_all(record=False)
-        samples: dict[str, list[float]] = {name: [] for name in baselines}
-        samples["Sandbox.create+exec"] = []
-        for i in range(runs):
-            order = list(baselines.items())
-            if i % 2:
-                samples["Sandbox.create+exec"].append(await timed(ours))
-            for name, on in order if i % 2 == 0 else reversed(order):
-                samples[name].append(timed_sync(lambda on=on: raw(on)))
-            if i % 2 == 0:
-                samples["Sandbox.create+exec"].append(await timed(ours))
-            await remove_all()
+        cases: dict[str, Case] = {name: lambda on=on: raw(on) for name, on in baselines.items()}
+        cases["Sandbox.create+exec"] = ours
+        await ours()  # creates agent-sandbox-open when missing
+        # Warm up (removals not recorded), then measure; each round's containers are removed
+        # after it.
+        await interleave(cases, 3, warmup=0, after_round=lambda: remove_all(record=False))
+        samples = await interleave(cases, runs, warmup=0, after_round=remove_all)
         where = f"network {network}, runtime {runtime or 'default'}"
         for name in reversed(baselines):
-            report(f"create + first exec, {where}", samples, name)
-        report("destroy (kill + remove)", removal, "docker-py remove_container(force)")
+            report_percentiles(f"create + first exec, {where}", samples, name)
+        report_percentiles("destroy (kill + remove)", removal, "docker-py remove_container(force)")
     finally:
         await backend.aclose()
         client.close()
@@ -119,8 +101,5 @@ async def main(runs: int, network: str, runtime: str | None) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=200)
-    add_sandbox_options(parser)
-    args = parser.parse_args()
+    args = runs_parser(__doc__).parse_args()
     anyio.run(main, args.runs, args.network, args.runtime)

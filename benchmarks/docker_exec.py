@@ -9,21 +9,10 @@ Run: ``uv run --all-extras python benchmarks/docker_exec.py [--runs N] [--networ
 
 from __future__ import annotations
 
-import argparse
-
 import anyio
 from agent_sandbox_docker import DockerBackend, DockerOptions
-from docker_common import (
-    BENCH_LABEL,
-    IMAGE,
-    RUN_ID,
-    add_sandbox_options,
-    cleanup,
-    raw_client,
-    report,
-    timed,
-    timed_sync,
-)
+from docker_common import cleanup, raw_client, runs_parser, sandbox_spec
+from measure import interleave, report_percentiles
 
 from agent_sandbox import Sandbox
 
@@ -35,7 +24,7 @@ async def main(runs: int, network: str, runtime: str | None) -> None:
     client = docker.DockerClient(version="auto")
     backend = DockerBackend(DockerOptions(runtime=runtime))
     engine = DockerBackend(DockerOptions(runtime=runtime, agent=False))
-    spec = {"image": IMAGE, "labels": {BENCH_LABEL: RUN_ID}, "ttl_seconds": 900, "network": network}
+    spec = sandbox_spec(network, 900)
     try:
         async with (
             await Sandbox.create(backend=backend, **spec) as sb,
@@ -53,25 +42,14 @@ async def main(runs: int, network: str, runtime: str | None) -> None:
             def raw() -> None:
                 assert container.exec_run(["true"]).exit_code == 0
 
-            for _ in range(5):  # warm up connections and caches
-                await ours()
-                await without_agent()
-                raw()
-            samples: dict[str, list[float]] = {
-                "docker-py exec_run": [],
-                "Sandbox.exec (agent)": [],
-                "Sandbox.exec (agent=False)": [],
+            cases = {
+                "docker-py exec_run": raw,
+                "Sandbox.exec (agent)": ours,
+                "Sandbox.exec (agent=False)": without_agent,
             }
-            for i in range(runs):
-                for which in [0, 1, 2] if i % 2 == 0 else [2, 1, 0]:
-                    if which == 0:
-                        samples["docker-py exec_run"].append(timed_sync(raw))
-                    elif which == 1:
-                        samples["Sandbox.exec (agent)"].append(await timed(ours))
-                    else:
-                        samples["Sandbox.exec (agent=False)"].append(await timed(without_agent))
+            samples = await interleave(cases, runs)  # warmed up: connections and caches
             title = f'exec(["true"]), network {network}, runtime {runtime or "default"}'
-            report(title, samples, "docker-py exec_run")
+            report_percentiles(title, samples, "docker-py exec_run")
     finally:
         await backend.aclose()
         await engine.aclose()
@@ -82,8 +60,5 @@ async def main(runs: int, network: str, runtime: str | None) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=200)
-    add_sandbox_options(parser)
-    args = parser.parse_args()
+    args = runs_parser(__doc__).parse_args()
     anyio.run(main, args.runs, args.network, args.runtime)

@@ -9,7 +9,6 @@ Run: ``uv run --all-extras python benchmarks/docker_files.py [--runs N] [--sizes
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import tarfile
@@ -19,17 +18,8 @@ from typing import Any
 
 import anyio
 from agent_sandbox_docker import DockerBackend, DockerOptions
-from docker_common import (
-    BENCH_LABEL,
-    IMAGE,
-    RUN_ID,
-    add_sandbox_options,
-    cleanup,
-    raw_client,
-    report,
-    timed,
-    timed_sync,
-)
+from docker_common import cleanup, raw_client, runs_parser, sandbox_spec
+from measure import interleave, report_percentiles
 
 from agent_sandbox import Sandbox
 
@@ -56,13 +46,7 @@ async def main(runs: int, sizes: list[int], network: str, runtime: str | None) -
     api = raw_client()
     backend = DockerBackend(DockerOptions(runtime=runtime))
     try:
-        async with await Sandbox.create(
-            backend=backend,
-            image=IMAGE,
-            labels={BENCH_LABEL: RUN_ID},
-            ttl_seconds=1800,
-            network=network,
-        ) as sb:
+        async with await Sandbox.create(backend=backend, **sandbox_spec(network, 1800)) as sb:
             for size in sizes:
                 await one_size(api, sb, runs, size)
     finally:
@@ -82,18 +66,10 @@ async def one_size(api: Any, sb: Sandbox, runs: int, size: int) -> None:
     def raw() -> None:
         raw_round_trip(api, sb.id, data)
 
-    for _ in range(2):
-        await ours()
-        raw()
-    samples: dict[str, list[float]] = {"docker-py put/get_archive": [], "write_file+read_file": []}
-    for i in range(runs):
-        if i % 2 == 0:
-            samples["docker-py put/get_archive"].append(timed_sync(raw))
-            samples["write_file+read_file"].append(await timed(ours))
-        else:
-            samples["write_file+read_file"].append(await timed(ours))
-            samples["docker-py put/get_archive"].append(timed_sync(raw))
-    report(f"write + read {size} bytes, same container", samples, "docker-py put/get_archive")
+    cases = {"docker-py put/get_archive": raw, "write_file+read_file": ours}
+    samples = await interleave(cases, runs, warmup=2)
+    title = f"write + read {size} bytes, same container"
+    report_percentiles(title, samples, "docker-py put/get_archive")
 
     tracemalloc.start()
     await ours()
@@ -107,10 +83,8 @@ async def one_size(api: Any, sb: Sandbox, runs: int, size: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=200)
+    parser = runs_parser(__doc__)
     parser.add_argument("--sizes", default="4096,10485760")
-    add_sandbox_options(parser)
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     anyio.run(main, args.runs, sizes, args.network, args.runtime)

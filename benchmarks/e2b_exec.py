@@ -19,29 +19,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
-import sys
-import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "providers" / "e2b" / "tests"))
 
 from agent_sandbox_e2b import E2BBackend, E2BOptions
-from fake_e2b import FakeE2B
+from fakes import exec_true, use_tests_of
+from measure import interleave, report_medians
 
 import agent_sandbox as asb
 from agent_sandbox import tree
 
 
-async def _timed(func: Callable[[], Awaitable[object]]) -> float:
-    start = time.perf_counter()
-    await func()
-    return time.perf_counter() - start
-
-
 async def main(runs: int) -> None:
+    use_tests_of("e2b")
     from e2b import AsyncSandbox
+    from fake_e2b import FakeE2B
 
     fake = FakeE2B().start()
     try:
@@ -55,10 +45,6 @@ async def main(runs: int) -> None:
         async with await asb.Sandbox.create(backend=backend) as sb:
             raw = await AsyncSandbox.connect(sb.id, timeout=600, **params)
 
-            async def ours() -> None:
-                result = await sb.exec(["true"], timeout=30)
-                assert result.exit_code == 0
-
             async def sdk() -> None:
                 result = await raw.commands.run("true", timeout=30)
                 assert result.exit_code == 0
@@ -71,29 +57,17 @@ async def main(runs: int) -> None:
                 result = await raw.commands.run(supervised, timeout=30)
                 assert result.exit_code == 0
 
-            cases = {"ours": ours, "sdk": sdk, "sdk-supervised": sdk_supervised}
-            samples: dict[str, list[float]] = {name: [] for name in cases}
-            for func in cases.values():  # warm up connections
-                for _ in range(5):
-                    await func()
-            for _ in range(runs):
-                for name, func in cases.items():
-                    samples[name].append(await _timed(func))
+            cases = {"ours": exec_true(sb), "sdk": sdk, "sdk-supervised": sdk_supervised}
+            samples = await interleave(cases, runs)
         await backend.aclose()
     finally:
         fake.stop()
-
-    medians = {name: statistics.median(values) * 1000 for name, values in samples.items()}
-    for name, values in samples.items():
-        q1, _, q3 = statistics.quantiles(values, n=4)
-        print(
-            f"{name:5s} median {medians[name]:7.2f} ms  (quartiles {q1 * 1000:.2f}-{q3 * 1000:.2f},"
-            f" mean {statistics.fmean(values) * 1000:.2f}) over {runs} runs"
-        )
-    print(f"ratio ours/sdk: {medians['ours'] / medians['sdk']:.2f}  (target <= 1.10)")
-    print(
-        f"ratio ours/sdk-supervised: {medians['ours'] / medians['sdk-supervised']:.2f}"
-        "  (the client side: the same in-sandbox work on both)"
+    report_medians(
+        samples,
+        [
+            ("ours", "sdk", "target <= 1.10"),
+            ("ours", "sdk-supervised", "the client side: the same in-sandbox work on both"),
+        ],
     )
 
 

@@ -16,8 +16,8 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-import time
-from collections.abc import Awaitable, Callable
+
+from measure import Case, interleave
 
 import agent_sandbox as asb
 from agent_sandbox.local import LocalBackend, LocalOptions
@@ -25,28 +25,13 @@ from agent_sandbox.local._jail import bwrap_prefix
 from agent_sandbox.local._user import drop_argv
 
 
-def _time_sync(func: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    func()
-    return time.perf_counter() - start
-
-
-async def _time_async(func: Callable[[], Awaitable[object]]) -> float:
-    start = time.perf_counter()
-    await func()
-    return time.perf_counter() - start
-
-
-def _run(argv: list[str] | None) -> None:
-    assert argv is not None
-    subprocess.run(argv, check=True)
-
-
 async def _measure(isolation: str, runs: int, root: str) -> dict[str, float]:
     backend = LocalBackend(LocalOptions(root=root, isolation=isolation))  # type: ignore[arg-type]
-    samples: dict[str, list[float]] = {"sandbox": [], "subprocess": []}
-    bare_bwrap: list[str] | None = None
     async with await asb.Sandbox.create(backend=backend) as sb:
+        cases: dict[str, Case] = {
+            "sandbox": lambda: sb.exec(["true"]),
+            "subprocess": lambda: subprocess.run(["true"], check=True),
+        }
         if isolation == "bwrap":
             bwrap = shutil.which("bwrap")
             assert bwrap is not None
@@ -64,15 +49,8 @@ async def _measure(isolation: str, runs: int, root: str) -> dict[str, float]:
                 "--chdir", "/workspace",
                 "true",
             ]  # fmt: skip
-            samples["bwrap"] = []
-        for _ in range(10):  # warm up caches and the page cache
-            await sb.exec(["true"])
-            subprocess.run(["true"], check=True)  # noqa: ASYNC221 - the baseline is blocking
-        for _ in range(runs):
-            samples["sandbox"].append(await _time_async(lambda: sb.exec(["true"])))
-            samples["subprocess"].append(_time_sync(lambda: subprocess.run(["true"], check=True)))
-            if bare_bwrap is not None:
-                samples["bwrap"].append(_time_sync(lambda: _run(bare_bwrap)))
+            cases["bwrap"] = lambda: subprocess.run(bare_bwrap, check=True)
+        samples = await interleave(cases, runs, warmup=10)  # warmed up: caches, the page cache
     await backend.aclose()
     return {name: statistics.median(values) for name, values in samples.items()}
 

@@ -19,24 +19,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
-import sys
-import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "providers" / "modal" / "tests"))
-
-from fake_modal import FakeModal
-
-
-async def _timed(func: Callable[[], Awaitable[object]]) -> float:
-    start = time.perf_counter()
-    await func()
-    return time.perf_counter() - start
+from fakes import exec_true, use_tests_of
+from measure import interleave, report_medians
 
 
 async def main(runs: int) -> None:
+    use_tests_of("modal")
+    from fake_modal import FakeModal
+
     fake = FakeModal().start()
     # The SDK reads its server and credentials when it first makes a client.
     os.environ["MODAL_SERVER_URL"] = fake.url
@@ -53,37 +44,18 @@ async def main(runs: int) -> None:
             client = await modal.Client.from_env.aio()
             raw = await modal.Sandbox.from_id.aio(sb.id, client=client)
 
-            async def ours() -> None:
-                result = await sb.exec(["true"], timeout=30)
-                assert result.exit_code == 0
-
             async def sdk() -> None:
                 process = await raw.exec.aio("true", timeout=30)
                 await process.stdout.read.aio()
                 await process.stderr.read.aio()
                 assert await process.wait.aio() == 0
 
-            cases = {"ours": ours, "sdk": sdk}
-            samples: dict[str, list[float]] = {name: [] for name in cases}
-            for func in cases.values():  # warm up connections
-                for _ in range(5):
-                    await func()
-            for _ in range(runs):
-                for name, func in cases.items():
-                    samples[name].append(await _timed(func))
+            samples = await interleave({"ours": exec_true(sb), "sdk": sdk}, runs)
             await raw.detach.aio()
         await backend.aclose()
     finally:
         fake.stop()
-
-    medians = {name: statistics.median(values) * 1000 for name, values in samples.items()}
-    for name, values in samples.items():
-        q1, _, q3 = statistics.quantiles(values, n=4)
-        print(
-            f"{name:5s} median {medians[name]:7.2f} ms  (quartiles {q1 * 1000:.2f}-{q3 * 1000:.2f},"
-            f" mean {statistics.fmean(values) * 1000:.2f}) over {runs} runs"
-        )
-    print(f"ratio ours/sdk: {medians['ours'] / medians['sdk']:.2f}  (target <= 1.10)")
+    report_medians(samples, [("ours", "sdk", "target <= 1.10")])
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ Run: ``uv run python benchmarks/tunnel_latency.py [--runs 300] [--mib 32]``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import tempfile
@@ -19,6 +20,8 @@ import time
 from pathlib import Path
 
 import anyio
+from mcp import Client
+from measure import Case, interleave, percentile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -26,25 +29,26 @@ from tunnel_support import Tunnel, events, tunnel
 
 
 def _ms(samples: list[float]) -> str:
-    ordered = sorted(samples)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    p99 = percentile(samples, 0.99)
     return f"median {statistics.median(samples) * 1000:7.2f} ms   p99 {p99 * 1000:7.2f} ms"
 
 
+def _add(client: Client) -> Case:
+    """One ``tools/call add`` through ``client``, checked to succeed."""
+    numbers = itertools.count()
+
+    async def call() -> None:
+        result = await client.call_tool("add", {"a": next(numbers), "b": 1})
+        assert not result.is_error
+
+    return call
+
+
 async def _latency(t: Tunnel, upstream: str, runs: int) -> tuple[list[float], list[float]]:
-    direct: list[float] = []
-    tunnelled: list[float] = []
     async with t.client("bench") as via, t.client("", url=upstream) as plain:
-        for client in (via, plain):  # warm up: connections, tool listing, code paths
-            for _ in range(20):
-                await client.call_tool("add", {"a": 1, "b": 2})
-        for i in range(runs):
-            for client, samples in ((via, tunnelled), (plain, direct)):
-                start = time.perf_counter()
-                result = await client.call_tool("add", {"a": i, "b": 1})
-                samples.append(time.perf_counter() - start)
-                assert not result.is_error
-    return direct, tunnelled
+        # warmed up: connections, tool listing, code paths
+        samples = await interleave({"tunnel": _add(via), "direct": _add(plain)}, runs, warmup=20)
+    return samples["direct"], samples["tunnel"]
 
 
 async def _throughput(t: Tunnel, upstream: str, mib: int) -> tuple[float, float, int]:

@@ -23,28 +23,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
-import sys
-import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "providers" / "vercel" / "tests"))
 
 from agent_sandbox_vercel import VercelBackend, VercelOptions
 from agent_sandbox_vercel._shim import runner, wrap
-from conftest import CREDENTIALS, FakeVercelServer
+from fakes import exec_true, use_tests_of
+from measure import interleave, report_medians
 
 import agent_sandbox as asb
 
 
-async def _timed(func: Callable[[], Awaitable[object]]) -> float:
-    start = time.perf_counter()
-    await func()
-    return time.perf_counter() - start
-
-
 async def main(runs: int) -> None:
+    use_tests_of("vercel")
+    from conftest import CREDENTIALS, FakeVercelServer
     from vercel.sandbox import SandboxClient, SandboxServiceOptions
 
     os.environ.update(CREDENTIALS)
@@ -54,10 +44,6 @@ async def main(runs: int) -> None:
         client = SandboxClient.create(options=SandboxServiceOptions(base_url=fake.url))
         async with await asb.Sandbox.create(backend=backend) as sb:
             raw = await client.get_sandbox(name=sb.id)
-
-            async def ours() -> None:
-                result = await sb.exec(["true"], timeout=30)
-                assert result.exit_code == 0
 
             async def sdk() -> None:
                 result = await raw.run_process("true", capture_output=True)
@@ -77,29 +63,20 @@ async def main(runs: int) -> None:
                 result = await raw.run_process(perl_command, perl_args, capture_output=True)
                 assert result.returncode == 0
 
-            cases = {"ours": ours, "sdk": sdk, "shim": shim, "perl": perl}
-            samples: dict[str, list[float]] = {name: [] for name in cases}
-            for func in cases.values():  # warm up connections
-                for _ in range(5):
-                    await func()
-            for _ in range(runs):
-                for name, func in cases.items():
-                    samples[name].append(await _timed(func))
+            cases = {"ours": exec_true(sb), "sdk": sdk, "shim": shim, "perl": perl}
+            samples = await interleave(cases, runs)
         await client.aclose()
         await backend.aclose()
     finally:
         fake.stop()
-
-    medians = {name: statistics.median(values) * 1000 for name, values in samples.items()}
-    for name, values in samples.items():
-        q1, _, q3 = statistics.quantiles(values, n=4)
-        print(
-            f"{name:5s} median {medians[name]:7.2f} ms  (quartiles {q1 * 1000:.2f}-{q3 * 1000:.2f},"
-            f" mean {statistics.fmean(values) * 1000:.2f}) over {runs} runs"
-        )
-    print(f"ratio ours/sdk: {medians['ours'] / medians['sdk']:.2f}  (target <= 1.10)")
-    print(f"ratio ours/shim: {medians['ours'] / medians['shim']:.2f}  (the client side alone)")
-    print(f"ratio perl/sdk: {medians['perl'] / medians['sdk']:.2f}  (commands under the Perl shim)")
+    report_medians(
+        samples,
+        [
+            ("ours", "sdk", "target <= 1.10"),
+            ("ours", "shim", "the client side alone"),
+            ("perl", "sdk", "commands under the Perl shim"),
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import anyio
+from measure import percentile
 
 import agent_sandbox as asb
 from agent_sandbox.local import LocalBackend, LocalOptions
@@ -46,8 +47,7 @@ def command(n: int) -> str:
 def summary(
     name: str, latencies: list[float], firsts: list[float], wall: float
 ) -> dict[str, float]:
-    latencies = sorted(latencies)
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    p99 = percentile(latencies, 0.99)
     calls = len(latencies) + len(firsts)
     row = {
         "throughput": calls / wall,
