@@ -163,6 +163,7 @@ async def main() -> None:
         f"{args.concurrency}; local provider; {os.cpu_count()} CPUs"
     )
     with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o711)  # as root, the sandboxes' own uids pass through it
         work = Path(tmp)
         base = await baseline(args, work / "baseline")
         rows = {"sqlite": await through_workers(
