@@ -21,7 +21,7 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -55,26 +55,13 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "state"
-    try:
-        yield path
-    finally:
-        # Kill and remove whatever a failed test left (the normal path destroys its sandboxes).
-        if path.exists():
-            cleaner = LocalBackend(LocalOptions(root=path, isolation="none"))
-            for entry in path.iterdir():
-                cleaner._retire(entry.name)
-
-
 def make_backend(root: Path, isolation: str) -> LocalBackend:
     return LocalBackend(LocalOptions(root=root, isolation=isolation))  # type: ignore[arg-type]
 
 
 @pytest.fixture
-async def sandbox(root: Path, request: pytest.FixtureRequest) -> AsyncIterator[asb.Sandbox]:
-    backend = make_backend(root, request.param)
+async def sandbox(sandbox_root: Path, request: pytest.FixtureRequest) -> AsyncIterator[asb.Sandbox]:
+    backend = make_backend(sandbox_root, request.param)
     sb = await asb.Sandbox.create(backend=backend)
     try:
         yield sb
@@ -299,9 +286,9 @@ _PROBE = textwrap.dedent(
 
 @needs_bwrap
 @pytest.mark.parametrize("address", _host_addresses())
-async def test_network_none_blocks_egress_to_the_host(root: Path, address: str) -> None:
+async def test_network_none_blocks_egress_to_the_host(sandbox_root: Path, address: str) -> None:
     server = _Server(address)
-    backend = make_backend(root, "bwrap")
+    backend = make_backend(sandbox_root, "bwrap")
     try:
         async with await asb.Sandbox.create(backend=backend, network="open") as open_sb:
             r = await open_sb.exec(["python3", "-c", _PROBE, server.host, str(server.port)])
@@ -317,36 +304,41 @@ async def test_network_none_blocks_egress_to_the_host(root: Path, address: str) 
         await backend.aclose()
 
 
-async def test_network_policies_the_backend_cannot_honour(root: Path) -> None:
-    unjailed = make_backend(root, "none")
+async def test_network_policies_the_backend_cannot_honour(sandbox_root: Path) -> None:
+    unjailed = make_backend(sandbox_root, "none")
     with pytest.raises(asb.Unsupported):
         await asb.Sandbox.create(backend=unjailed, network="none")
     allow = asb.NetworkPolicy(mode="allowlist", allow=("10.0.0.1",))
     for mode in (["bwrap"] if HAVE_BWRAP else []) + ["none"]:
         with pytest.raises(asb.Unsupported):
-            await asb.Sandbox.create(backend=make_backend(root, mode), network=allow)
+            await asb.Sandbox.create(backend=make_backend(sandbox_root, mode), network=allow)
     with pytest.raises(asb.Unsupported):
         await asb.Sandbox.create(backend=unjailed, image="python:3.12")
-    assert not root.exists() or list(root.iterdir()) == []
+    assert not sandbox_root.exists() or list(sandbox_root.iterdir()) == []
 
 
 # -- choosing the isolation ------------------------------------------------------------------
 
 
 def test_bwrap_missing_is_a_config_error(
-    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    sandbox_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
     with pytest.raises(asb.ConfigError, match="bwrap"):
-        make_backend(root, "bwrap")
-    auto = make_backend(root, "auto")
+        make_backend(sandbox_root, "bwrap")
+    auto = make_backend(sandbox_root, "auto")
     assert auto.isolation == "none"
     assert not auto.capabilities.isolated
     assert not auto.capabilities.network_none
 
 
-async def test_isolation_none_works_and_warns(root: Path, caplog: pytest.LogCaptureFixture) -> None:
-    backend = make_backend(root, "none")
+async def test_isolation_none_works_and_warns(
+    sandbox_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = make_backend(sandbox_root, "none")
     with caplog.at_level(logging.WARNING, logger="agent_sandbox.local"):
         async with await asb.Sandbox.create(backend=backend) as sb:
             assert any("NOT isolated" in rec.getMessage() for rec in caplog.records)
@@ -360,8 +352,8 @@ async def test_isolation_none_works_and_warns(root: Path, caplog: pytest.LogCapt
 
 
 @needs_bwrap
-def test_auto_prefers_bwrap(root: Path) -> None:
-    backend = make_backend(root, "auto")
+def test_auto_prefers_bwrap(sandbox_root: Path) -> None:
+    backend = make_backend(sandbox_root, "auto")
     assert backend.isolation == "bwrap"
     assert backend.capabilities.isolated
     assert backend.capabilities.network_none
@@ -377,15 +369,15 @@ def test_registered_as_the_default_provider() -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_state_survives_a_new_backend(root: Path, mode: str) -> None:
-    first = make_backend(root, mode)
+async def test_state_survives_a_new_backend(sandbox_root: Path, mode: str) -> None:
+    first = make_backend(sandbox_root, mode)
     sb = await asb.Sandbox.create(backend=first, labels={"team": "t1"}, env={"GREETING": "hi"})
     try:
         await sb.write_file("kept.txt", b"kept")
         assert sb.id.startswith("loc-")
-        state = json.loads((root / sb.id / "state.json").read_text())
+        state = json.loads((sandbox_root / sb.id / "state.json").read_text())
         assert state["isolation"] == mode
-        second = make_backend(root, mode)
+        second = make_backend(sandbox_root, mode)
         info = await second.connect(sb.id)
         assert info.id == sb.id
         assert info.workdir == sb.info.workdir
@@ -404,8 +396,8 @@ async def test_state_survives_a_new_backend(root: Path, mode: str) -> None:
         await sb.destroy()
 
 
-async def test_unknown_and_malformed_ids(root: Path) -> None:
-    backend = make_backend(root, "none")
+async def test_unknown_and_malformed_ids(sandbox_root: Path) -> None:
+    backend = make_backend(sandbox_root, "none")
     for bad in ("loc-00000000000000000000", "../etc", "", "loc-../../x"):
         with pytest.raises(asb.SandboxNotFound):
             await backend.connect(bad)
@@ -451,8 +443,8 @@ async def test_missing_working_directory(sandbox: asb.Sandbox) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_destroy_kills_running_commands(root: Path, mode: str) -> None:
-    backend = make_backend(root, mode)
+async def test_destroy_kills_running_commands(sandbox_root: Path, mode: str) -> None:
+    backend = make_backend(sandbox_root, mode)
     sb = await asb.Sandbox.create(backend=backend)
     token = _sleep_token()
     outcome: list[BaseException | asb.ExecResult] = []
@@ -470,7 +462,7 @@ async def test_destroy_kills_running_commands(root: Path, mode: str) -> None:
         await sb.destroy()
         await sb.destroy()  # idempotent
     assert await _until_gone(token) == []
-    assert not (root / sb.id).exists()
+    assert not (sandbox_root / sb.id).exists()
     assert len(outcome) == 1
 
 
@@ -491,15 +483,15 @@ asyncio.run(main())
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_sweep_removes_expired_sandboxes_and_kills_their_commands(
-    root: Path, mode: str
+    sandbox_root: Path, mode: str
 ) -> None:
-    backend = make_backend(root, mode)
+    backend = make_backend(sandbox_root, mode)
     doomed = await asb.Sandbox.create(backend=backend, ttl_seconds=3600)
     keeper = await asb.Sandbox.create(backend=backend, ttl_seconds=3 * 3600)
     token = _sleep_token()
     # Another process runs a command in the sandbox, as a crashed agent would have left it.
     other = subprocess.Popen(
-        [sys.executable, "-c", _OTHER_PROCESS, str(root), mode, doomed.id, token],
+        [sys.executable, "-c", _OTHER_PROCESS, str(sandbox_root), mode, doomed.id, token],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -514,7 +506,7 @@ async def test_sweep_removes_expired_sandboxes_and_kills_their_commands(
         swept = await backend.sweep(now=later)
         assert swept == [doomed.id]
         assert await _until_gone(token) == []
-        assert not (root / doomed.id).exists()
+        assert not (sandbox_root / doomed.id).exists()
         assert [i.id for i in await backend.list()] == [keeper.id]
     finally:
         other.kill()
@@ -527,8 +519,8 @@ async def test_sweep_removes_expired_sandboxes_and_kills_their_commands(
         await doomed.destroy()
 
 
-async def test_sweep_with_labels_touches_only_matching_sandboxes(root: Path) -> None:
-    backend = make_backend(root, "none")
+async def test_sweep_with_labels_touches_only_matching_sandboxes(sandbox_root: Path) -> None:
+    backend = make_backend(sandbox_root, "none")
     mine = await asb.Sandbox.create(backend=backend, ttl_seconds=60, labels={"team": "a"})
     theirs = await asb.Sandbox.create(backend=backend, ttl_seconds=60, labels={"team": "b"})
     try:
@@ -541,8 +533,10 @@ async def test_sweep_with_labels_touches_only_matching_sandboxes(root: Path) -> 
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_expired_sandbox_is_gone_and_its_command_stopped(root: Path, mode: str) -> None:
-    backend = make_backend(root, mode)
+async def test_expired_sandbox_is_gone_and_its_command_stopped(
+    sandbox_root: Path, mode: str
+) -> None:
+    backend = make_backend(sandbox_root, mode)
     sb = await asb.Sandbox.create(backend=backend, ttl_seconds=1.5)
     try:
         with pytest.raises(asb.SandboxNotFound, match="TTL"):
@@ -551,7 +545,7 @@ async def test_expired_sandbox_is_gone_and_its_command_stopped(root: Path, mode:
             await backend.connect(sb.id)
         assert await backend.list() == []
         assert await backend.sweep() == [sb.id]
-        assert not (root / sb.id).exists()
+        assert not (sandbox_root / sb.id).exists()
     finally:
         await sb.destroy()
 
@@ -574,8 +568,8 @@ _ALLOCATE = "import sys; b = bytearray(int(sys.argv[1]) * 1024 * 1024); print('a
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_memory_and_cpu_limits_through_cgroups(root: Path, mode: str) -> None:
-    backend = make_backend(root, mode)
+async def test_memory_and_cpu_limits_through_cgroups(sandbox_root: Path, mode: str) -> None:
+    backend = make_backend(sandbox_root, mode)
     if not backend.capabilities.resources:
         pytest.skip("no writable cgroup hierarchy with cpu and memory controllers here")
     async with await asb.Sandbox.create(backend=backend, memory_mib=64, cpus=0.5) as sb:
@@ -594,9 +588,9 @@ async def test_memory_and_cpu_limits_through_cgroups(root: Path, mode: str) -> N
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_memory_limit_without_cgroups_is_an_address_space_limit(
-    root: Path, mode: str
+    sandbox_root: Path, mode: str
 ) -> None:
-    backend = make_backend(root, mode)
+    backend = make_backend(sandbox_root, mode)
     # As on a host where no cgroup is writable:
     backend.cgroups = None
     backend.capabilities = backend.capabilities.model_copy(update={"resources": False})
@@ -611,8 +605,8 @@ async def test_memory_limit_without_cgroups_is_an_address_space_limit(
         assert small.stdout == "allocated\n"
 
 
-async def test_idle_timeout(root: Path) -> None:
-    backend = make_backend(root, "none")
+async def test_idle_timeout(sandbox_root: Path) -> None:
+    backend = make_backend(sandbox_root, "none")
     sb = await asb.Sandbox.create(backend=backend, idle_timeout_seconds=1.0)
     try:
         # A command longer than the idle timeout is activity, not idleness.
@@ -624,7 +618,7 @@ async def test_idle_timeout(root: Path) -> None:
         await anyio.sleep(1.5)
         with pytest.raises(asb.SandboxNotFound):
             await backend.connect(sb.id)
-        other = make_backend(root, "none")
+        other = make_backend(sandbox_root, "none")
         assert await other.sweep() == [sb.id]
     finally:
         await sb.destroy()
@@ -635,8 +629,8 @@ async def test_idle_timeout(root: Path) -> None:
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs a client running as root")
 
 
-async def test_doctor_reports_the_user_and_the_process_limit(root: Path) -> None:
-    backend = make_backend(root, "none")
+async def test_doctor_reports_the_user_and_the_process_limit(sandbox_root: Path) -> None:
+    backend = make_backend(sandbox_root, "none")
     checks = {c.name: c for c in await backend.doctor()}
     assert "pids" in checks
     if backend.pids_by is not None:
@@ -645,7 +639,7 @@ async def test_doctor_reports_the_user_and_the_process_limit(root: Path) -> None
     else:
         assert not checks["pids"].ok
         assert "NOT limited" in checks["pids"].detail
-    unlimited = LocalBackend(LocalOptions(root=root, isolation="none", pids_limit=None))
+    unlimited = LocalBackend(LocalOptions(root=sandbox_root, isolation="none", pids_limit=None))
     assert {c.name: c for c in await unlimited.doctor()}["pids"].ok
     if os.geteuid() == 0:
         assert checks["user"].ok
@@ -656,8 +650,8 @@ async def test_doctor_reports_the_user_and_the_process_limit(root: Path) -> None
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_pids_limit_is_recorded_and_can_be_turned_off(root: Path, mode: str) -> None:
-    backend = LocalBackend(LocalOptions(root=root, isolation=mode, pids_limit=100))  # type: ignore[arg-type]
+async def test_pids_limit_is_recorded_and_can_be_turned_off(sandbox_root: Path, mode: str) -> None:
+    backend = LocalBackend(LocalOptions(root=sandbox_root, isolation=mode, pids_limit=100))  # type: ignore[arg-type]
     if backend.pids_by is None:
         pytest.skip(f"no process-count limit on this host: {backend.pids_detail}")
     async with await asb.Sandbox.create(backend=backend) as sb:
@@ -665,7 +659,7 @@ async def test_pids_limit_is_recorded_and_can_be_turned_off(root: Path, mode: st
         if backend.pids_by == "cgroup":
             limits = [Path(g, "pids.max") for g in sb.info.metadata["cgroups"].split(",")]
             assert [p.read_text() for p in limits if p.exists()] == ["100\n"]
-    off = LocalBackend(LocalOptions(root=root, isolation=mode, pids_limit=None))  # type: ignore[arg-type]
+    off = LocalBackend(LocalOptions(root=sandbox_root, isolation=mode, pids_limit=None))  # type: ignore[arg-type]
     async with await asb.Sandbox.create(backend=off) as sb:
         assert "pids_limit" not in sb.info.metadata
         assert "cgroups" not in sb.info.metadata
@@ -676,10 +670,12 @@ def _members(group: str) -> set[int]:
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_commands_run_inside_every_group_of_their_sandbox(root: Path, mode: str) -> None:
+async def test_commands_run_inside_every_group_of_their_sandbox(
+    sandbox_root: Path, mode: str
+) -> None:
     """A command, held or in the background, runs in each of its sandbox's cgroups (every
     process of it, the jail's included), however the join is done."""
-    backend = make_backend(root, mode)
+    backend = make_backend(sandbox_root, mode)
     if backend.pids_by != "cgroup":
         pytest.skip(f"no pids cgroup on this host: {backend.pids_detail}")
     async with await asb.Sandbox.create(backend=backend) as sb:
@@ -701,8 +697,10 @@ async def test_commands_run_inside_every_group_of_their_sandbox(root: Path, mode
 
 
 @as_root
-async def test_sandboxes_of_root_cannot_touch_each_other_even_without_a_jail(root: Path) -> None:
-    backend = make_backend(root, "none")
+async def test_sandboxes_of_root_cannot_touch_each_other_even_without_a_jail(
+    sandbox_root: Path,
+) -> None:
+    backend = make_backend(sandbox_root, "none")
     async with (
         await asb.Sandbox.create(backend=backend) as one,
         await asb.Sandbox.create(backend=backend) as two,
@@ -743,45 +741,45 @@ async def test_a_root_the_sandbox_users_cannot_reach_is_refused(tmp_path: Path) 
 @as_root
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("cut", ["moved aside", "state lost"])
-async def test_sweep_finishes_a_destroy_cut_short(root: Path, mode: str, cut: str) -> None:
+async def test_sweep_finishes_a_destroy_cut_short(sandbox_root: Path, mode: str, cut: str) -> None:
     """Whatever a crashed destroy (or create) left is found and freed by the next sweep: the
     processes still running as the sandbox's uid, its cgroups, its uid."""
-    backend = make_backend(root, mode)
+    backend = make_backend(sandbox_root, mode)
     sb = await asb.Sandbox.create(backend=backend)
     uid = int(sb.info.metadata["uid"])
     groups = [Path(g) for g in sb.info.metadata.get("cgroups", "").split(",") if g]
-    claim = root / ".uids" / str(uid)
+    claim = sandbox_root / ".uids" / str(uid)
     assert os.readlink(claim) == sb.id
     straggler = subprocess.Popen(["sleep", "300"], user=uid, group=uid, extra_groups=[])
     try:
         if cut == "moved aside":  # the first thing destroy does, then the client died
-            os.rename(root / sb.id, root / f".trash-{sb.id}-0badc0de")
+            os.rename(sandbox_root / sb.id, sandbox_root / f".trash-{sb.id}-0badc0de")
         else:  # the directory went without the sandbox's state being read
-            shutil.rmtree(root / sb.id)
-        assert await make_backend(root, mode).sweep() == []
+            shutil.rmtree(sandbox_root / sb.id)
+        assert await make_backend(sandbox_root, mode).sweep() == []
         assert straggler.wait(timeout=10) == -9
         assert not claim.exists()
         assert not any(g.exists() for g in groups)
-        assert sorted(p.name for p in root.iterdir()) == [".reaper", ".uids"]
+        assert sorted(p.name for p in sandbox_root.iterdir()) == [".reaper", ".uids"]
     finally:
         straggler.kill()
         straggler.wait()
 
 
 async def test_doctor_reports_root_isolation_and_resources(
-    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sandbox_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    checks = {c.name: c for c in await make_backend(root, "none").doctor()}
+    checks = {c.name: c for c in await make_backend(sandbox_root, "none").doctor()}
     assert checks["root"].ok
     assert checks["isolation"].ok  # chosen on purpose
     assert "NOT isolated" in checks["isolation"].detail
     assert "resources" in checks
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
-    fallback = {c.name: c for c in await make_backend(root, "auto").doctor()}
+    fallback = {c.name: c for c in await make_backend(sandbox_root, "auto").doctor()}
     assert not fallback["isolation"].ok  # fell back: flagged
     if HAVE_BWRAP:
         monkeypatch.undo()
-        jailed = {c.name: c for c in await make_backend(root, "bwrap").doctor()}
+        jailed = {c.name: c for c in await make_backend(sandbox_root, "bwrap").doctor()}
         assert jailed["isolation"].ok
         assert "bubblewrap" in jailed["isolation"].detail
 

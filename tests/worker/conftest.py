@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from agent_sandbox.local import LocalBackend, LocalOptions
 from agent_sandbox.worker import WorkSource, open_source
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -80,19 +79,6 @@ async def queue(queue_url: str) -> AsyncIterator[WorkSource]:
         yield source
     finally:
         await source.aclose()
-
-
-@pytest.fixture
-def sandbox_root(tmp_path: Path) -> Iterator[Path]:
-    """The local provider's state directory for this test; whatever is left is killed after."""
-    root = tmp_path / "sandboxes"
-    try:
-        yield root
-    finally:
-        if root.exists():
-            cleaner = LocalBackend(LocalOptions(root=root, isolation="none"))
-            for entry in root.iterdir():
-                cleaner._retire(entry.name)
 
 
 @pytest.fixture
