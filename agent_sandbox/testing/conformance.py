@@ -33,7 +33,7 @@ import threading
 import time
 import tracemalloc
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ from ..errors import (
     PermissionDenied,
     SandboxNotFound,
 )
-from ..models import ExecEvent, NetworkPolicy, SandboxSpec
+from ..models import ExecEvent, ExecResult, NetworkPolicy, SandboxSpec
 from ..sandbox import Sandbox
 from ._processes import HEARTBEAT, NewSandbox, ProcessTests, assert_stops_growing
 from .plugin import MARKER, requires
@@ -60,16 +60,6 @@ __all__ = ["ConformanceSuite", "EgressServer", "requires"]
 MiB = 1024 * 1024
 LABEL = "asb-conformance"
 """Label key carrying a unique value per test, so tests never see each other's sandboxes."""
-
-
-def missing_capabilities(backend: BaseBackend, item: pytest.Item) -> list[str]:
-    """The capabilities the test ``item`` requires and ``backend`` lacks."""
-    missing: list[str] = []
-    for mark in item.iter_markers(MARKER):
-        for name in mark.args:
-            if not getattr(backend.capabilities, name) and name not in missing:
-                missing.append(name)
-    return missing
 
 
 class EgressServer:
@@ -140,8 +130,13 @@ async def _closing(stream: AsyncIterator[ExecEvent]) -> AsyncIterator[AsyncItera
         await close_stream(stream)
 
 
-async def _collect(events: AsyncIterator[ExecEvent]) -> list[ExecEvent]:
-    return [event async for event in events]
+async def _peak_memory(command: Awaitable[ExecResult]) -> tuple[ExecResult, int]:
+    """The result of ``command`` and the most memory the client held while it ran."""
+    tracemalloc.start()
+    try:
+        return await command, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 async def _uid(sb: Sandbox) -> str:
@@ -185,12 +180,11 @@ class ConformanceSuite(ProcessTests):
                 f"the sandbox_backend fixture must return a BaseBackend, got {sandbox_backend!r}"
             )
         try:
-            missing = missing_capabilities(sandbox_backend, request.node)
-            if missing:
+            required = dict.fromkeys(n for m in request.node.iter_markers(MARKER) for n in m.args)
+            if missing := [n for n in required if not getattr(sandbox_backend.capabilities, n)]:
                 pytest.skip(
                     "; ".join(
-                        f"provider {sandbox_backend.name} lacks capability {name}"
-                        for name in missing
+                        f"provider {sandbox_backend.name} lacks capability {n}" for n in missing
                     )
                 )
             yield sandbox_backend
@@ -306,12 +300,7 @@ class ConformanceSuite(ProcessTests):
 
     async def test_large_stdout_is_truncated_at_the_limit(self, sandbox: Sandbox) -> None:
         size = 20 * MiB
-        tracemalloc.start()
-        try:
-            r = await sandbox.exec(f"head -c {size} /dev/zero")
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        r, peak = await _peak_memory(sandbox.exec(f"head -c {size} /dev/zero"))
         assert r.exit_code == 0
         assert r.stdout_truncated
         assert len(r.stdout_bytes) == 10 * MiB  # the default limit, exactly
@@ -322,12 +311,7 @@ class ConformanceSuite(ProcessTests):
 
     async def test_client_memory_is_bounded_by_the_output_limit(self, sandbox: Sandbox) -> None:
         size, limit = 20 * MiB, 1 * MiB
-        tracemalloc.start()
-        try:
-            r = await sandbox.exec(f"head -c {size} /dev/zero", output_limit=limit)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        r, peak = await _peak_memory(sandbox.exec(f"head -c {size} /dev/zero", output_limit=limit))
         assert (len(r.stdout_bytes), r.stdout_truncated) == (limit, True)
         assert peak < size / 2, (
             f"client memory peaked at {peak / MiB:.1f} MiB for {size // MiB} MiB of output "
@@ -442,9 +426,8 @@ class ConformanceSuite(ProcessTests):
         assert seen[-1].exit_code == 0
 
     async def test_exec_stream_ends_with_exactly_one_exit(self, sandbox: Sandbox) -> None:
-        events = await _collect(
-            sandbox.exec_stream("printf out1; printf err1 >&2; printf out2; exit 4")
-        )
+        stream = sandbox.exec_stream("printf out1; printf err1 >&2; printf out2; exit 4")
+        events = [event async for event in stream]
         exits = [e for e in events if e.kind == "exit"]
         assert len(exits) == 1
         assert events[-1] is exits[0]

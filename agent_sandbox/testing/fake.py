@@ -39,7 +39,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from .._tasks import spawn
-from ..archive import extract_tar
+from ..archive import extract_tar, tar_directory
 from ..backend import BaseBackend, ProviderOptions
 from ..derived import DOWNLOAD_LIMIT, LISTING_LIMIT, local_errors
 from ..errors import (
@@ -167,13 +167,16 @@ class FakeBackend(BaseBackend):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    def _expire(self) -> None:
+        """End the sandboxes whose TTL ran out."""
+        now = datetime.now(timezone.utc)
+        for box in builtins.list(self._world.boxes.values()):
+            if box.info.expires_at and box.info.expires_at <= now:
+                self._end(box)
+
     def _box(self, sandbox_id: str, op: str) -> Box:
-        box = self._world.boxes.get(sandbox_id)
-        expires = box.info.expires_at if box is not None else None
-        if box is not None and expires is not None and expires <= datetime.now(timezone.utc):
-            self._end(box)  # the TTL ran out
-            box = None
-        if box is None:
+        self._expire()
+        if (box := self._world.boxes.get(sandbox_id)) is None:
             raise SandboxNotFound(
                 f"no sandbox {sandbox_id!r}", provider=self.name, op=op, sandbox_id=sandbox_id
             )
@@ -224,13 +227,9 @@ class FakeBackend(BaseBackend):
     async def list(self, labels: Mapping[str, str] | None = None) -> builtins.list[SandboxInfo]:
         """Sandboxes of this world carrying all of ``labels`` (expired ones excluded)."""
         await anyio.lowlevel.checkpoint()
-        found = []
-        for sandbox_id in builtins.list(self._world.boxes):
-            with contextlib.suppress(SandboxNotFound):
-                info = self._box(sandbox_id, "list").info
-                if all(info.labels.get(k) == v for k, v in (labels or {}).items()):
-                    found.append(info)
-        return found
+        self._expire()
+        wanted = (labels or {}).items()
+        return [b.info for b in self._world.boxes.values() if wanted <= b.info.labels.items()]
 
     async def destroy(self, sandbox_id: str) -> None:
         """Remove a sandbox and kill its processes; a missing one is fine."""
@@ -371,16 +370,19 @@ class FakeBackend(BaseBackend):
             return b"".join(lines)[:max_bytes]
 
     async def upload(self, sandbox_id: str, local_dir: str | Path, remote_dir: str) -> None:
-        """Copy a local tree into ``remote_dir`` (created). Raises ``FileNotFound``."""
-        entries = await anyio.to_thread.run_sync(_read_tree, Path(local_dir))
+        """Copy a local tree into ``remote_dir`` (created), through the tar every provider is
+        sent; symlinks are skipped (the fake has none). Raises ``FileNotFound``."""
+        archive = await anyio.to_thread.run_sync(tar_directory, Path(local_dir))
         async with self._files(sandbox_id, "upload") as fs:
             fs.mkdir(root := _absolute(remote_dir))
-            for rel, data, mode in entries:
-                if data is None:
-                    fs.mkdir(posixpath.join(root, rel))
-                else:
-                    fs.write(posixpath.join(root, rel), data, create_parents=True)
-                    fs.lookup(posixpath.join(root, rel)).mode = mode
+            with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+                for member in tar:
+                    path = posixpath.normpath(posixpath.join(root, member.name))
+                    if member.isdir():
+                        fs.mkdir(path)
+                    elif member.isfile() and (source := tar.extractfile(member)):
+                        fs.write(path, source.read(), create_parents=True)
+                        fs.lookup(path).mode = member.mode & 0o777
 
     async def download(self, sandbox_id: str, remote_dir: str, local_dir: str | Path) -> None:
         """Copy the tree at ``remote_dir`` into ``local_dir``. Raises ``FileNotFound``."""
@@ -503,21 +505,6 @@ def _walk(node: Node, path: str, skip: tuple[str, ...] = (".git",)) -> Iterator[
 
 def _by_place(matches: builtins.list[GrepMatch]) -> builtins.list[GrepMatch]:
     return sorted(matches, key=lambda m: (m.path, m.line))
-
-
-def _read_tree(source: Path) -> builtins.list[tuple[str, bytes | None, int]]:
-    """(relative path, content or ``None`` for a directory, mode) of every entry under ``source``."""
-    if not source.is_dir():
-        raise FileNotFound(f"local directory not found: {source}", op="upload")
-    return [
-        (
-            item.relative_to(source).as_posix(),
-            None if item.is_dir() else item.read_bytes(),
-            item.stat().st_mode & 0o777,
-        )
-        for item in sorted(source.rglob("*"))
-        if item.is_dir() or item.is_file()
-    ]
 
 
 class _Job:
