@@ -162,10 +162,6 @@ class Box:
     procs: dict[int, Proc] = field(default_factory=dict)
     last_pid: int = 100
 
-    def kill_all(self) -> None:
-        for proc in builtins.list(self.procs.values()):
-            proc.kill()
-
     def new_proc(self) -> Proc:
         self.last_pid += 1
         proc = self.procs[self.last_pid] = Proc(self.last_pid)

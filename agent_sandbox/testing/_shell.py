@@ -1,10 +1,7 @@
 """The parser of :class:`~agent_sandbox.testing.FakeBackend`'s shell: sh syntax into a small tree.
 
-Understood: ``;``, ``&``, newlines, ``&&``, ``||``, ``|``, ``!``; ``{ }``, ``( )``,
-``if``/``elif``/``else``, ``while``, ``until``, ``for``; ``NAME=value`` prefixes; redirections
-``<``, ``>``, ``>>``, ``n>&m``; ``#`` comments; words with ``'...'``, ``"..."``, ``\\``,
-``$name``, ``${name}``, ``${name:-word}`` (and ``-``, ``:=``, ``=``, ``:+``, ``+``) and
-``$(...)``. Anything else is a :class:`ShellSyntaxError` saying what is not supported.
+The syntax it understands is listed in ``FakeBackend``'s docstring; anything else is a
+:class:`ShellSyntaxError` saying what is not supported.
 """
 
 from __future__ import annotations

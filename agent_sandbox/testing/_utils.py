@@ -7,6 +7,7 @@ exit status; a :class:`~._interp.Usage` or a file error becomes ``name: message`
 from __future__ import annotations
 
 import hashlib
+import operator
 import posixpath
 import re
 from collections.abc import Awaitable, Callable
@@ -185,9 +186,8 @@ async def _test(ctx: CommandContext) -> int:
     elif len(args) == 3 and args[1] in ("=", "==", "!="):
         result = (args[0] == args[2]) == (args[1] != "!=")
     elif len(args) == 3 and args[1] in ("-eq", "-ne", "-lt", "-le", "-gt", "-ge"):
-        op = {"eq": "__eq__", "ne": "__ne__", "lt": "__lt__", "le": "__le__", "gt": "__gt__"}
         a, b = number(args[0], "integer"), number(args[2], "integer")
-        result = getattr(a, op.get(args[1][1:], "__ge__"))(b)
+        result = getattr(operator, args[1][1:])(a, b)
     elif len(args) <= 1:
         result = bool(args and args[0])
     else:

@@ -111,7 +111,7 @@ class FakeBackend(BaseBackend):
     - syntax: ``;`` ``&`` newlines ``&&`` ``||`` ``|`` ``!``, ``{ }``, ``( )``,
       ``if``/``elif``/``else``, ``while``, ``until``, ``for``; quoting, ``$name``, ``${name}``,
       ``${name:-word}`` (and ``-`` ``:=`` ``=`` ``:+`` ``+``), ``$(...)``; ``NAME=value``
-      prefixes; redirections ``<`` ``>`` ``>>`` ``n>&m``. No pathname expansion (``*`` is
+      prefixes; redirections ``<`` ``>`` ``>>`` ``n>&m``; ``#`` comments. No globbing (``*`` is
       literal). Anything else (``case``, functions, here-documents, backquotes, ``$((...))``)
       is a syntax error naming it, exit status 2.
     - shell builtins: ``cd``, ``exit``, ``export``, ``unset``, ``eval``, ``exec``,
@@ -184,7 +184,8 @@ class FakeBackend(BaseBackend):
 
     def _end(self, box: Box) -> None:
         self._world.boxes.pop(box.info.id, None)
-        box.kill_all()
+        for proc in builtins.list(box.procs.values()):
+            proc.kill()
         for key in [k for k in self._world.jobs if k[0] == box.info.id]:
             del self._world.jobs[key]
 
