@@ -174,13 +174,15 @@ class FakeBackend(BaseBackend):
             if box.info.expires_at and box.info.expires_at <= now:
                 self._end(box)
 
-    def _box(self, sandbox_id: str, op: str) -> Box:
+    @contextlib.asynccontextmanager
+    async def _sandbox(self, sandbox_id: str, op: str) -> AsyncIterator[Box]:
+        """The sandbox, for a block whose errors name the provider, ``op`` and the sandbox."""
+        await anyio.lowlevel.checkpoint()
         self._expire()
-        if (box := self._world.boxes.get(sandbox_id)) is None:
-            raise SandboxNotFound(
-                f"no sandbox {sandbox_id!r}", provider=self.name, op=op, sandbox_id=sandbox_id
-            )
-        return box
+        with translating(self.name, op, sandbox_id):
+            if (box := self._world.boxes.get(sandbox_id)) is None:
+                raise SandboxNotFound(f"no sandbox {sandbox_id!r}")
+            yield box
 
     def _end(self, box: Box) -> None:
         self._world.boxes.pop(box.info.id, None)
@@ -194,16 +196,13 @@ class FakeBackend(BaseBackend):
         self.check_spec(spec)
         await anyio.lowlevel.checkpoint()
         workdir = posixpath.normpath(spec.workdir or self.fake_options.workdir)
-        if not workdir.startswith("/"):
-            raise InvalidPath(
-                f"workdir must be absolute: {workdir}", provider=self.name, op="create"
-            )
+        with translating(self.name, "create"):
+            if not workdir.startswith("/"):
+                raise InvalidPath(f"workdir must be absolute: {workdir}")
+            if spec.snapshot is not None and spec.snapshot not in self._world.snapshots:
+                raise SandboxNotFound(f"no snapshot {spec.snapshot!r}")
         fs = FS(workdir)
         if spec.snapshot is not None:
-            if spec.snapshot not in self._world.snapshots:
-                raise SandboxNotFound(
-                    f"no snapshot {spec.snapshot!r}", provider=self.name, op="create"
-                )
             fs = copy.deepcopy(self._world.snapshots[spec.snapshot])
             fs.mkdir(workdir)
         now = datetime.now(timezone.utc)
@@ -222,8 +221,8 @@ class FakeBackend(BaseBackend):
 
     async def connect(self, sandbox_id: str) -> SandboxInfo:
         """Describe a sandbox. Raises ``SandboxNotFound``."""
-        await anyio.lowlevel.checkpoint()
-        return self._box(sandbox_id, "connect").info
+        async with self._sandbox(sandbox_id, "connect") as box:
+            return box.info
 
     async def list(self, labels: Mapping[str, str] | None = None) -> builtins.list[SandboxInfo]:
         """Sandboxes of this world carrying all of ``labels`` (expired ones excluded)."""
@@ -240,18 +239,17 @@ class FakeBackend(BaseBackend):
 
     async def snapshot(self, sandbox_id: str) -> str:
         """Copy the filesystem; create from it with ``SandboxSpec(snapshot=id)``."""
-        box = self._box(sandbox_id, "snapshot")
         snap = "fakesnap-" + uuid.uuid4().hex[:12]
-        self._world.snapshots[snap] = copy.deepcopy(box.fs)
+        async with self._sandbox(sandbox_id, "snapshot") as box:
+            self._world.snapshots[snap] = copy.deepcopy(box.fs)
         return snap
 
     # -- files -------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def _files(self, sandbox_id: str, op: str) -> AsyncIterator[FS]:
-        await anyio.lowlevel.checkpoint()
-        with translating(self.name, op, sandbox_id):
-            yield self._box(sandbox_id, op).fs
+        async with self._sandbox(sandbox_id, op) as box:
+            yield box.fs
 
     async def read_file(
         self, sandbox_id: str, path: str, *, max_bytes: int = DEFAULT_READ_LIMIT
@@ -343,11 +341,11 @@ class FakeBackend(BaseBackend):
         """Lines matching ``pattern`` (Python's syntax, close to grep -E), binary files and
         ``.git`` skipped, cut past ``limit`` bytes of lines. Raises ``FileNotFound``,
         ``ConfigError`` for a bad pattern."""
-        try:
-            regex = re.compile(pattern)
-        except re.error as exc:
-            raise ConfigError(f"grep {pattern!r}: {exc}", provider=self.name, op="grep") from exc
         async with self._files(sandbox_id, "grep") as fs:
+            try:
+                regex = re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"grep {pattern!r}: {exc}") from exc
             top = fs.lookup(path := _absolute(path))
             matches: builtins.list[GrepMatch] = []
             size = 0
@@ -414,16 +412,10 @@ class FakeBackend(BaseBackend):
         world, its output replayed from the oldest byte kept. Raises ``SandboxNotFound``,
         ``FileNotFound`` for a missing ``cwd``.
         """
-        box = self._box(sandbox_id, "exec")
-        cwd = posixpath.normpath(options.cwd or box.info.workdir)
-        node = box.fs.get(cwd)
-        if node is None or node.kind != "dir":
-            raise FileNotFound(
-                f"working directory not found: {cwd}",
-                provider=self.name,
-                op="exec",
-                sandbox_id=sandbox_id,
-            )
+        async with self._sandbox(sandbox_id, "exec") as box:
+            cwd = posixpath.normpath(options.cwd or box.info.workdir)
+            if (node := box.fs.get(cwd)) is None or node.kind != "dir":
+                raise FileNotFound(f"working directory not found: {cwd}")
         ref = "fakeproc-" + uuid.uuid4().hex[:12]
         job = _Job(argv, options, box.new_proc())
         if options.detached:
@@ -434,32 +426,25 @@ class FakeBackend(BaseBackend):
 
     async def attach(self, sandbox_id: str, ref: str) -> ProcessHandle:
         """A process started by any backend of this world. Raises ``ProcessNotFound``."""
-        self._box(sandbox_id, "attach")
-        await anyio.lowlevel.checkpoint()
-        if (job := self._world.jobs.get((sandbox_id, ref))) is None:
-            raise ProcessNotFound(
-                f"no process {ref!r} in sandbox {sandbox_id}",
-                provider=self.name,
-                op="attach",
-                sandbox_id=sandbox_id,
-            )
-        return _Handle(job, ref)
+        async with self._sandbox(sandbox_id, "attach"):
+            if (job := self._world.jobs.get((sandbox_id, ref))) is None:
+                raise ProcessNotFound(f"no process {ref!r} in sandbox {sandbox_id}")
+            return _Handle(job, ref)
 
     async def processes(self, sandbox_id: str) -> builtins.list[ProcessInfo]:
         """The processes started with ``Sandbox.start`` in the sandbox."""
-        self._box(sandbox_id, "processes")
-        await anyio.lowlevel.checkpoint()
-        return [
-            ProcessInfo(
-                ref=ref,
-                command=tuple(job.argv),
-                running=job.status is None,
-                exit_code=None if job.status is None else job.status.exit_code,
-                started_at=job.started_at,
-            )
-            for (sid, ref), job in self._world.jobs.items()
-            if sid == sandbox_id
-        ]
+        async with self._sandbox(sandbox_id, "processes"):
+            return [
+                ProcessInfo(
+                    ref=ref,
+                    command=tuple(job.argv),
+                    running=job.status is None,
+                    exit_code=None if job.status is None else job.status.exit_code,
+                    started_at=job.started_at,
+                )
+                for (sid, ref), job in self._world.jobs.items()
+                if sid == sandbox_id
+            ]
 
     async def _run(self, box: Box, job: _Job, cwd: str) -> None:
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root", **box.env, **job.env}
