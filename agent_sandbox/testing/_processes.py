@@ -126,12 +126,9 @@ class ProcessTests:
         assert events[-1].exit_code == 5
 
     async def test_output_is_read_later(self, sandbox: Sandbox) -> None:
-        proc = await sandbox.start("echo early; echo late >&2; touch done.flag")
-        try:
+        async with await sandbox.start("echo early; echo late >&2; touch done.flag") as proc:
             await _wait_for_file(sandbox, "done.flag")
             result = await proc.wait()
-        finally:
-            await proc.end()
         assert (result.exit_code, result.stdout, result.stderr) == (0, "early\n", "late\n")
         assert proc.exit_code == 0
 
@@ -149,14 +146,11 @@ class ProcessTests:
 
     async def test_kill_ends_the_whole_tree(self, sandbox: Sandbox) -> None:
         await sandbox.write_file("heartbeat.sh", HEARTBEAT)
-        proc = await sandbox.start("sh heartbeat.sh bg-beats.txt & echo started; wait")
-        try:
+        async with await sandbox.start("sh heartbeat.sh bg-beats.txt & echo started; wait") as proc:
             await _read_until(proc, b"started")
             await _wait_for_file(sandbox, "bg-beats.txt")
             await proc.kill()
             result = await proc.wait()
-        finally:
-            await proc.end()
         assert result.exit_code != 0
         if sandbox.backend.capabilities.signals:
             assert (result.exit_code, result.signal) == (137, 9)
@@ -164,14 +158,10 @@ class ProcessTests:
 
     async def test_a_timeout_on_start_is_opt_in(self, sandbox: Sandbox) -> None:
         await sandbox.write_file("heartbeat.sh", HEARTBEAT)
-        proc = await sandbox.start(
-            "sh heartbeat.sh t-beats.txt & echo started; sleep 60", timeout=3
-        )
-        try:
+        command = "sh heartbeat.sh t-beats.txt & echo started; sleep 60"
+        async with await sandbox.start(command, timeout=3) as proc:
             with pytest.raises(CommandTimeout) as caught:
                 await proc.wait()
-        finally:
-            await proc.end()
         assert b"started" in caught.value.stdout
         await assert_stops_growing(sandbox, "t-beats.txt")
 
@@ -212,8 +202,7 @@ class ProcessTests:
             pytest.skip(f"the {conformance_backend.name} backend's sandboxes live in one process")
         streaming = conformance_backend.capabilities.stdin_streaming
         command = ECHO_LINES if streaming else "while true; do echo tick; sleep 0.2; done"
-        proc = await sandbox.start(command, stdin=streaming or None)
-        try:
+        async with await sandbox.start(command, stdin=streaming or None) as proc:
             backend_type = type(conformance_backend)
             argv = [
                 sys.executable,
@@ -233,14 +222,13 @@ class ProcessTests:
             report = json.loads(done.stdout.decode().strip().splitlines()[-1])
             assert ("got from-the-other-client" if streaming else "tick") in report["seen"]
             await _ends(proc)  # the other client killed it
-        finally:
-            await proc.end()
 
     @requires("reattach")
     async def test_processes_are_listed(self, sandbox: Sandbox) -> None:
-        first = await sandbox.start("sleep 60")
-        second = await sandbox.start("echo quick")
-        try:
+        async with (
+            await sandbox.start("sleep 60") as first,
+            await sandbox.start("echo quick") as second,
+        ):
             await second.wait()
             listed = {p.ref: p for p in await sandbox.processes()}
             assert {first.ref, second.ref} <= set(listed)
@@ -250,28 +238,19 @@ class ProcessTests:
             await first.wait()
             again = {p.ref: p for p in await sandbox.processes()}
             assert not again[first.ref].running
-        finally:
-            await first.end()
-            await second.end()
 
     async def test_destroy_ends_background_processes(self, new_sandbox: NewSandbox) -> None:
         sb = await new_sandbox()
-        proc = await sb.start("echo started; sleep 300")
-        try:
+        async with await sb.start("echo started; sleep 300") as proc:
             await _read_until(proc, b"started")
             await sb.destroy()
             await _ends(proc)
-        finally:
-            await proc.end()
 
     async def test_ttl_ends_background_processes(self, new_sandbox: NewSandbox) -> None:
         sb = await new_sandbox(ttl_seconds=3)
-        proc = await sb.start("echo started; sleep 300")
-        try:
+        async with await sb.start("echo started; sleep 300") as proc:
             await _read_until(proc, b"started")
             await _ends(proc, after=_TTL_ROUNDING)
-        finally:
-            await proc.end()
         with anyio.fail_after(_BOUND):
             while True:
                 try:
