@@ -75,7 +75,7 @@ class FakeAnthropic:
         self.sessions: dict[str, dict[str, Any]] = {}
         self.tokens: dict[str, str] = {}  # sessions token -> session id
         self.requests: list[tuple[str, str, str | None]] = []  # method, path, bearer
-        self.changed: asyncio.Condition | None = None
+        self.changed: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.port = 0
         self._server: uvicorn.Server | None = None
@@ -111,23 +111,25 @@ class FakeAnthropic:
 
     def _poke(self) -> None:
         """Wake every long poll and event stream (callable from any thread)."""
-        loop, cond = self.loop, self.changed
-        if loop is None or cond is None:
+        loop = self.loop
+        if loop is None:
             return
 
-        async def notify() -> None:
-            async with cond:
-                cond.notify_all()
+        def notify() -> None:
+            changed, self.changed = self.changed, asyncio.Event()
+            if changed is not None:
+                changed.set()
 
-        asyncio.run_coroutine_threadsafe(notify(), loop)
+        loop.call_soon_threadsafe(notify)
 
     async def _wait_change(self, timeout: float) -> None:
+        # An event replaced at each change, not a Condition: on Python 3.11 a Condition.wait()
+        # cancelled by wait_for's timeout can return without its lock held again.
         if self.changed is None:
             self.loop = asyncio.get_running_loop()
-            self.changed = asyncio.Condition()
-        async with self.changed:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), timeout)
+            self.changed = asyncio.Event()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.changed.wait(), timeout)
 
     # -- the agent loop's side ------------------------------------------------------------
 
