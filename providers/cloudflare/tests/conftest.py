@@ -21,15 +21,12 @@ import pytest
 from agent_sandbox.models import SandboxSpec
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.append(str(Path(__file__).resolve().parents[2] / "fakekit"))  # the fakes' shared parts
 
 from agent_sandbox_cloudflare import CloudflareBackend, CloudflareOptions
 from fake_bridge import FakeWorker
-
-
-def live_mode() -> bool:
-    """True when the tests should run against a deployed Worker."""
-    wanted = os.environ.get("AGENT_SANDBOX_LIVE", "")
-    return "cloudflare" in {part.strip() for part in wanted.split(",")}
+from vendor_fixtures import *  # noqa: F403 - its fixtures and hook are found by name
+from vendor_fixtures import live_mode
 
 
 def fake_unavailable() -> str | None:
@@ -44,7 +41,7 @@ def fake_unavailable() -> str | None:
 @pytest.fixture(scope="session")
 def fake_worker() -> Iterator[FakeWorker]:
     """The fake Worker for the whole session (offline mode only)."""
-    if live_mode():
+    if live_mode("cloudflare"):
         pytest.skip("AGENT_SANDBOX_LIVE=cloudflare: this test needs the fake, not the real Worker")
     reason = fake_unavailable()
     if reason:
@@ -60,11 +57,6 @@ def fake_worker() -> Iterator[FakeWorker]:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def cloudflare_options(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> CloudflareOptions:
@@ -72,7 +64,7 @@ def cloudflare_options(
 
     The key comes from ``SANDBOX_API_KEY``, as users set it: options serialise it masked, and the
     suite rebuilds backends in other processes from serialised options."""
-    if live_mode():
+    if live_mode("cloudflare"):
         url = os.environ.get("AGENT_SANDBOX_CLOUDFLARE_URL") or os.environ.get(
             "CLOUDFLARE_SANDBOX_WORKER_URL"
         )
@@ -100,16 +92,3 @@ def sandbox_backend(cloudflare_options: CloudflareOptions) -> CloudflareBackend:
 def sandbox_spec() -> SandboxSpec:
     """The spec the conformance suite creates sandboxes from."""
     return SandboxSpec(ttl_seconds=600)
-
-
-@pytest.fixture
-def egress_target(egress_server: object) -> tuple[str, int] | None:
-    """Fake containers share this machine's network; real ones cannot reach it."""
-    if live_mode():
-        return None
-    return ("127.0.0.1", int(getattr(egress_server, "port")))  # noqa: B009
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Register ``live``: the tests ``nox -s live -- cloudflare`` runs against a real Worker."""
-    config.addinivalue_line("markers", "live: runs against the real vendor when selected")

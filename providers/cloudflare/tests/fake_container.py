@@ -18,8 +18,14 @@ import itertools
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parents[2] / "fakekit"))  # the fakes' shared parts
+
+import fake_vm
+from fake_vm import SYSTEM_DIRS, User
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.mount.argtypes = [
@@ -33,7 +39,6 @@ _libc.unshare.argtypes = [ctypes.c_int]
 
 CLONE_NEWNS = 0x00020000
 MS_RDONLY, MS_NOSUID, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 32, 4096, 16384, 1 << 18
-SYSTEM_DIRS = ("usr", "etc", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "opt")
 HOME = "/home/sandbox"
 WORKSPACE = "/workspace"
 BASE_ENV = {
@@ -67,22 +72,8 @@ class Container:
         """A fresh filesystem (what a new container of the image has)."""
         self.kill_all()
         shutil.rmtree(self.root, ignore_errors=True)
-        self.root.mkdir(mode=0o755, parents=True)
-        os.chmod(self.root, 0o755)
-        for name in SYSTEM_DIRS:
-            host = Path("/") / name
-            if host.is_symlink():
-                (self.root / name).symlink_to(os.readlink(host))
-            elif host.is_dir():
-                (self.root / name).mkdir()
-        for name in ("proc", "dev"):
-            (self.root / name).mkdir()
-        (self.root / "tmp").mkdir()
-        os.chmod(self.root / "tmp", 0o1777)
-        for owned in (HOME, WORKSPACE):
-            path = self.root / owned.lstrip("/")
-            path.mkdir(parents=True)
-            os.chown(path, self.uid, self.gid)
+        user = User("sandbox", self.uid, self.gid, HOME)
+        fake_vm.prepare_root(self.root, [(HOME, user), (WORKSPACE, user)])
         self._etc.mkdir(exist_ok=True)
         host_passwd = Path("/etc/passwd").read_text()
         host_group = Path("/etc/group").read_text()

@@ -41,14 +41,6 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture
-async def backend(sandbox_backend: CloudflareBackend) -> AsyncIterator[CloudflareBackend]:
-    try:
-        yield sandbox_backend
-    finally:
-        await sandbox_backend.aclose()
-
-
-@pytest.fixture
 async def sandbox(backend: CloudflareBackend) -> AsyncIterator[Sandbox]:
     sb = await Sandbox.create(backend=backend, ttl_seconds=600)
     try:

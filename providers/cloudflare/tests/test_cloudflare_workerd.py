@@ -33,7 +33,7 @@ from agent_sandbox.errors import (
 from agent_sandbox.models import SandboxSpec
 
 pytestmark = pytest.mark.skipif(
-    live_mode() or fake_unavailable() is not None,
+    live_mode("cloudflare") or fake_unavailable() is not None,
     reason="compares the real Worker with the fake (offline, as root on Linux)",
 )
 

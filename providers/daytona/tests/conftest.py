@@ -22,15 +22,12 @@ import pytest
 from agent_sandbox.models import SandboxSpec
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.append(str(Path(__file__).resolve().parents[2] / "fakekit"))  # the fakes' shared parts
 
 from agent_sandbox_daytona import DaytonaBackend, DaytonaOptions
 from fake_daytona import FakeDaytona
-
-
-def live_mode() -> bool:
-    """True when the tests should run against the real Daytona."""
-    wanted = os.environ.get("AGENT_SANDBOX_LIVE", "")
-    return "daytona" in {part.strip() for part in wanted.split(",")}
+from vendor_fixtures import *  # noqa: F403 - its fixtures and hook are found by name
+from vendor_fixtures import live_mode
 
 
 class ThreadedFake:
@@ -58,36 +55,24 @@ class ThreadedFake:
 @pytest.fixture(scope="session")
 def fake_daytona() -> Iterator[FakeDaytona]:
     """The fake Daytona for the whole session (offline mode only)."""
-    if live_mode():
+    if live_mode("daytona"):
         pytest.skip("AGENT_SANDBOX_LIVE=daytona: this test needs the fake, not the real Daytona")
     if sys.platform != "linux" or os.geteuid() != 0:
         pytest.skip(
             "the fake Daytona needs root on Linux: each fake sandbox has its own pid and "
             "mount namespaces"
         )
-    with ThreadedFake() as fake:
-        # The key through the environment, as a user would: a client in another process (the
-        # conformance suite starts one) is built from options that cannot carry a secret.
-        saved = os.environ.get("DAYTONA_API_KEY")
-        os.environ["DAYTONA_API_KEY"] = fake.api_key
-        try:
-            yield fake
-        finally:
-            if saved is None:
-                os.environ.pop("DAYTONA_API_KEY", None)
-            else:
-                os.environ["DAYTONA_API_KEY"] = saved
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+    # The key through the environment, as a user would: a client in another process (the
+    # conformance suite starts one) is built from options that cannot carry a secret.
+    with ThreadedFake() as fake, pytest.MonkeyPatch.context() as env:
+        env.setenv("DAYTONA_API_KEY", fake.api_key)
+        yield fake
 
 
 @pytest.fixture
 def daytona_options(request: pytest.FixtureRequest) -> DaytonaOptions:
     """Options reaching the fake (offline) or the real Daytona (live, from the environment)."""
-    if live_mode():
+    if live_mode("daytona"):
         if not (os.environ.get("DAYTONA_API_KEY") or os.environ.get("DAYTONA_JWT_TOKEN")):
             pytest.skip("live Daytona tests need DAYTONA_API_KEY (or DAYTONA_JWT_TOKEN); not set")
         return DaytonaOptions()
@@ -102,20 +87,6 @@ def sandbox_backend(daytona_options: DaytonaOptions) -> DaytonaBackend:
 
 
 @pytest.fixture
-def egress_target(request: pytest.FixtureRequest) -> tuple[str, int] | None:
-    """Offline, fake sandboxes share this machine's loopback; Daytona's cloud cannot reach it."""
-    if live_mode():
-        return None
-    server = request.getfixturevalue("egress_server")
-    return ("127.0.0.1", int(server.port))
-
-
-@pytest.fixture
 def sandbox_spec() -> SandboxSpec:
     """The spec the conformance suite creates sandboxes from: Daytona's default snapshot."""
     return SandboxSpec(ttl_seconds=900)
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Register ``live``: the tests ``nox -s live -- daytona`` runs against the real Daytona."""
-    config.addinivalue_line("markers", "live: runs against the real vendor when selected")

@@ -94,7 +94,8 @@ from daytona_toolbox_api_client_async.models import (
     WorkDirResponse,
 )
 from daytona_toolbox_api_client_async.models import Session as SessionDto
-from fake_daytona_vm import GID, HOME, UID, VM, host_path, prepare_root, resolve
+from fake_daytona_vm import GID, HOME, UID, USER, USERS, prepare_root
+from fake_vm import VM, host_path, resolve, write_etc
 
 STDOUT_PREFIX = b"\x01\x01\x01"
 STDERR_PREFIX = b"\x02\x02\x02"
@@ -330,22 +331,11 @@ class FakeDaytona:
         self._faults: list[dict[str, Any]] = []
         self._tmp = Path(tempfile.mkdtemp(prefix="fake-daytona-"))
         (self._tmp / "sandboxes").mkdir()
-        self._etc = self._write_etc()
+        self._etc = write_etc(self._tmp / "etc", USERS, "daytona")
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.base_url = ""
         self._signed: dict[str, tuple[str, int, float]] = {}
-
-    def _write_etc(self) -> dict[str, Path]:
-        etc = self._tmp / "etc"
-        etc.mkdir()
-        (etc / "passwd").write_text(
-            f"root:x:0:0::/root:/bin/bash\ndaytona:x:{UID}:{GID}::{HOME}:/bin/bash\n"
-            "nobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\n"
-        )
-        (etc / "group").write_text(f"root:x:0:\ndaytona:x:{GID}:\nnogroup:x:65534:\n")
-        (etc / "hostname").write_text("daytona\n")
-        return {"passwd": etc / "passwd", "group": etc / "group", "hostname": etc / "hostname"}
 
     # lifecycle
 
@@ -630,7 +620,7 @@ class FakeDaytona:
         sb.pending = False
         for session in sb.sessions.values():
             session.ended.set()
-        sb.vm.halt()
+        sb.vm.halt(wait=False)  # on the loop: a thread reaps the init's parent
         shutil.rmtree(sb.root, ignore_errors=True)
 
     async def delete_sandbox(self, request: web.Request) -> web.Response:
@@ -775,7 +765,7 @@ class FakeDaytona:
         cwd = body.cwd or HOME
         try:
             binary = argv[0] if "/" in argv[0] else shutil.which(argv[0], path="/usr/bin:/bin")
-            pid = await sb.vm.spawn([binary or argv[0], *argv[1:]], self._env(sb), cwd,
+            pid = await sb.vm.spawn([binary or argv[0], *argv[1:]], self._env(sb), cwd, USER,
                                     [null, write, write])  # fmt: skip
         finally:
             os.close(write)
@@ -838,7 +828,7 @@ class FakeDaytona:
         read, write = os.pipe()
         null = os.open("/dev/null", os.O_WRONLY)
         try:
-            pid = await sb.vm.spawn([sb.shell], self._env(sb), HOME, [read, null, null])
+            pid = await sb.vm.spawn([sb.shell], self._env(sb), HOME, USER, [read, null, null])
         finally:
             os.close(read)
             os.close(null)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from agent_sandbox_daytona import DaytonaBackend, DaytonaOptions
+from agent_sandbox_daytona import DaytonaBackend
 from agent_sandbox_daytona._process import encode_input
 from fake_daytona import FakeDaytona
 
@@ -22,15 +22,6 @@ from agent_sandbox.process import ExitStatus, from_shell
 pytestmark = pytest.mark.anyio
 
 BINARY = bytes(range(256)) * 4 + b"\x00\x00no newline at the end"
-
-
-@pytest.fixture
-async def backend(daytona_options: DaytonaOptions) -> AsyncIterator[DaytonaBackend]:
-    b = DaytonaBackend(daytona_options)
-    try:
-        yield b
-    finally:
-        await b.aclose()
 
 
 @pytest.fixture

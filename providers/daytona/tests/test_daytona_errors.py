@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from agent_sandbox_daytona import DaytonaBackend, DaytonaOptions
 from fake_daytona import FakeDaytona
+from vendor_fixtures import status_cases
 
 from agent_sandbox.errors import (
     AuthenticationError,
@@ -17,7 +18,6 @@ from agent_sandbox.errors import (
     ProviderUnavailable,
     QuotaExceeded,
     RateLimited,
-    SandboxConflict,
     SandboxError,
     SandboxNotFound,
     Unsupported,
@@ -193,15 +193,9 @@ async def test_pause_refused_by_the_sandbox_class(
 @pytest.mark.parametrize(
     ("status", "expected", "retryable"),
     [
-        (400, ConfigError, False),
-        (401, AuthenticationError, False),
-        (404, SandboxNotFound, False),
-        (408, OperationTimeout, True),
-        (409, SandboxConflict, False),
-        (429, RateLimited, True),
-        (500, ProviderUnavailable, True),
-        (502, ProviderUnavailable, True),
-        (503, ProviderUnavailable, True),
+        *status_cases(400, 401, 404),
+        (408, OperationTimeout, True),  # not a shared row: Daytona's timeouts
+        *status_cases(409, 429, 500, 502, 503),
         (504, OperationTimeout, True),
     ],
 )

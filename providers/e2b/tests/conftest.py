@@ -21,15 +21,12 @@ import pytest
 from agent_sandbox.models import SandboxSpec
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.append(str(Path(__file__).resolve().parents[2] / "fakekit"))  # the fakes' shared parts
 
 from agent_sandbox_e2b import E2BBackend, E2BOptions
 from fake_e2b import FakeE2B
-
-
-def live_mode() -> bool:
-    """True when the tests should run against the real E2B."""
-    wanted = os.environ.get("AGENT_SANDBOX_LIVE", "")
-    return "e2b" in {part.strip() for part in wanted.split(",")}
+from vendor_fixtures import *  # noqa: F403 - its fixtures and hook are found by name
+from vendor_fixtures import live_mode
 
 
 def fake_unavailable() -> str | None:
@@ -44,7 +41,7 @@ def fake_unavailable() -> str | None:
 @pytest.fixture(scope="session")
 def fake_e2b() -> Iterator[FakeE2B]:
     """The fake E2B for the whole session (offline mode only)."""
-    if live_mode():
+    if live_mode("e2b"):
         pytest.skip("AGENT_SANDBOX_LIVE=e2b: this test needs the fake, not the real E2B")
     reason = fake_unavailable()
     if reason:
@@ -52,28 +49,19 @@ def fake_e2b() -> Iterator[FakeE2B]:
     fake = FakeE2B().start()
     # The key through the environment, as a user would: a client in another process (the
     # conformance suite starts one) is built from options that cannot carry a secret.
-    saved = {k: os.environ.get(k) for k in fake.env()}
-    os.environ.update(fake.env())
     try:
-        yield fake
+        with pytest.MonkeyPatch.context() as env:
+            for key, value in fake.env().items():
+                env.setenv(key, value)
+            yield fake
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         fake.stop()
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture
 def e2b_options(request: pytest.FixtureRequest) -> E2BOptions:
     """Options reaching the fake (offline) or the real E2B (live, from the environment)."""
-    if live_mode():
+    if live_mode("e2b"):
         if not os.environ.get("E2B_API_KEY"):
             pytest.skip("live E2B tests need E2B_API_KEY; it is not set")
         return E2BOptions()
@@ -96,16 +84,3 @@ def sandbox_backend(e2b_options: E2BOptions) -> E2BBackend:
 def sandbox_spec() -> SandboxSpec:
     """The spec the conformance suite creates sandboxes from: E2B's ``base`` template."""
     return SandboxSpec(ttl_seconds=600)
-
-
-@pytest.fixture
-def egress_target(egress_server: object) -> tuple[str, int] | None:
-    """Fake sandboxes share this machine's network; real E2B ones cannot reach it."""
-    if live_mode():
-        return None
-    return ("127.0.0.1", int(getattr(egress_server, "port")))  # noqa: B009
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Register ``live``: the tests ``nox -s live -- e2b`` runs against the real E2B."""
-    config.addinivalue_line("markers", "live: runs against the real vendor when selected")

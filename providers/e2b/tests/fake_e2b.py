@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import fake_e2b_jail as jail
+import fake_vm
 import uvicorn
 from e2b.api.client.models import (
     ConnectSandboxV2,
@@ -92,7 +93,7 @@ class FakeSandbox:
     end_at: datetime
     allow_internet: bool
     auto_pause: bool
-    vm: jail.VM
+    vm: fake_vm.VM
     workdir: str | None
     """The template's workdir (envd's default cwd), ``None``: the user's home."""
     state: str = "running"
@@ -145,7 +146,7 @@ class FakeE2B:
         self.create_bodies: list[dict[str, Any]] = []
         self._idempotency: dict[str, tuple[str, dict[str, Any]]] = {}
         self._state = Path(tempfile.mkdtemp(prefix="fake-e2b-"))
-        self.etc = self._write_etc()
+        self.etc = fake_vm.write_etc(self._state / "etc", jail.USERS.values(), "e2b.local")
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: uvicorn.Server | None = None
@@ -153,20 +154,6 @@ class FakeE2B:
         self.url = ""
 
     # -- lifecycle ------------------------------------------------------------------------------
-
-    def _write_etc(self) -> dict[str, Path]:
-        etc = self._state / "etc"
-        etc.mkdir()
-        passwd = "".join(
-            f"{u.name}:x:{u.uid}:{u.gid}::{u.home}:/bin/bash\n" for u in jail.USERS.values()
-        )
-        group = "".join(f"{u.name}:x:{u.gid}:\n" for u in jail.USERS.values())
-        (etc / "passwd").write_text(
-            passwd + "nobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\n"
-        )
-        (etc / "group").write_text(group + "nogroup:x:65534:\n")
-        (etc / "hostname").write_text("e2b.local\n")
-        return {"passwd": etc / "passwd", "group": etc / "group", "hostname": etc / "hostname"}
 
     def start(self) -> FakeE2B:
         """Serve on a free loopback port in a background thread."""
@@ -443,7 +430,7 @@ class FakeE2B:
             end_at=now + timedelta(seconds=timeout),
             allow_internet=not deny_all,
             auto_pause=new.auto_pause is True,
-            vm=jail.VM(root, self.etc, private_net=deny_all),
+            vm=fake_vm.VM(root, self.etc, private_net=deny_all),
             workdir=workdir,
         )
         await asyncio.to_thread(sb.vm.boot)
@@ -673,17 +660,17 @@ class FakeE2B:
         return self.sandboxes[request.headers["e2b-sandbox-id"]]
 
     @staticmethod
-    def _user(request: Request) -> jail.User | JSONResponse:
+    def _user(request: Request) -> fake_vm.User | JSONResponse:
         name = request.query_params.get("username") or jail.DEFAULT_USER
         user = jail.USERS.get(name)
         if user is None:
             return _error(401, f"error looking up user '{name}': unknown user {name}")
         return user
 
-    def _virtual(self, sb: FakeSandbox, user: jail.User, path: str) -> str:
+    def _virtual(self, sb: FakeSandbox, user: fake_vm.User, path: str) -> str:
         if not path.startswith("/"):
             path = f"{user.home}/{path}"
-        return jail.resolve(sb.root, path, self.etc)
+        return fake_vm.resolve(sb.root, path, self.etc)
 
     async def health(self, request: Request) -> Response:
         return Response(status_code=204)
@@ -698,7 +685,7 @@ class FakeE2B:
             virtual = self._virtual(sb, user, path)
         except OSError as exc:
             return _error(400, f"error expanding and resolving path '{path}': {exc}")
-        host = jail.host_path(sb.root, virtual, self.etc)
+        host = fake_vm.host_path(sb.root, virtual, self.etc)
         if not host.exists():
             return _error(404, f"path '{virtual}' does not exist")
         if host.is_dir():
@@ -759,7 +746,7 @@ class FakeE2B:
     async def _store(
         self,
         sb: FakeSandbox,
-        user: jail.User,
+        user: fake_vm.User,
         path: str,
         data: AsyncIterator[bytes],
         multi: bool = False,
@@ -768,9 +755,9 @@ class FakeE2B:
             virtual = self._virtual(sb, user, path)
         except OSError as exc:
             return _error(400, f"error resolving path: {exc}")
-        if jail.is_read_only(virtual):
+        if fake_vm.is_read_only(virtual):
             return _error(500, f"error opening file: open {virtual}: read-only file system")
-        host = jail.host_path(sb.root, virtual, self.etc)
+        host = fake_vm.host_path(sb.root, virtual, self.etc)
         if host.is_dir():
             return _error(400, f"path is a directory: {virtual}")
         try:
@@ -793,7 +780,7 @@ class FakeE2B:
         return [entry] if multi else JSONResponse([entry])
 
 
-def _ensure_dirs(root: Path, directory: Path, user: jail.User) -> None:
+def _ensure_dirs(root: Path, directory: Path, user: fake_vm.User) -> None:
     missing = []
     d = directory
     while not d.exists() and d != root:

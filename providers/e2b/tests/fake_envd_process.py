@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import fake_e2b_jail as jail
+import fake_vm
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from e2b.envd.process import process_connect, process_pb
@@ -153,7 +154,7 @@ class FakeProcessService(process_connect.Process):
         return sb
 
     @staticmethod
-    def _user(ctx: Any) -> jail.User:
+    def _user(ctx: Any) -> fake_vm.User:
         """``permissions.GetAuthUser``: Basic auth names the user; none is the default user."""
         auth = ctx.request_headers.get("authorization")
         name = jail.DEFAULT_USER
@@ -211,8 +212,8 @@ class FakeProcessService(process_connect.Process):
             cwd = user.home + cwd[1:]
         if not cwd.startswith("/"):
             cwd = f"{user.home}/{cwd}"
-        virtual_cwd = jail.resolve(sb.root, cwd, self.fake.etc)
-        if not jail.host_path(sb.root, virtual_cwd, self.fake.etc).is_dir():
+        virtual_cwd = fake_vm.resolve(sb.root, cwd, self.fake.etc)
+        if not fake_vm.host_path(sb.root, virtual_cwd, self.fake.etc).is_dir():
             raise ConnectError(Code.INVALID_ARGUMENT, f"cwd '{virtual_cwd}' does not exist")
         env = {"PATH": ENVD_PATH, "HOME": user.home, "USER": user.name, "LOGNAME": user.name}
         env |= sb.env_vars | dict(config.envs)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -24,26 +23,6 @@ from agent_sandbox.process import ExitStatus, from_shell
 from agent_sandbox.testing._processes import HEARTBEAT, assert_stops_growing
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def backend(e2b_options: E2BOptions) -> AsyncIterator[E2BBackend]:
-    b = E2BBackend(e2b_options)
-    try:
-        yield b
-    finally:
-        await b.aclose()
-
-
-@pytest.fixture
-async def sandboxes(backend: E2BBackend) -> AsyncIterator[list[str]]:
-    """Ids to destroy at the end of the test."""
-    ids: list[str] = []
-    try:
-        yield ids
-    finally:
-        for sid in ids:
-            await backend.destroy(sid)
 
 
 def _last_create(fake: FakeE2B) -> dict:

@@ -12,6 +12,7 @@ from agent_sandbox_e2b import E2BBackend, E2BOptions
 from agent_sandbox_e2b.backend import _table
 from e2b import exceptions as e2b_errors
 from fake_e2b import FakeE2B
+from vendor_fixtures import status_cases
 
 from agent_sandbox import errors
 from agent_sandbox.errors import (
@@ -74,15 +75,7 @@ async def test_missing_api_key(
 
 
 @pytest.mark.parametrize(
-    ("status", "error", "retryable"),
-    [
-        (429, RateLimited, True),
-        (503, ProviderUnavailable, True),
-        (500, ProviderUnavailable, True),
-        (400, ConfigError, False),
-        (403, AuthenticationError, False),
-        (409, SandboxConflict, False),
-    ],
+    ("status", "error", "retryable"), status_cases(429, 503, 500, 400, 403, 409)
 )
 async def test_create_failures_are_typed(
     fake: FakeE2B, e2b_options: E2BOptions, status: int, error: type[SandboxError], retryable: bool

@@ -26,10 +26,13 @@ import pytest
 from agent_sandbox.models import SandboxSpec
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.append(str(Path(__file__).resolve().parents[2] / "fakekit"))  # the fakes' shared parts
 
 import fake_modal_jail
 from agent_sandbox_modal import ModalBackend, ModalOptions
 from fake_modal import FakeModal
+from vendor_fixtures import *  # noqa: F403 - its fixtures and hook are found by name
+from vendor_fixtures import live_mode
 
 MODAL_ENV = (
     "MODAL_SERVER_URL",
@@ -41,47 +44,31 @@ MODAL_ENV = (
 )
 
 
-def live_mode() -> bool:
-    """True when the tests should run against the real Modal."""
-    wanted = os.environ.get("AGENT_SANDBOX_LIVE", "")
-    return "modal" in {part.strip() for part in wanted.split(",")}
-
-
 @pytest.fixture(scope="package")
 def fake_modal() -> Iterator[FakeModal]:
     """The fake Modal for this folder's tests (offline mode only), with the SDK pointed at it."""
-    if live_mode():
+    if live_mode("modal"):
         pytest.skip("AGENT_SANDBOX_LIVE=modal: this test needs the fake, not the real Modal")
     reason = fake_modal_jail.unavailable()
     if reason:
         pytest.skip(reason)
     fake = FakeModal().start()
-    saved = {name: os.environ.get(name) for name in MODAL_ENV}
-    for name in MODAL_ENV:
-        os.environ.pop(name, None)
-    os.environ["MODAL_SERVER_URL"] = fake.url
-    os.environ["MODAL_TOKEN_ID"] = fake.token_id
-    os.environ["MODAL_TOKEN_SECRET"] = fake.token_secret
     try:
-        yield fake
+        with pytest.MonkeyPatch.context() as env:
+            for name in MODAL_ENV:
+                env.delenv(name, raising=False)
+            env.setenv("MODAL_SERVER_URL", fake.url)
+            env.setenv("MODAL_TOKEN_ID", fake.token_id)
+            env.setenv("MODAL_TOKEN_SECRET", fake.token_secret)
+            yield fake
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         fake.stop()
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture
 def modal_options(request: pytest.FixtureRequest) -> ModalOptions:
     """Options reaching the fake (offline) or the real Modal (live, from the environment)."""
-    if live_mode():
+    if live_mode("modal"):
         if not (os.environ.get("MODAL_TOKEN_ID") and os.environ.get("MODAL_TOKEN_SECRET")):
             pytest.skip("live Modal tests need MODAL_TOKEN_ID and MODAL_TOKEN_SECRET; not set")
         return ModalOptions()
@@ -99,16 +86,3 @@ def sandbox_backend(modal_options: ModalOptions) -> ModalBackend:
 def sandbox_spec() -> SandboxSpec:
     """The spec the conformance suite creates sandboxes from: Modal's default image."""
     return SandboxSpec(ttl_seconds=600)
-
-
-@pytest.fixture
-def egress_target(egress_server: object) -> tuple[str, int] | None:
-    """Fake sandboxes share this machine's network; real Modal ones cannot reach it."""
-    if live_mode():
-        return None
-    return ("127.0.0.1", int(getattr(egress_server, "port")))  # noqa: B009
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Register ``live``: the tests ``nox -s live -- modal`` runs against the real Modal."""
-    config.addinivalue_line("markers", "live: runs against the real vendor when selected")

@@ -31,9 +31,14 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parents[2] / "fakekit"))  # the fakes' shared parts
+
+from fake_vm import resolve_with
 
 SYSTEM_DIRS = ("usr", "etc")
 """Host directories a sandbox sees read-only (its image's system)."""
@@ -233,30 +238,7 @@ def resolve(root: Path, path: str, *, follow_last: bool = True) -> str:
 
     Missing trailing components are kept; raises ``OSError`` on a symlink loop.
     """
-    pending = [p for p in path.split("/") if p]
-    done: list[str] = []
-    hops = 0
-    while pending:
-        part = pending.pop(0)
-        if part == ".":
-            continue
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        candidate = "/" + "/".join([*done, part])
-        host = resolve_host(root, candidate)
-        if host is not None and (pending or follow_last) and host.is_symlink():
-            hops += 1
-            if hops > 40:
-                raise OSError(40, "too many levels of symbolic links", path)
-            link = os.readlink(host)
-            if link.startswith("/"):
-                done = []
-            pending = [p for p in link.split("/") if p] + pending
-            continue
-        done.append(part)
-    return "/" + "/".join(done)
+    return resolve_with(lambda virtual: resolve_host(root, virtual), path, follow_last=follow_last)
 
 
 def resolve_host(root: Path, virtual: str) -> Path | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from agent_sandbox_modal import ModalBackend, ModalOptions
@@ -28,26 +27,6 @@ pytestmark = pytest.mark.anyio
 BLOCKED = api_pb2.NetworkAccess.NetworkAccessType.BLOCKED
 ALLOWLIST = api_pb2.NetworkAccess.NetworkAccessType.ALLOWLIST
 OPEN = api_pb2.NetworkAccess.NetworkAccessType.OPEN
-
-
-@pytest.fixture
-async def backend(modal_options: ModalOptions) -> AsyncIterator[ModalBackend]:
-    b = ModalBackend(modal_options)
-    try:
-        yield b
-    finally:
-        await b.aclose()
-
-
-@pytest.fixture
-async def sandboxes(backend: ModalBackend) -> AsyncIterator[list[str]]:
-    """Ids to destroy at the end of the test."""
-    ids: list[str] = []
-    try:
-        yield ids
-    finally:
-        for sid in ids:
-            await backend.destroy(sid)
 
 
 def _last_create(fake: FakeModal) -> api_pb2.SandboxCreateV2Request:

@@ -4,7 +4,7 @@ them into its exceptions (``modal/_grpc_client.py``), the adapter into ours."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 from agent_sandbox_modal import ModalBackend, ModalOptions, translate_rows
@@ -42,15 +42,6 @@ def fake(fake_modal: FakeModal) -> Iterator[FakeModal]:
         yield fake_modal
     finally:
         fake_modal.faults.clear()
-
-
-@pytest.fixture
-async def backend(modal_options: ModalOptions) -> AsyncIterator[ModalBackend]:
-    b = ModalBackend(modal_options)
-    try:
-        yield b
-    finally:
-        await b.aclose()
 
 
 async def test_wrong_token(fake: FakeModal, modal_options: ModalOptions) -> None:

@@ -28,20 +28,19 @@ from agent_sandbox_vercel import VercelBackend, VercelOptions
 
 from agent_sandbox.models import SandboxSpec
 
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.append(str(Path(__file__).resolve().parents[2] / "fakekit"))  # the fakes' shared parts
+
+from vendor_fixtures import *  # noqa: F403 - its fixtures and hook are found by name
+from vendor_fixtures import live_mode
+
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
 
 CREDENTIALS = {
     "VERCEL_TOKEN": "vercel_fake_token",
     "VERCEL_TEAM_ID": "team_fake",
     "VERCEL_PROJECT_ID": "prj_fake",
 }
-
-
-def live_mode() -> bool:
-    """True when the tests should run against the real Vercel."""
-    wanted = os.environ.get("AGENT_SANDBOX_LIVE", "")
-    return "vercel" in {part.strip() for part in wanted.split(",")}
 
 
 def live_credentials() -> bool:
@@ -111,7 +110,7 @@ class FakeVercelServer:
 @pytest.fixture(scope="session")
 def fake_vercel() -> Iterator[FakeVercelServer]:
     """The fake Vercel for the whole session (offline mode only)."""
-    if live_mode():
+    if live_mode("vercel"):
         pytest.skip("AGENT_SANDBOX_LIVE=vercel: this test needs the fake, not the real Vercel")
     if sys.platform != "linux" or os.geteuid() != 0:
         pytest.skip("the fake Vercel needs root on Linux to confine each session's processes")
@@ -123,16 +122,11 @@ def fake_vercel() -> Iterator[FakeVercelServer]:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def vercel_options(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> VercelOptions:
     """Options reaching the fake (offline) or the real Vercel (live, from the environment)."""
-    if live_mode():
+    if live_mode("vercel"):
         if not live_credentials():
             pytest.skip(
                 "live Vercel tests need VERCEL_OIDC_TOKEN, or VERCEL_TOKEN, VERCEL_TEAM_ID and "
@@ -156,16 +150,3 @@ def sandbox_backend(vercel_options: VercelOptions) -> VercelBackend:
 def sandbox_spec() -> SandboxSpec:
     """The spec the conformance suite creates sandboxes from: Vercel's default image."""
     return SandboxSpec(ttl_seconds=600)
-
-
-@pytest.fixture
-def egress_target(egress_server: object) -> tuple[str, int] | None:
-    """Fake sandboxes share this machine's network; real Vercel ones cannot reach it."""
-    if live_mode():
-        return None
-    return ("127.0.0.1", int(getattr(egress_server, "port")))  # noqa: B009
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Register ``live``: the tests ``nox -s live -- vercel`` runs against the real Vercel."""
-    config.addinivalue_line("markers", "live: runs against the real vendor when selected")

@@ -25,9 +25,14 @@ import os
 import signal
 import socket
 import struct
+import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parents[2] / "fakekit"))  # the fakes' shared parts
+
+import fake_vm
+from fake_vm import SYSTEM_DIRS, User
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.mount.argtypes = [
@@ -50,21 +55,7 @@ MS_PRIVATE = 1 << 18
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 
-SYSTEM_DIRS = ("usr", "etc", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "opt")
-"""Top-level host directories a session sees read-only (when the host has them)."""
 WORKDIR = "/vercel/sandbox"
-
-
-@dataclass(frozen=True)
-class User:
-    """An account of the fake image."""
-
-    name: str
-    uid: int
-    gid: int
-    home: str
-
-
 ROOT = User("root", 0, 0, "/root")
 UBUNTU = User("ubuntu", 1000, 1000, "/vercel")
 USERS = {u.name: u for u in (ROOT, UBUNTU)}
@@ -78,36 +69,13 @@ def _check(ret: int, what: str) -> None:
 
 def write_etc(etc: Path) -> dict[str, Path]:
     """passwd, group and hostname files of the fake image, bound over the host's at exec."""
-    etc.mkdir(parents=True, exist_ok=True)
-    passwd = "".join(f"{u.name}:x:{u.uid}:{u.gid}::{u.home}:/bin/bash\n" for u in USERS.values())
-    group = "".join(f"{u.name}:x:{u.gid}:\n" for u in USERS.values())
-    (etc / "passwd").write_text(passwd + "nobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\n")
-    (etc / "group").write_text(group + "nogroup:x:65534:\n")
-    (etc / "hostname").write_text("sandbox.vercel.local\n")
-    return {name: etc / name for name in ("passwd", "group", "hostname")}
+    return fake_vm.write_etc(etc, USERS.values(), "sandbox.vercel.local")
 
 
 def prepare_root(root: Path) -> None:
-    """Lay out a fresh session root: mount points, merged-/usr symlinks, /tmp, the homes."""
-    root.mkdir(mode=0o755, parents=True, exist_ok=True)
-    os.chmod(root, 0o755)
-    for name in SYSTEM_DIRS:
-        host = Path("/") / name
-        target = root / name
-        if host.is_symlink():
-            if not target.is_symlink():
-                target.symlink_to(os.readlink(host))
-        elif host.is_dir():
-            target.mkdir(exist_ok=True)
-    for name in ("proc", "dev"):
-        (root / name).mkdir(exist_ok=True)
-    (root / "tmp").mkdir(exist_ok=True)
-    os.chmod(root / "tmp", 0o1777)
+    """Lay out a fresh session root: root's home, and the ubuntu user's home and workdir."""
+    fake_vm.prepare_root(root, [(UBUNTU.home, UBUNTU), (WORKDIR, UBUNTU)])
     (root / "root").mkdir(mode=0o700, exist_ok=True)
-    for path in (UBUNTU.home, WORKDIR):
-        home = root / path.lstrip("/")
-        home.mkdir(parents=True, exist_ok=True)
-        os.chown(home, UBUNTU.uid, UBUNTU.gid)
 
 
 class Jail:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -30,33 +29,13 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-async def backend(vercel_options: VercelOptions) -> AsyncIterator[VercelBackend]:
-    b = VercelBackend(vercel_options)
-    try:
-        yield b
-    finally:
-        await b.aclose()
-
-
-@pytest.fixture
 def label() -> dict[str, str]:
     return {"asb-test": uuid.uuid4().hex}
 
 
-@pytest.fixture
-async def made(backend: VercelBackend) -> AsyncIterator[list[str]]:
-    """Names of sandboxes a test made: deleted at the end, whatever happened."""
-    names: list[str] = []
-    try:
-        yield names
-    finally:
-        for name in names:
-            await backend.destroy(name)
-
-
-async def create(backend: VercelBackend, made: list[str], **fields: Any) -> Sandbox:
+async def create(backend: VercelBackend, sandboxes: list[str], **fields: Any) -> Sandbox:
     sb = await Sandbox.create(SandboxSpec(ttl_seconds=300, **fields), backend=backend)
-    made.append(sb.id)
+    sandboxes.append(sb.id)
     return sb
 
 
@@ -66,11 +45,14 @@ def state(fake: FakeVercelServer) -> dict[str, Any]:
 
 
 async def test_spec_maps_to_vercels_create(
-    backend: VercelBackend, made: list[str], fake_vercel: FakeVercelServer, label: dict[str, str]
+    backend: VercelBackend,
+    sandboxes: list[str],
+    fake_vercel: FakeVercelServer,
+    label: dict[str, str],
 ) -> None:
     sb = await create(
         backend,
-        made,
+        sandboxes,
         labels=label,
         cpus=2,
         env={"A": "1"},
@@ -106,9 +88,9 @@ async def test_spec_maps_to_vercels_create(
 
 
 async def test_network_none_is_deny_all(
-    backend: VercelBackend, made: list[str], fake_vercel: FakeVercelServer
+    backend: VercelBackend, sandboxes: list[str], fake_vercel: FakeVercelServer
 ) -> None:
-    sb = await create(backend, made, network=NetworkPolicy(mode="none"))
+    sb = await create(backend, sandboxes, network=NetworkPolicy(mode="none"))
     seen = state(fake_vercel)[sb.id]
     assert (seen["networkPolicy"], seen["denyNetwork"]) == ({"mode": "deny-all"}, True)
 
@@ -134,18 +116,21 @@ async def test_what_vercel_cannot_honour_is_refused_before_anything_is_made(
 
 
 async def test_memory_alone_picks_the_vcpus(
-    backend: VercelBackend, made: list[str], fake_vercel: FakeVercelServer
+    backend: VercelBackend, sandboxes: list[str], fake_vercel: FakeVercelServer
 ) -> None:
-    sb = await create(backend, made, memory_mib=4096)
+    sb = await create(backend, sandboxes, memory_mib=4096)
     assert (state(fake_vercel)[sb.id]["vcpus"], state(fake_vercel)[sb.id]["memory"]) == (2, 4096)
 
 
 async def test_a_lost_create_answer_is_retried_and_adopted_not_doubled(
-    backend: VercelBackend, made: list[str], fake_vercel: FakeVercelServer, label: dict[str, str]
+    backend: VercelBackend,
+    sandboxes: list[str],
+    fake_vercel: FakeVercelServer,
+    label: dict[str, str],
 ) -> None:
     # The first create takes effect but its answer is a 502: the retry finds the name taken.
     fake_vercel.fail_next("POST", "/v3/sandboxes", 502, after_effect=True)
-    sb = await create(backend, made, labels=label)
+    sb = await create(backend, sandboxes, labels=label)
     mine = await backend.list(label)
     assert [i.id for i in mine] == [sb.id]
     assert (await sb.exec("echo ok")).stdout == "ok\n"
@@ -224,11 +209,11 @@ async def test_a_wrong_token_is_refused(
 
 
 async def test_the_wire_is_text_only_and_the_shim_keeps_bytes_exact(
-    backend: VercelBackend, made: list[str]
+    backend: VercelBackend, sandboxes: list[str]
 ) -> None:
     from vercel.sandbox import SandboxClient, SandboxServiceOptions
 
-    sb = await create(backend, made)
+    sb = await create(backend, sandboxes)
     raw = b"\x00\x80\xff ok"
     assert (await sb.exec(["printf", r"\000\200\377 ok"])).stdout_bytes == raw
     client = SandboxClient.create(options=SandboxServiceOptions(base_url=backend.opts.base_url))
@@ -246,9 +231,9 @@ def requests(fake: FakeVercelServer) -> list[tuple[str, str]]:
 
 
 async def test_exec_is_one_streamed_request(
-    backend: VercelBackend, made: list[str], fake_vercel: FakeVercelServer
+    backend: VercelBackend, sandboxes: list[str], fake_vercel: FakeVercelServer
 ) -> None:
-    sb = await create(backend, made)
+    sb = await create(backend, sandboxes)
     before = len(requests(fake_vercel))
     result = await sb.exec("echo out; echo err >&2; exit 3")
     assert (result.stdout, result.stderr, result.exit_code) == ("out\n", "err\n", 3)
@@ -258,11 +243,11 @@ async def test_exec_is_one_streamed_request(
 
 
 async def test_unread_output_spills_to_the_logs_stream_and_nothing_is_lost(
-    backend: VercelBackend, made: list[str], fake_vercel: FakeVercelServer
+    backend: VercelBackend, sandboxes: list[str], fake_vercel: FakeVercelServer
 ) -> None:
     import anyio
 
-    sb = await create(backend, made)
+    sb = await create(backend, sandboxes)
     expected = "".join(f"{i}\n" for i in range(1, 500_001)).encode()
     # hex-encoded, it is more than the unread bound and what the reader's queue holds
     assert 2 * len(expected) > SPILL + 2**21
@@ -287,13 +272,13 @@ async def test_unread_output_spills_to_the_logs_stream_and_nothing_is_lost(
 
 
 async def test_expired_sandbox_is_stopped_then_swept(
-    backend: VercelBackend, made: list[str], label: dict[str, str]
+    backend: VercelBackend, sandboxes: list[str], label: dict[str, str]
 ) -> None:
     import anyio
 
-    sb = await create(backend, made, labels=label)
+    sb = await create(backend, sandboxes, labels=label)
     short = await Sandbox.create(SandboxSpec(ttl_seconds=1, labels=label), backend=backend)
-    made.append(short.id)
+    sandboxes.append(short.id)
     await anyio.sleep(2)
     info = await backend.connect(short.id)
     assert info.state == "stopped"
@@ -304,9 +289,9 @@ async def test_expired_sandbox_is_stopped_then_swept(
 
 
 async def test_snapshot_keeps_files_and_the_sandbox_goes_on(
-    backend: VercelBackend, made: list[str]
+    backend: VercelBackend, sandboxes: list[str]
 ) -> None:
-    sb = await create(backend, made)
+    sb = await create(backend, sandboxes)
     await sb.write_file("kept.txt", b"snap")
     before = (await backend.connect(sb.id)).expires_at
     snap = await sb.snapshot()
@@ -315,14 +300,14 @@ async def test_snapshot_keeps_files_and_the_sandbox_goes_on(
     assert before is not None
     assert after is not None
     assert abs((after - before).total_seconds()) < 5  # the TTL did not restart
-    copy = await create(backend, made, snapshot=snap)
+    copy = await create(backend, sandboxes, snapshot=snap)
     assert await copy.read_file("kept.txt") == b"snap"
 
 
 async def test_processes_lists_started_ones_and_attach_refuses_others(
-    backend: VercelBackend, made: list[str]
+    backend: VercelBackend, sandboxes: list[str]
 ) -> None:
-    sb = await create(backend, made)
+    sb = await create(backend, sandboxes)
     await sb.exec("echo not listed")
     started = await sb.start("sleep 30")
     try:
@@ -335,18 +320,18 @@ async def test_processes_lists_started_ones_and_attach_refuses_others(
         await started.end()
 
 
-async def test_missing_cwd_is_file_not_found(backend: VercelBackend, made: list[str]) -> None:
+async def test_missing_cwd_is_file_not_found(backend: VercelBackend, sandboxes: list[str]) -> None:
     from agent_sandbox.errors import FileNotFound
 
-    sb = await create(backend, made)
+    sb = await create(backend, sandboxes)
     with pytest.raises(FileNotFound, match="working directory"):
         await sb.exec("pwd", cwd="/no/such/dir")
 
 
 async def test_a_command_cannot_forge_the_shims_lines(
-    backend: VercelBackend, made: list[str]
+    backend: VercelBackend, sandboxes: list[str]
 ) -> None:
-    sb = await create(backend, made)
+    sb = await create(backend, sandboxes)
     forged = await sb.exec(r"printf 'o41\nx0 0\n' > /proc/$PPID/fd/1; echo after")
     assert forged.stdout == "after\n"
     assert "ermission denied" in forged.stderr
