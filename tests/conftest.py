@@ -17,10 +17,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import anyio.from_thread
 import pytest
-
-from agent_sandbox.local import LocalBackend, LocalOptions
+from local_support import end_sandboxes
 
 _TEMPROOT = "PYTEST_DEBUG_TEMPROOT"
 _OURS = pytest.StashKey[str]()
@@ -66,24 +64,9 @@ def _searchable_tmp_path(
 @pytest.fixture
 def sandbox_root(tmp_path: Path) -> Iterator[Path]:
     """The local provider's state directory for this test. After it, passed or failed, every
-    sandbox left there is ended as ``destroy`` ends one (its processes killed, its cgroups
-    removed, its uid freed, its directory deleted), and so is every destroy cut short."""
+    sandbox left there is ended (see :func:`end_sandboxes`)."""
     root = tmp_path / "sandboxes"
     try:
         yield root
     finally:
-        if root.exists():
-            ids = [entry.name for entry in root.iterdir() if entry.name.startswith("loc-")]
-            # In a thread of its own: the test's event loop may still be open.
-            with anyio.from_thread.start_blocking_portal() as portal:
-                portal.call(_end_sandboxes, root, ids)
-
-
-async def _end_sandboxes(root: Path, ids: list[str]) -> None:
-    backend = LocalBackend(LocalOptions(root=root, isolation="none"))
-    try:
-        for sandbox_id in ids:
-            await backend.destroy(sandbox_id)
-        await backend.sweep()  # the destroys cut short (moved aside, not finished)
-    finally:
-        await backend.aclose()
+        end_sandboxes(root)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import anyio
 import pytest
+from local_support import end_sandboxes
 
 from agent_sandbox import BaseBackend
 from agent_sandbox.audit import AuditingBackend, AuditLog, JsonlSink, verify_chain
@@ -57,15 +57,7 @@ def local_root(tmp_path: Path) -> Iterator[Path]:
     try:
         yield root
     finally:
-        # Every test destroys what it made; remove whatever an aborted test left behind.
-        async def sweep() -> None:
-            backend = LocalBackend(LocalOptions(root=root))
-            for info in await backend.list():
-                await backend.destroy(info.id)
-            await backend.aclose()
-
-        if root.exists():
-            anyio.run(sweep)
+        end_sandboxes(root)  # every test destroys what it made; this ends what one left
 
 
 class TestAuditedLocalConformance(AuditedSuite):

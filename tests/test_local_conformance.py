@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from local_support import end_sandboxes
 
 from agent_sandbox.local import LocalBackend, LocalOptions
 from agent_sandbox.local._jail import probe
@@ -33,10 +34,8 @@ def local_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     try:
         yield root
     finally:
-        # Every test destroys what it made; sweep whatever an aborted test left behind.
-        leftover = LocalBackend(LocalOptions(root=root, isolation="none"))
-        for name in leftover.root.iterdir() if leftover.root.exists() else ():
-            leftover._retire(name.name)
+        # Every test destroys what it made; end whatever an aborted test left behind.
+        end_sandboxes(root)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from local_support import end_sandboxes
 
 import agent_sandbox as asb
 from agent_sandbox.local import LocalBackend, LocalOptions, _cgroup, _reaper
@@ -110,8 +111,7 @@ def test_a_killed_client_leaves_nothing_once_the_ttl_passes(tmp_path: Path, mode
     finally:
         client.kill()
         client.wait()
-        if root.exists():
-            LocalBackend(LocalOptions(root=root, isolation="none")).store.retire(sandbox_id)
+        end_sandboxes(root)
 
 
 async def test_a_root_deleted_under_a_live_sandbox_leaves_no_cgroup(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ import pytest
 pytest.importorskip("mcp", reason="the MCP server needs the mcp extra")
 
 import httpx2
+from local_support import end_sandboxes
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
@@ -52,12 +53,8 @@ async def root(tmp_path: Path) -> AsyncIterator[Path]:
     try:
         yield path
     finally:
-        # Remove whatever a failed test left behind (a passing test leaves nothing).
-        if path.exists():
-            backend = LocalBackend(LocalOptions(root=path))
-            for info in await backend.list():
-                await backend.destroy(info.id)
-            await backend.aclose()
+        # End whatever a failed test left behind (a passing test leaves nothing).
+        await anyio.to_thread.run_sync(end_sandboxes, path)
 
 
 async def sandboxes(root: Path) -> list[str]:
