@@ -50,18 +50,24 @@ def new_ref() -> str:
 
 async def records(backend: BaseBackend, sandbox_id: str) -> list[ProcessInfo]:
     """What :data:`SUPERVISE` recorded in :data:`RECORDS` (one command in the sandbox): a
-    process whose status is not recorded is reported running (the caller knows better)."""
+    process whose status is not recorded is reported running (the caller knows better). The
+    records are written inside the sandbox: a malformed one is skipped."""
     argv = ["sh", "-c", _LIST_RECORDS, "records", RECORDS]
     result = await backend.exec(sandbox_id, argv, ExecOptions(output_limit=1 << 22))
     found = []
     for line in result.stdout.splitlines():
         ref, started, status, blob = [*line.split(" "), "", "", ""][:4]
-        if REF.fullmatch(ref) and started.isdigit():
-            command = base64.b64decode(blob).decode(errors="replace").split("\0")[:-1]
-            code = int(status) if status.isdigit() else None
+        if not (REF.fullmatch(ref) and started.isdigit() and (status == "-" or status.isdigit())):
+            continue
+        code = None if status == "-" else int(status)
+        try:
+            command = base64.b64decode(blob, validate=True).decode(errors="replace")
             when = datetime.fromtimestamp(int(started), timezone.utc)
-            found.append(ProcessInfo(ref=ref, command=tuple(command), running=code is None,
-                                     exit_code=code, started_at=when))  # fmt: skip
+        except (ValueError, OverflowError, OSError):  # bad base64, a time out of range
+            continue
+        if code is None or code <= 255:
+            found.append(ProcessInfo(ref=ref, command=tuple(command.split("\0")[:-1]),
+                                     running=code is None, exit_code=code, started_at=when))  # fmt: skip
     return found
 
 

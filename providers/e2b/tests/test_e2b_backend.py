@@ -184,6 +184,27 @@ async def test_exec_returns_when_the_command_ends_even_if_a_child_holds_stdout(
     assert (result.exit_code, result.stdout) == (0, "served\n")
 
 
+async def test_forged_process_records_are_skipped(
+    backend: E2BBackend, sandboxes: list[str]
+) -> None:
+    """The records ``processes()`` reads are written inside the sandbox, where any command may
+    forge them: bad base64, a start time no clock reaches, a status no process exits with."""
+    sb = await Sandbox.create(backend=backend)
+    sandboxes.append(sb.id)
+    async with await sb.start(["sleep", "30"]) as real:
+        forge = (
+            "cd /tmp/.agent-sandbox && for r in 1 2 3; do printf 'x\\0' > asb-000000000000000$r.argv; "
+            "done && echo '0 abc' > asb-0000000000000001.exit && echo 99999 > "
+            "asb-0000000000000002.exit && touch -d @300000000000 asb-0000000000000003.argv"
+        )
+        assert (await sb.exec(forge)).ok
+        listed = {p.ref: (p.command, p.running) for p in await sb.processes()}
+        assert listed.pop(real.ref) == (("sleep", "30"), True)
+        # Where the filesystem keeps that time it is skipped; where it clamps it, the record is
+        # well formed (and, unknown to envd, ended).
+        assert listed in ({}, {"asb-0000000000000003": (("x",), False)})
+
+
 async def test_exec_streams_through_the_handle(backend: E2BBackend, sandboxes: list[str]) -> None:
     sb = await Sandbox.create(backend=backend)
     sandboxes.append(sb.id)
