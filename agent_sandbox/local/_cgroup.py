@@ -230,6 +230,15 @@ def kill_all(group: str, wait: float = 5.0) -> None:
         time.sleep(0.001)
 
 
+def end(name: str, wait: float = 2.0) -> None:
+    """Kill everything in the sandbox groups called ``name`` and remove them (a sandbox whose
+    state is gone: its groups found by their name)."""
+    groups = named(name)
+    for group in groups:
+        kill_all(group)
+    remove(groups, wait=wait)
+
+
 def remove(groups: list[str], wait: float = 2.0) -> None:
     """Remove sandbox groups once their processes are gone (killing any still there, e.g. one
     that joined while the sandbox was being destroyed); best effort within ``wait`` seconds."""

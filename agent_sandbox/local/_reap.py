@@ -24,10 +24,7 @@ def main(root: str, gone: list[str]) -> None:
     anyio.run(functools.partial(store.sweep, now=utcnow() - timedelta(seconds=GRACE)))
     for sandbox_id in gone:
         if ID_RE.match(sandbox_id):
-            groups = _cgroup.named(group_name(sandbox_id))
-            for group in groups:
-                _cgroup.kill_all(group)
-            _cgroup.remove(groups, wait=30.0)
+            _cgroup.end(group_name(sandbox_id), wait=30.0)
 
 
 if __name__ == "__main__":

@@ -507,10 +507,7 @@ class Store:
             if sandbox_id in names or any(n.startswith(f".trash-{sandbox_id}-") for n in names):
                 continue
             _user.kill_all(uid)
-            groups = _cgroup.named(group_name(sandbox_id))
-            for group in groups:
-                _cgroup.kill_all(group)
-            _cgroup.remove(groups)
+            _cgroup.end(group_name(sandbox_id))
             _user.scrub(uid)
             _user.release(str(self.root), uid, sandbox_id)
 
